@@ -1,0 +1,346 @@
+"""Composer's image-classification algorithms, by snake_case name.
+
+Each entry maps a recipe name to a Composer `Algorithm` class (two are thin subclasses that fix
+known pitfalls, see `PerImageCutOut` and `SWAWithBNUpdate`). Entries also say what an algorithm
+changes, so a run can report — or, with `strict: true`, refuse — an algorithm that changes nothing
+(e.g. SqueezeExcite with its default `min_channels=128` on a 16-channel model).
+
+Composer algorithms deliberately not registered (they do not apply to CNN image classification):
+alibi, gated_linear_units, seq_length_warmup (language models), low_precision_layernorm /
+low_precision_groupnorm (GPU autocast norm layers), no_op_model (a test helper).
+"""
+from __future__ import annotations
+
+import copy
+import inspect
+import logging
+from dataclasses import dataclass
+from typing import Any, Callable, Optional
+
+import torch
+from composer.algorithms import (EMA, SAM, SWA, AugMix, BlurPool, ChannelsLast, ColOut, CutMix,
+                                 CutOut, Factorize, GhostBatchNorm, GradientClipping, GyroDropout,
+                                 LabelSmoothing, LayerFreezing, MixUp, ProgressiveResizing,
+                                 RandAugment, SelectiveBackprop, SqueezeExcite, StochasticDepth,
+                                 WeightStandardization)
+from composer.core import Algorithm, Event, State
+from composer.loggers import Logger
+from torch import nn
+
+from effrecipes.errors import RecipeError, closest_first
+from effrecipes.registry import algorithms
+
+log = logging.getLogger(__name__)
+
+
+# --------------------------------------------------------------------------- fixed algorithms
+
+class PerImageCutOut(CutOut):
+    """CutOut with an independent square per image.
+
+    Composer's `CutOut` cuts the *same* square from every image of a batch; the CutOut paper
+    (and paper 004, "random masks of 10x10 pixels") sample one per image. `length` may be a
+    fraction of the image side (< 1, as in Composer) or a size in pixels (>= 1, as in the paper).
+    """
+
+    def __init__(self, num_holes: int = 1, length: float = 0.5, uniform_sampling: bool = False,
+                 per_image: bool = True) -> None:
+        if num_holes < 0:
+            raise ValueError("num_holes must be >= 0")
+        if length < 0:
+            raise ValueError("length must be >= 0 (a fraction < 1 or pixels >= 1)")
+        super().__init__(num_holes=num_holes, length=length if length < 1 else 0.5,
+                         uniform_sampling=uniform_sampling)
+        self.length = length
+        self.per_image = per_image
+
+    def side(self, h: int, w: int) -> int:
+        return int(self.length) if self.length >= 1 else int(min(h, w) * self.length)
+
+    def apply(self, event: Event, state: State, logger: Logger) -> None:
+        x = state.batch_get_item(self._input_key)
+        state.batch_set_item(self._input_key, self.cut(x))
+
+    def cut(self, x: torch.Tensor) -> torch.Tensor:
+        """Zero `num_holes` squares per image (vectorised; centres may fall near the border)."""
+        n, _, h, w = x.shape
+        side = self.side(h, w)
+        if side <= 0 or self.num_holes <= 0:
+            return x
+        if not self.per_image:
+            from composer.algorithms.cutout.cutout import cutout_batch
+            return cutout_batch(x, self.num_holes, side / min(h, w), self.uniform_sampling)
+        keep = torch.ones(n, 1, h, w, dtype=x.dtype, device=x.device)
+        ys = torch.arange(h, device=x.device).view(1, h, 1)
+        xs = torch.arange(w, device=x.device).view(1, 1, w)
+        for _ in range(self.num_holes):
+            if self.uniform_sampling:
+                cy = torch.randint(-side // 2, h + side // 2, (n, 1, 1), device=x.device)
+                cx = torch.randint(-side // 2, w + side // 2, (n, 1, 1), device=x.device)
+            else:
+                cy = torch.randint(0, h, (n, 1, 1), device=x.device)
+                cx = torch.randint(0, w, (n, 1, 1), device=x.device)
+            y0, x0 = cy - side // 2, cx - side // 2
+            hole = (ys >= y0) & (ys < y0 + side) & (xs >= x0) & (xs < x0 + side)
+            keep = keep * (~hole).unsqueeze(1).to(x.dtype)
+        return x * keep
+
+
+class SWAWithBNUpdate(SWA):
+    """SWA that recomputes BatchNorm statistics after swapping in the averaged weights.
+
+    Composer's SWA copies BatchNorm buffers from the moment averaging began; when `swa_end` falls
+    at the end of training (always the case on short runs with `update_interval` in epochs) the
+    averaged model keeps stale statistics and accuracy can collapse to chance. After the swap we
+    run `bn_update_batches` training batches forward (no gradients) through
+    `torch.optim.swa_utils.update_bn`. Those forward passes are training compute: the budget
+    reserves and charges them (`extra_forward_samples`).
+    """
+
+    def __init__(self, swa_start: str = "0.75dur", swa_end: str = "0.97dur",
+                 update_interval: str = "1ep", schedule_swa_lr: bool = False,
+                 anneal_strategy: str = "linear", anneal_steps: int = 10,
+                 swa_lr: Optional[float] = None, bn_update_batches: int = 16) -> None:
+        super().__init__(swa_start=swa_start, swa_end=swa_end, update_interval=update_interval,
+                         schedule_swa_lr=schedule_swa_lr, anneal_strategy=anneal_strategy,
+                         anneal_steps=anneal_steps, swa_lr=swa_lr)
+        if bn_update_batches < 0:
+            raise ValueError("bn_update_batches must be >= 0")
+        self.bn_update_batches = bn_update_batches
+        self.extra_forward_samples = 0  # read by the budget callback
+        self.bn_updated = False
+
+    def apply(self, event: Event, state: State, logger: Logger) -> None:
+        was_completed = self.swa_completed
+        super().apply(event, state, logger)
+        if self.swa_completed and not was_completed and self.bn_update_batches > 0:
+            self._update_bn(state)
+
+    def _update_bn(self, state: State) -> None:
+        model = state.model
+        if not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
+            return
+        loader = state.train_dataloader
+        batches = []
+        for i, batch in enumerate(loader):
+            if i >= self.bn_update_batches:
+                break
+            batches.append(batch[0] if isinstance(batch, (tuple, list)) else batch)
+        self.extra_forward_samples += sum(int(b.shape[0]) for b in batches)
+        inner = getattr(model, "module", model)
+        torch.optim.swa_utils.update_bn(batches, inner)
+        self.bn_updated = True
+        log.info("SWA: recomputed BatchNorm statistics over %d batches", len(batches))
+
+
+# --------------------------------------------------------------------------- registry entries
+
+@dataclass(frozen=True)
+class AlgoInfo:
+    """How an algorithm acts, for dry-run reports and no-op detection."""
+
+    acts_on: str                       # model | batch | loss | optimizer | weights | data | schedule
+    surgery: Optional[Callable[..., None]] = None   # functional form applied to a model copy
+    defaults: Optional[dict[str, Any]] = None       # our defaults where they differ from Composer's
+    noop: Optional[Callable[[dict[str, Any]], Optional[str]]] = None  # kwargs -> reason if no-op
+    dynamic_cost: bool = False         # FLOPs per step vary during training: measure every batch
+    dataset_transform: bool = False    # needs the per-sample (VisionDataset) data path
+
+
+def _surgery(fn_name: str) -> Callable[..., None]:
+    def apply(model: nn.Module, **kwargs: Any) -> None:
+        import composer.functional as cf
+        fn = getattr(cf, fn_name)
+        params = inspect.signature(fn).parameters
+        fn(model, **{k: v for k, v in kwargs.items() if k in params})
+    return apply
+
+
+def _zero(key: str, what: str) -> Callable[[dict[str, Any]], Optional[str]]:
+    return lambda kw: f"{key}={kw[key]} {what}" if key in kw and not kw[key] else None
+
+
+_ALGOS: list[tuple[str, type, AlgoInfo, str]] = [
+    ("augmix", AugMix, AlgoInfo("data", dataset_transform=True), "AugMix image augmentation"),
+    ("blurpool", BlurPool, AlgoInfo("model", _surgery("apply_blurpool")),
+     "anti-aliased downsampling: blur before strided convs / max-pools"),
+    ("channels_last", ChannelsLast, AlgoInfo("model"), "NHWC memory format for convs"),
+    ("colout", ColOut, AlgoInfo("batch", noop=lambda kw: "p_row=p_col=0 drops nothing"
+                                if kw.get("p_row", 0.15) == 0 and kw.get("p_col", 0.15) == 0 else None),
+     "drop random rows and columns of images"),
+    ("cutmix", CutMix, AlgoInfo("batch"), "paste a box from another image and mix labels"),
+    ("cutout", PerImageCutOut, AlgoInfo("batch", noop=lambda kw: "length=0 or num_holes=0 cuts nothing"
+                                        if kw.get("length", 0.5) == 0 or kw.get("num_holes", 1) == 0
+                                        else None),
+     "mask a random square per image (length: fraction <1 or pixels >=1)"),
+    ("ema", EMA, AlgoInfo("weights"), "exponential moving average of weights for evaluation"),
+    ("factorize", Factorize, AlgoInfo("model", _surgery("apply_factorization")),
+     "low-rank factorisation of large convs/linears"),
+    ("ghost_batchnorm", GhostBatchNorm, AlgoInfo("model", _surgery("apply_ghost_batchnorm")),
+     "BatchNorm over small ghost batches"),
+    ("gradient_clipping", GradientClipping, AlgoInfo("optimizer"), "clip gradients (norm/value/adaptive)"),
+    ("gyro_dropout", GyroDropout, AlgoInfo("model"), "replace Dropout with GyroDropout"),
+    ("label_smoothing", LabelSmoothing, AlgoInfo("loss", noop=_zero("smoothing", "smooths nothing")),
+     "smooth one-hot targets"),
+    ("layer_freezing", LayerFreezing, AlgoInfo("optimizer", dynamic_cost=True),
+     "progressively freeze early layers"),
+    ("mixup", MixUp, AlgoInfo("batch", noop=_zero("alpha", "mixes nothing")),
+     "mix pairs of images and their labels"),
+    ("progressive_resizing", ProgressiveResizing,
+     AlgoInfo("batch", dynamic_cost=True,
+              noop=lambda kw: "initial_scale=1 never resizes" if kw.get("initial_scale", 0.5) >= 1 else None),
+     "train on smaller images first"),
+    ("randaugment", RandAugment, AlgoInfo("data", dataset_transform=True), "RandAugment image augmentation"),
+    ("sam", SAM, AlgoInfo("optimizer", noop=_zero("rho", "perturbs nothing")),
+     "sharpness-aware minimisation (two passes per step)"),
+    ("selective_backprop", SelectiveBackprop, AlgoInfo("batch", dynamic_cost=True,
+                                                       noop=lambda kw: "keep=1 drops nothing"
+                                                       if kw.get("keep", 0.5) >= 1 else None),
+     "backprop only the highest-loss examples"),
+    ("squeeze_excite", SqueezeExcite, AlgoInfo("model", _surgery("apply_squeeze_excite")),
+     "squeeze-and-excitation after convs (set min_channels for small CNNs)"),
+    ("stochastic_depth", StochasticDepth, AlgoInfo("model", _surgery("apply_stochastic_depth")),
+     "randomly skip residual blocks (ResNet bottlenecks)"),
+    ("swa", SWAWithBNUpdate, AlgoInfo("weights"), "stochastic weight averaging (+ BatchNorm recompute)"),
+    ("weight_standardization", WeightStandardization,
+     AlgoInfo("model", _surgery("apply_weight_standardization")), "standardise conv weights"),
+]
+
+for _name, _cls, _info, _desc in _ALGOS:
+    algorithms.add(_name, _cls, description=_desc, info=_info)
+
+# Pairs that must not be combined, with the reason.
+CONFLICTS: dict[frozenset[str], str] = {
+    frozenset({"mixup", "cutmix"}): "both replace the targets with mixed labels; use one",
+    frozenset({"randaugment", "augmix"}): "both are full augmentation policies on the same images; use one",
+    frozenset({"swa", "ema"}): "both replace the final weights with an average; use one",
+}
+
+
+def info(name: str) -> AlgoInfo:
+    return algorithms.entry(name).meta["info"]
+
+
+def check_algorithm(name: str, kwargs: dict[str, Any], *, file: str = "<recipe>") -> None:
+    """Unknown name or bad kwargs -> RecipeError naming `algorithms.<name>` and the valid choices."""
+    entry = algorithms.entry(name, field_path=f"algorithms.{name}", file=file)
+    params = inspect.signature(entry.builder.__init__).parameters
+    valid = [p for p in params if p not in ("self", "args", "kwargs", "input_key", "target_key")]
+    for key in kwargs:
+        if key not in valid:
+            raise RecipeError(f"unknown argument {key!r}; valid (closest first): "
+                              f"{', '.join(closest_first(key, valid))}", file=file,
+                              field=f"algorithms.{name}.{key}")
+    try:
+        build_algorithm(name, kwargs)
+    except (TypeError, ValueError, AssertionError) as e:
+        raise RecipeError(f"invalid arguments: {e}", file=file, field=f"algorithms.{name}") from None
+
+
+def check_algorithm_conflicts(names: list[str], *, file: str = "<recipe>") -> None:
+    for pair, why in CONFLICTS.items():
+        if pair <= set(names):
+            a, b = sorted(pair)
+            raise RecipeError(f"{a} and {b} conflict: {why}", file=file, field="algorithms")
+
+
+def build_algorithm(name: str, kwargs: dict[str, Any]) -> Algorithm:
+    entry = algorithms.entry(name)
+    merged = {**(entry.meta["info"].defaults or {}), **kwargs}
+    return entry.builder(**merged)
+
+
+def build_algorithms(spec: list[dict[str, dict[str, Any]]]) -> list[Algorithm]:
+    return [build_algorithm(name, kw) for item in spec for name, kw in item.items()]
+
+
+# --------------------------------------------------------------------------- what changed
+
+def _module_signature(model: nn.Module) -> dict[str, str]:
+    return {name: type(m).__name__ for name, m in model.named_modules()}
+
+
+def layer_changes(model: nn.Module, name: str, kwargs: dict[str, Any]) -> list[str]:
+    """Apply one surgery algorithm to a copy of `model`; list the layers it added/replaced."""
+    surgery = info(name).surgery
+    if surgery is None:
+        return []
+    probe = copy.deepcopy(model)
+    before = _module_signature(probe)
+    surgery(probe, **kwargs)
+    after = _module_signature(probe)
+    changed = [f"{k}: {before[k]} -> {after[k]}" for k in before if k in after and before[k] != after[k]]
+    added = [f"{k}: + {after[k]}" for k in after if k not in before]
+    # report top-level changes only (a replaced module's children are implied)
+    out: list[str] = []
+    for item in changed + added:
+        path = item.split(":")[0]
+        if not any(path.startswith(p.split(":")[0] + ".") for p in out):
+            out.append(item)
+    if name == "weight_standardization" and not out:
+        n = sum(1 for m in probe.modules() if torch.nn.utils.parametrize.is_parametrized(m))
+        out = [f"{n} conv weights parametrised"] if n else []
+    return out
+
+
+def describe_effects(model: nn.Module, spec: list[dict[str, dict[str, Any]]],
+                     sample: Optional[tuple[torch.Tensor, torch.Tensor]] = None) -> dict[str, dict[str, Any]]:
+    """For each algorithm: what it acts on, the layers it changed, and a reason if it changes nothing."""
+    effects: dict[str, dict[str, Any]] = {}
+    for item in spec:
+        for name, kwargs in item.items():
+            inf = info(name)
+            merged = {**(inf.defaults or {}), **kwargs}
+            algo = build_algorithm(name, kwargs)
+            changes: list[str] = []
+            reason: Optional[str] = None
+            if inf.surgery is not None:
+                changes = layer_changes(model, name, _ctor_kwargs(algo, merged))
+                if not changes:
+                    reason = _surgery_noop_reason(name, model, algo)
+            elif name == "channels_last":
+                changes = ["all 4-D parameters to channels_last memory format"]
+            elif name == "gyro_dropout":
+                n = sum(1 for m in model.modules() if isinstance(m, nn.Dropout))
+                changes = [f"{n} Dropout layers -> GyroDropout"] if n else []
+                reason = None if n else "the model has no nn.Dropout layer to replace"
+            if reason is None and inf.noop is not None:
+                reason = inf.noop(merged)
+            if reason is None and name == "cutout" and sample is not None:
+                x = sample[0][:8]
+                if torch.equal(algo.cut(x.clone()), x):  # type: ignore[attr-defined]
+                    reason = "masks no pixel on these images (length too small?)"
+            effects[name] = {"acts_on": inf.acts_on, "changes": changes, "noop_reason": reason}
+    return effects
+
+
+def _ctor_kwargs(algo: Algorithm, merged: dict[str, Any]) -> dict[str, Any]:
+    """The algorithm's effective constructor arguments (defaults included)."""
+    params = inspect.signature(type(algo).__init__).parameters
+    out = {k: p.default for k, p in params.items() if p.default is not inspect.Parameter.empty}
+    for k in list(out):
+        if hasattr(algo, k):
+            out[k] = getattr(algo, k)
+    out.update(merged)
+    return out
+
+
+def _surgery_noop_reason(name: str, model: nn.Module, algo: Algorithm) -> str:
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+    widest = max((m.out_channels for m in convs), default=0)
+    if name == "squeeze_excite":
+        return (f"no conv has >= min_channels={getattr(algo, 'min_channels', '?')} output channels "
+                f"(widest here: {widest}); set algorithms.squeeze_excite.min_channels")
+    if name == "blurpool":
+        strided = sum(1 for m in convs if max(m.stride) > 1)
+        pools = sum(1 for m in model.modules() if isinstance(m, nn.MaxPool2d))
+        return (f"no strided conv with >= min_channels={getattr(algo, 'min_channels', '?')} and "
+                f"no max-pool to replace (strided convs: {strided}, max-pools: {pools})")
+    if name == "factorize":
+        return "no conv/linear is large enough (see min_channels/min_features)"
+    if name == "ghost_batchnorm":
+        return "the model has no BatchNorm layer"
+    if name == "stochastic_depth":
+        return "the model has no layer of the target_layer_name type"
+    return "the model has no layer this algorithm modifies"
+

@@ -1,0 +1,156 @@
+"""`composer-run`: the thin command-line shim over `effrecipes.runner.run`.
+
+Parses arguments, calls one library function, and turns user mistakes into a one-line message
+with exit code 2 (never a traceback).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from typing import Any, Callable, Optional, Sequence
+
+import yaml
+
+from effrecipes.errors import UserError
+
+LISTABLE = ("algorithms", "models", "datasets")
+
+
+def _fmt_flops(x: Optional[float]) -> str:
+    if x is None:
+        return "-"
+    for unit, scale in (("P", 1e15), ("T", 1e12), ("G", 1e9), ("M", 1e6), ("K", 1e3)):
+        if abs(x) >= scale:
+            return f"{x / scale:.3g}{unit}"
+    return f"{x:.3g}"
+
+
+def list_registry(kind: str, pattern: str = "*") -> str:
+    from effrecipes import registry
+
+    reg = registry.ALL[kind]
+    lines = [f"{kind} ({len(reg.names(pattern))}):"]
+    for e in reg.entries(pattern):
+        lines.append(f"  {e.name:<24} {e.description}")
+    return "\n".join(lines)
+
+
+def format_dry_run(report: dict[str, Any]) -> str:
+    plan = report["plan"]
+    out = ["# resolved recipe", yaml.safe_dump(report["recipe"], sort_keys=False).rstrip(), "",
+           "# model and budget",
+           f"params:                      {report['params']:,}",
+           f"train FLOPs / sample:        {_fmt_flops(report['train_flops_per_sample'])}"
+           "  (FlopCounterMode, fwd+bwd, 2/MAC, after surgery)",
+           f"inference FLOPs / sample:    {_fmt_flops(report['forward_flops_per_sample'])}",
+           f"fvcore fwd MACs / sample:    {_fmt_flops(report['fvcore_forward_macs_per_sample'])}",
+           f"FLOPs per batch:             {_fmt_flops(plan['step_flops'])}"
+           f"  (global batch {plan['global_batch_size']})",
+           f"FLOP cap:                    {_fmt_flops(plan['flops_cap'])}",
+           f"planned batches:             {plan['planned_batches']:,}"
+           f"  ({plan['planned_epochs']:.2f} epochs of {plan['batches_per_epoch']} batches;"
+           f" binding cap: {plan['binding_cap']})"]
+    if plan.get("reserved_flops"):
+        out.append(f"reserved FLOPs:              {_fmt_flops(plan['reserved_flops'])}"
+                   "  (SWA BatchNorm recompute)")
+    out += ["", "# algorithms"]
+    if not report["algorithms"]:
+        out.append("(none)")
+    for name, eff in report["algorithms"].items():
+        out.append(f"{name}: acts on {eff['acts_on']}")
+        for ch in eff["changes"]:
+            out.append(f"    {ch}")
+        if eff["noop_reason"]:
+            out.append(f"    WARNING: changes nothing: {eff['noop_reason']}")
+    return "\n".join(out)
+
+
+def format_summary(metrics: dict[str, Any], run_dir: str) -> str:
+    def pct(v: Optional[float]) -> str:
+        return "-" if v is None else f"{v:.2f}%"
+
+    rows = [("test accuracy", pct(metrics["test_accuracy"])),
+            ("best val accuracy", pct(metrics["best_val_accuracy"])),
+            ("FLOPs used / cap", f"{_fmt_flops(metrics['flops_used'])} / {_fmt_flops(metrics['flops_cap'])}"),
+            ("stop reason", str(metrics["stop_reason"])),
+            ("epochs (batches)", f"{metrics['epochs']:.2f} ({metrics['batches']})"),
+            ("params", f"{metrics['params']:,}"),
+            ("model size", f"{metrics['model_size_bytes'] / 1024:.1f} KiB"),
+            ("CPU latency / image", "-" if metrics["cpu_latency_ms_per_image"] is None
+             else f"{metrics['cpu_latency_ms_per_image']:.3f} ms"),
+            ("train samples/s", "-" if not metrics["samples_per_second"]
+             else f"{metrics['samples_per_second']:.0f}"),
+            ("wall seconds", f"{metrics['wall_seconds']:.1f}"),
+            ("run directory", run_dir)]
+    width = max(len(k) for k, _ in rows)
+    return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
+
+
+def _guard(main: Callable[[], int]) -> int:
+    """User mistakes -> one line on stderr, exit 2; Ctrl-C -> exit 130."""
+    try:
+        return main()
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="composer-run", description=(
+        "Train an image classifier from a YAML recipe with MosaicML Composer, stopping at the "
+        "recipe's FLOP budget."))
+    p.add_argument("recipe", nargs="?", help="recipe YAML file")
+    p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. budget.flops=1e12 optimizer.lr=0.01")
+    p.add_argument("--dry-run", action="store_true",
+                   help="print the resolved recipe, FLOPs, plan and algorithm effects; do not train")
+    p.add_argument("--list", choices=LISTABLE, metavar="{algorithms,models,datasets}",
+                   help="list a registry")
+    p.add_argument("--pattern", default="*", help="glob filter for --list (e.g. 'gap_*')")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar or summary")
+    return p
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+
+    def go() -> int:
+        if args.list:
+            print(list_registry(args.list, args.pattern))
+            return 0
+        if not args.recipe:
+            raise UserError("no recipe given; usage: composer-run RECIPE.yaml [key.path=value ...]")
+        from effrecipes.recipe import load_recipe
+        from effrecipes import runner
+
+        recipe = load_recipe(args.recipe, args.overrides)
+        if args.dry_run:
+            runner.set_threads(args.threads)
+            report = runner.dry_run_report(runner.prepare(recipe))
+            print(json.dumps(report, indent=2, default=str) if args.json else format_dry_run(report))
+            return 0
+        result = runner.run(recipe, threads=args.threads, quiet=args.quiet)
+        if args.json:
+            print(json.dumps(result.metrics, indent=2, default=str))
+        elif not args.quiet:
+            print(format_summary(result.metrics, str(result.run_dir)))
+        return 0
+
+    return _guard(go)
+
+
+def entrypoint() -> None:
+    os.environ.setdefault("WANDB_SILENT", "true")
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    entrypoint()

@@ -1,0 +1,141 @@
+"""Datasets and loaders: `build_data(cfg, seed)` turns a recipe's `data:` section into loaders.
+
+Importing this package registers every dataset in `effrecipes.registry.datasets` (see
+`sources.py`). Pipeline: decode (cached) uint8 arrays -> seeded train/val split -> subsets ->
+per-channel mean/std -> loaders.
+
+Normalisation uses the exact per-channel mean/std of the training split actually used (after the
+val split and `train_subset`; computed from a histogram in well under a second), so every dataset,
+including synthetic ones, is normalised without a table of constants and validation data never
+leaks into the statistics. Val and test are normalised with the same train statistics.
+
+Two loader paths:
+- fast (default): `BatchLoader`, whole-batch tensor ops for random_crop/hflip;
+- per-sample: `VisionDataset` + `DataLoader` with PIL transforms, chosen when `per_sample=True`,
+  when `autoaugment_imagenet` is requested, or when `data.image_size` differs from the native
+  size. Use it for Composer algorithms that edit `dataloader.dataset.transform`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Optional
+
+import torch
+
+from effrecipes.data import sources  # noqa: F401  (registers the datasets)
+from effrecipes.data.loader import BatchLoader, channel_stats
+from effrecipes.data.sources import RawData
+from effrecipes.data.split import split_indices
+from effrecipes.errors import DataError
+from effrecipes.recipe import DataConfig
+from effrecipes.registry import datasets
+
+__all__ = ["DataBundle", "BatchLoader", "RawData", "build_data", "load_raw", "list_datasets",
+           "needs_per_sample"]
+
+
+@dataclass
+class DataBundle:
+    """Loaders plus what a model and a report need to know about the data."""
+
+    train: Iterable  # (x float32 N,C,H,W, y int64 N); len = batches per epoch (drop_last)
+    val: Optional[Iterable]  # None when there is no validation split
+    test: Iterable
+    num_classes: int
+    in_channels: int
+    image_size: int
+    num_train: int
+    num_val: int
+    num_test: int
+    class_names: list[str] = field(default_factory=list)
+    mean: tuple[float, ...] = ()
+    std: tuple[float, ...] = ()
+    per_sample: bool = False  # which loader path was chosen
+
+
+def list_datasets(pattern: str = "*") -> list[str]:
+    """Names of registered datasets matching a glob pattern."""
+    return datasets.names(pattern)
+
+
+def load_raw(cfg: DataConfig) -> RawData:
+    """The decoded official train/test arrays of `cfg.name` (no split, no subsets)."""
+    raw = datasets.get(cfg.name, field_path="data.name")(cfg)
+    num_classes = len(raw.class_names)
+    for split, y in (("train", raw.train_y), ("test", raw.test_y)):
+        if len(y) and (int(y.min()) < 0 or int(y.max()) >= num_classes):
+            raise DataError(f"{cfg.name} {split} labels span {int(y.min())}..{int(y.max())} but there "
+                            f"are {num_classes} classes", field="data.root",
+                            hint="the files are corrupt or from another dataset")
+    if raw.train_x.shape[1:] != raw.test_x.shape[1:]:
+        raise DataError(f"{cfg.name}: train images {tuple(raw.train_x.shape[1:])} and test images "
+                        f"{tuple(raw.test_x.shape[1:])} differ in shape", field="data.root")
+    return raw
+
+
+def needs_per_sample(cfg: DataConfig, native_size: int) -> bool:
+    """True when the recipe needs per-image PIL transforms (AutoAugment or resizing)."""
+    return "autoaugment_imagenet" in cfg.augment or (
+        cfg.image_size is not None and cfg.image_size != native_size)
+
+
+def build_data(cfg: DataConfig, seed: int, *, per_sample: bool = False) -> DataBundle:
+    """Build train/val/test loaders for a recipe's data section; deterministic for a seed."""
+    raw = load_raw(cfg)
+    _, channels, height, width = raw.train_x.shape
+    if height != width:
+        raise DataError(f"{cfg.name}: images are {height}x{width}; only square images are supported",
+                        field="data.name")
+
+    train_idx, val_idx = split_indices(len(raw.train_x), cfg.val_fraction, seed)
+    if cfg.train_subset is not None:
+        train_idx = train_idx[:cfg.train_subset]
+    if len(train_idx) == 0:
+        raise DataError(f"{cfg.name}: no training images left after the split",
+                        field="data.val_fraction")
+    train_x, train_y = raw.train_x[train_idx], raw.train_y[train_idx]
+    val_x, val_y = raw.train_x[val_idx], raw.train_y[val_idx]
+    test_x, test_y = raw.test_x, raw.test_y
+    if cfg.test_subset is not None:
+        test_x, test_y = test_x[:cfg.test_subset], test_y[:cfg.test_subset]
+    if len(train_x) < cfg.batch_size:
+        raise DataError(f"{len(train_x)} training images are fewer than one batch of "
+                        f"{cfg.batch_size} (train batches drop the last partial batch)",
+                        field="data.batch_size", hint="lower data.batch_size or use more data")
+
+    mean, std = channel_stats(train_x)
+    size = cfg.image_size or height
+    use_per_sample = per_sample or needs_per_sample(cfg, height)
+    has_val = len(val_x) > 0
+
+    train: Iterable
+    val: Optional[Iterable]
+    test: Iterable
+    if use_per_sample:
+        from effrecipes.data.persample import ArrayImageDataset, build_transform, make_loader
+
+        common: dict[str, Any] = dict(size=size, resize=size != height, crop_padding=cfg.crop_padding,
+                                      mean=mean, std=std)
+        train_tf = build_transform(cfg.augment, **common)
+
+        def ev(x: torch.Tensor, y: torch.Tensor) -> Iterable:
+            ds = ArrayImageDataset(x, y, build_transform([], **common))
+            return make_loader(ds, cfg.eval_batch_size, train=False, num_workers=cfg.num_workers,
+                               seed=seed)
+
+        train = make_loader(ArrayImageDataset(train_x, train_y, train_tf), cfg.batch_size, train=True,
+                            num_workers=cfg.num_workers, seed=seed)
+        val = ev(val_x, val_y) if has_val else None
+        test = ev(test_x, test_y)
+    else:
+        train = BatchLoader(train_x, train_y, cfg.batch_size, mean=mean, std=std, shuffle=True,
+                            drop_last=True, augment=cfg.augment, crop_padding=cfg.crop_padding,
+                            seed=seed)
+        val = (BatchLoader(val_x, val_y, cfg.eval_batch_size, mean=mean, std=std)
+               if has_val else None)
+        test = BatchLoader(test_x, test_y, cfg.eval_batch_size, mean=mean, std=std)
+
+    return DataBundle(train=train, val=val, test=test, num_classes=len(raw.class_names),
+                      in_channels=int(channels), image_size=int(size), num_train=len(train_x),
+                      num_val=len(val_x), num_test=len(test_x), class_names=list(raw.class_names),
+                      mean=mean, std=std, per_sample=use_per_sample)

@@ -1,0 +1,89 @@
+"""The GAP CNNs of "Training Efficient CNNs" (Ethiraj & Bolla), Tables 1-2, exactly.
+
+The tables give layer widths but not every detail; the parameter counts pin the rest down
+(the test suite asserts each one against the paper):
+  * MNIST models: convolutions without bias, BatchNorm after every 3x3 block; the 1x1
+    transition blocks ("TB") and the 1x1 classifier have no BatchNorm.
+  * CIFAR-10 models: convolutions with bias (the depthwise half of a DW block too), BatchNorm
+    after every 3x3 block; the 1x1 classifier has neither.
+  * A "DW (c_in, c_out)/3x3" block is a depthwise 3x3 conv (groups=c_in) followed by a pointwise
+    1x1 conv, with one BatchNorm after the pair.
+Padding is not given in the paper; we use padding=1 on every 3x3 conv so the networks accept any
+input size (28x28, 32x32, larger) and the final feature map is never empty.
+"""
+from __future__ import annotations
+
+from typing import Sequence, Union
+
+import torch
+from torch import nn
+
+# A layer spec: ("c", out) 3x3 conv block, ("dw", out) depthwise-separable block,
+# ("tb", out) 1x1 transition conv, ("m",) 2x2 max-pool.
+Spec = Sequence[Union[tuple[str, int], tuple[str]]]
+
+
+class GapCNN(nn.Module):
+    """Conv blocks -> global average pooling -> 1x1 conv classifier (no dense layers)."""
+
+    def __init__(self, spec: Spec, in_channels: int, num_classes: int, bias: bool,
+                 dropout: float = 0.0) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        c = in_channels
+        for item in spec:
+            kind = item[0]
+            if kind == "m":
+                layers.append(nn.MaxPool2d(2))
+                continue
+            out = int(item[1])  # type: ignore[misc]
+            if kind == "c":
+                layers += [nn.Conv2d(c, out, 3, padding=1, bias=bias), nn.ReLU(inplace=True),
+                           nn.BatchNorm2d(out)]
+            elif kind == "dw":
+                layers += [nn.Conv2d(c, c, 3, padding=1, groups=c, bias=bias),
+                           nn.Conv2d(c, out, 1, bias=bias), nn.ReLU(inplace=True),
+                           nn.BatchNorm2d(out)]
+            elif kind == "tb":
+                layers += [nn.Conv2d(c, out, 1, bias=bias)]
+            else:  # pragma: no cover - specs are constants below
+                raise ValueError(f"unknown layer kind {kind!r}")
+            if dropout and kind in ("c", "dw"):
+                layers.append(nn.Dropout2d(dropout))
+            c = out
+        self.features = nn.Sequential(*layers)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.classifier = nn.Conv2d(c, num_classes, 1, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.pool(self.features(x))).flatten(1)
+
+
+# Table 1 (MNIST). Widths as printed in the paper.
+MNIST_SPECS: dict[str, Spec] = {
+    "gap_25k": [("c", 8), ("c", 16), ("m",), ("c", 32), ("c", 64), ("m",)],
+    "gap_7k": [("c", 8), ("c", 12), ("tb", 8), ("m",), ("c", 12), ("c", 16), ("tb", 12), ("m",),
+               ("c", 15), ("c", 15)],
+    "gap_7k_dw": [("c", 10), ("dw", 12), ("tb", 10), ("m",), ("c", 13), ("c", 16), ("tb", 12),
+                  ("m",), ("c", 15), ("c", 15)],
+    "gap_5k": [("c", 8), ("c", 12), ("tb", 8), ("m",), ("c", 12), ("c", 16), ("tb", 12), ("m",),
+               ("c", 15)],
+    "gap_5k_dw": [("c", 8), ("dw", 12), ("tb", 8), ("m",), ("c", 13), ("c", 18), ("tb", 12),
+                  ("m",), ("c", 16)],
+    "gap_1p5k_dw": [("c", 8), ("dw", 12), ("tb", 8), ("m",), ("dw", 12), ("dw", 16), ("tb", 12),
+                    ("m",), ("dw", 15)],
+}
+
+# Table 2 (CIFAR-10).
+CIFAR_SPECS: dict[str, Spec] = {
+    "gap_143k": [("c", 16), ("c", 16), ("m",), ("c", 32), ("c", 32), ("m",), ("c", 64), ("c", 64),
+                 ("m",), ("c", 120)],
+    "gap_143k_dw": [("c", 16), ("c", 16), ("m",), ("dw", 32), ("c", 32), ("m",), ("dw", 64),
+                    ("c", 64), ("m",), ("dw", 128), ("dw", 192), ("dw", 260)],
+}
+
+# Parameter counts printed in the paper (for 1-channel MNIST / 3-channel CIFAR-10, 10 classes).
+PAPER_PARAMS: dict[str, int] = {
+    "gap_25k": 25_144, "gap_7k": 7_767, "gap_7k_dw": 7_611, "gap_5k": 5_712,
+    "gap_5k_dw": 5_616, "gap_1p5k_dw": 1_560, "gap_143k": 143_208, "gap_143k_dw": 143_396,
+}

@@ -1,0 +1,25 @@
+"""Registers the GAP CNNs of paper 004 (Tables 1-2) by name."""
+from __future__ import annotations
+
+from typing import Any
+
+from torch import nn
+
+from effrecipes.models.gap_cnn import CIFAR_SPECS, MNIST_SPECS, PAPER_PARAMS, GapCNN
+from effrecipes.registry import models
+
+
+def _register(name: str, spec: Any, bias: bool, table: str, default_input: str) -> None:
+    def build(in_channels: int, num_classes: int, image_size: int = 0, dropout: float = 0.0,
+              **_: Any) -> nn.Module:
+        return GapCNN(spec, in_channels, num_classes, bias=bias, dropout=dropout)
+
+    build.__doc__ = f"GAP CNN of paper 004 Table {table} ({PAPER_PARAMS[name]:,} params)"
+    models.add(name, build, family="paper004", paper_params=PAPER_PARAMS[name],
+               default_input=default_input)
+
+
+for _name, _spec in MNIST_SPECS.items():
+    _register(_name, _spec, bias=False, table="1", default_input="1x28x28")
+for _name, _spec in CIFAR_SPECS.items():
+    _register(_name, _spec, bias=True, table="2", default_input="3x32x32")

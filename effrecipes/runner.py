@@ -1,0 +1,322 @@
+"""One run: recipe -> data, model, algorithms -> measured plan -> Composer Trainer -> run directory.
+
+The run directory is the contract with everything after training (matrix tables, reports,
+resume): the resolved recipe, `metrics.json`, `history.csv` and the checkpoint. It is written
+under a temporary name and renamed into place when the run ends, so a crash never leaves a
+half-written run directory behind.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import os
+import shutil
+import sys
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+from composer import Trainer
+from composer.core import Algorithm
+from composer.models import ComposerClassifier
+from composer.utils import dist, reproducibility
+from torch import nn
+
+from effrecipes import algorithms as algos
+from effrecipes.budget import (BudgetLedger, BudgetPlan, FlopBudget, forward_flops_per_sample,
+                               fvcore_forward_macs_per_sample, plan_budget,
+                               progressive_resizing_cost_factor, swa_reserve_flops, train_step_flops)
+from effrecipes.callbacks import BestWeights, History
+from effrecipes.data import DataBundle, build_data
+from effrecipes.errors import RecipeError, UserError
+from effrecipes.evaluate import evaluate, measure_latency, model_size_bytes
+from effrecipes.models import build_model
+from effrecipes.optim import build_optimizer, build_scheduler
+from effrecipes.recipe import Recipe, recipe_to_yaml
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Prepared:
+    """Everything built for a run, before training starts."""
+
+    recipe: Recipe
+    data: DataBundle
+    model: ComposerClassifier
+    algorithms: list[Algorithm]
+    effects: dict[str, dict[str, Any]]
+    plan: BudgetPlan
+    trainer: Optional[Trainer] = None
+    warnings: list[str] = field(default_factory=list)
+
+
+@dataclass
+class RunResult:
+    run_dir: Optional[Path]
+    metrics: dict[str, Any]
+
+
+# Below this many FLOPs per batch, one intra-op thread is faster than several: measured here,
+# the 1.5K model at batch 32 (10 MFLOPs/batch) trains at 2,815 samples/s on 1 thread and 69 on 2
+# (thread hand-off dominates tiny kernels). See benchmarks/README.md.
+SMALL_STEP_FLOPS = 2e9
+
+
+def set_threads(threads: Optional[int], step_flops: Optional[float] = None) -> int:
+    """Intra-op threads: explicit, else $EFFRECIPES_THREADS (a matrix divides cores among its
+    workers), else 1 for tiny steps and all cores otherwise."""
+    n = threads or int(os.environ.get("EFFRECIPES_THREADS", 0))
+    if not n:
+        small = step_flops is not None and step_flops < SMALL_STEP_FLOPS
+        n = 1 if small else (os.cpu_count() or 1)
+    torch.set_num_threads(max(1, n))
+    return n
+
+
+def _dynamic_cost(recipe: Recipe) -> bool:
+    return any(algos.info(n).dynamic_cost for n in recipe.algorithm_names
+               if n != "progressive_resizing")
+
+
+def _sam_passes(recipe: Recipe) -> float:
+    for item in recipe.algorithms:
+        if "sam" in item:
+            interval = int(item["sam"].get("interval", 1))
+            return 1.0 + 1.0 / max(interval, 1)
+    return 1.0
+
+
+def prepare(recipe: Recipe, *, build_trainer: bool = True) -> Prepared:
+    """Build data, model and algorithms; measure a real training step; plan the budget."""
+    reproducibility.seed_all(recipe.seed)  # before the model is built
+    names = recipe.algorithm_names
+    per_sample = any(algos.info(n).dataset_transform for n in names)
+    data = build_data(recipe.data, recipe.seed, per_sample=per_sample)
+    module = build_model(recipe.model.name, data.in_channels, data.num_classes, data.image_size,
+                         **recipe.model.kwargs)
+    shape = (data.in_channels, data.image_size, data.image_size)
+    sample = next(iter(data.train))
+    effects = algos.describe_effects(module, recipe.algorithms, sample)
+    notes = [f"algorithm {n} changes nothing: {e['noop_reason']}"
+             for n, e in effects.items() if e["noop_reason"]]
+    if notes and recipe.strict:
+        raise RecipeError(notes[0] + " (strict: true)", field=f"algorithms.{notes[0].split()[1]}")
+
+    model = ComposerClassifier(module, num_classes=data.num_classes)
+    algorithm_objs = algos.build_algorithms(recipe.algorithms)
+
+    # Apply model surgery to a copy exactly as the Trainer will, and measure a real step on it.
+    surgered = copy.deepcopy(module)
+    for item in recipe.algorithms:
+        for name, kw in item.items():
+            if algos.info(name).surgery is not None:
+                algos.info(name).surgery(surgered, **algos._ctor_kwargs(algos.build_algorithm(name, kw),
+                                                                       kw))
+    world = dist.get_world_size()
+    x, y = sample
+    step_local = train_step_flops(surgered, _loss(model), (x, y),
+                                  passes=_sam_passes(recipe))
+    per_sample_train = step_local / x.shape[0]
+    fwd = forward_flops_per_sample(surgered, shape)
+    fv = fvcore_forward_macs_per_sample(surgered, shape)
+    reserve = 0.0
+    for item in recipe.algorithms:
+        if "swa" in item:
+            swa_obj = next(a for a in algorithm_objs if isinstance(a, algos.SWAWithBNUpdate))
+            reserve = swa_reserve_flops(swa_obj.bn_update_batches, x.shape[0], fwd, world)
+    factor = 1.0
+    for item in recipe.algorithms:
+        if "progressive_resizing" in item:
+            factor = progressive_resizing_cost_factor(**item["progressive_resizing"])
+    b = recipe.budget
+    plan = plan_budget(flops_cap=b.flops, max_epochs=b.max_epochs, max_seconds=b.max_seconds,
+                       step_flops=step_local * world, train_flops_per_sample=per_sample_train,
+                       forward_flops_per_sample=fwd, fvcore_macs=fv,
+                       global_batch_size=x.shape[0] * world, batches_per_epoch=len(data.train),
+                       reserved_flops=reserve, cost_factor=factor)
+    if plan.planned_batches < 1:
+        raise RecipeError(f"the cap affords no training batch: one batch costs {plan.step_flops:.3g} "
+                          f"FLOPs{' + reserve ' + format(reserve, '.3g') if reserve else ''}",
+                          field="budget.flops", hint="raise budget.flops or lower data.batch_size")
+    prepared = Prepared(recipe, data, model, algorithm_objs, effects, plan, warnings=notes)
+    return prepared
+
+
+def _loss(model: ComposerClassifier):
+    """Loss on raw (outputs, targets), as ComposerClassifier computes it."""
+    return lambda out, y: model._loss_fn(out, y)
+
+
+def dry_run_report(prepared: Prepared) -> dict[str, Any]:
+    """What `--dry-run` prints: resolved recipe, params, FLOPs, plan, algorithm effects."""
+    module = prepared.model.module
+    p = prepared.plan
+    return {
+        "recipe": prepared.recipe.model_dump(mode="json"),
+        "params": sum(t.numel() for t in module.parameters()),
+        "train_flops_per_sample": p.train_flops_per_sample,
+        "forward_flops_per_sample": p.forward_flops_per_sample,
+        "fvcore_forward_macs_per_sample": p.fvcore_forward_macs_per_sample,
+        "plan": p.as_dict(),
+        "algorithms": prepared.effects,
+        "warnings": prepared.warnings,
+    }
+
+
+# --------------------------------------------------------------------------- run directory
+
+def run_dir_for(recipe: Recipe) -> Path:
+    return Path(recipe.output.root).expanduser() / recipe.run_name
+
+
+def _check_output(recipe: Recipe) -> Path:
+    final = run_dir_for(recipe)
+    root = final.parent
+    if final.exists() and not recipe.output.overwrite:
+        raise UserError("run directory already exists", field="output.run_name", file=str(final),
+                        hint="set output.overwrite=true, choose another output.run_name, "
+                        "or use --resume")
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"cannot create output directory: {e.strerror}", file=str(root),
+                        field="output.root") from None
+    if not os.access(root, os.W_OK):
+        raise UserError("output directory is not writable", file=str(root), field="output.root",
+                        hint="choose a writable output.root")
+    return final
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2, sort_keys=False, default=str))
+    os.replace(tmp, path)
+
+
+def _finalise(tmp: Path, final: Path) -> None:
+    """Move a finished run into place (replacing an old one only when overwrite was asked)."""
+    if final.exists():
+        old = final.with_name(f".{final.name}.old-{os.getpid()}")
+        os.replace(final, old)
+        os.replace(tmp, final)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, final)
+
+
+# --------------------------------------------------------------------------- run
+
+def run(recipe: Recipe, *, threads: Optional[int] = None, quiet: bool = False) -> RunResult:
+    """Train one recipe until its budget binds; write and return its run directory and metrics."""
+    set_threads(threads)
+    final = _check_output(recipe)
+    wall0 = time.perf_counter()
+    prepared = prepare(recipe)
+    set_threads(threads, prepared.plan.step_flops)
+    for note in prepared.warnings:
+        log.warning(note)
+        if not quiet:
+            print(f"WARNING: {note}")
+    tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    try:
+        metrics = _train_and_evaluate(prepared, tmp, quiet=quiet)
+        metrics["wall_seconds"] = time.perf_counter() - wall0
+        _write_json(tmp / "metrics.json", metrics)
+        _finalise(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return RunResult(final, metrics)
+
+
+def _train_and_evaluate(prepared: Prepared, out: Path, *, quiet: bool) -> dict[str, Any]:
+    recipe, data, plan = prepared.recipe, prepared.data, prepared.plan
+    (out / "recipe.yaml").write_text(recipe_to_yaml(recipe))
+    model = prepared.model
+    optimizer = build_optimizer(recipe.optimizer, model.parameters())
+    swa_objs = tuple(a for a in prepared.algorithms if isinstance(a, algos.SWAWithBNUpdate))
+    budget = FlopBudget(plan, max_seconds=recipe.budget.max_seconds,
+                        dynamic_cost=_dynamic_cost(recipe), extra_forward_sources=swa_objs,
+                        ledger=BudgetLedger())
+    history = History(budget, out / "history.csv")
+    best = BestWeights() if recipe.eval.checkpoint == "best_val" else None
+    callbacks = [budget, history] + ([best] if best else [])
+    eval_every = max(1, round(recipe.eval.every_epochs * plan.batches_per_epoch))
+    schedulers, every_batch = build_scheduler(recipe.scheduler, recipe.optimizer, optimizer,
+                                              plan.planned_batches, plan.batches_per_epoch)
+    loggers = []
+    if recipe.loggers.wandb.enabled:
+        from effrecipes.report.wandb_logging import build_wandb_logger
+        loggers.append(build_wandb_logger(recipe))
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", module="composer")
+        warnings.filterwarnings("ignore", category=UserWarning)
+        trainer = Trainer(
+            model=model, train_dataloader=data.train, optimizers=optimizer,
+            eval_dataloader=data.val if data.val is not None else None,
+            eval_interval=f"{eval_every}ba" if data.val is not None else 0,
+            max_duration=f"{plan.planned_batches}ba", schedulers=schedulers,
+            step_schedulers_every_batch=every_batch, algorithms=prepared.algorithms,
+            callbacks=callbacks, loggers=loggers, device="cpu", precision="fp32",
+            seed=recipe.seed,
+            progress_bar=recipe.loggers.progress_bar and not quiet and sys.stderr.isatty(),
+            log_to_console=False, run_name=recipe.run_name, python_log_level=None,
+        )
+        prepared.trainer = trainer
+        trainer.fit()
+    ledger = budget.ledger
+    module = trainer.state.model.module
+    if best is not None and best.state is not None:
+        module.load_state_dict(best.state)
+    test = evaluate(module, data.test, data.num_classes, per_class=recipe.eval.per_class)
+    latency = measure_latency(module, data.test, recipe.eval.latency_images)
+    size = model_size_bytes(module)
+    if recipe.output.save_checkpoint:
+        torch.save({"model": module.state_dict(), "recipe": recipe.model_dump(mode="json"),
+                    "ledger": ledger.__dict__}, out / "checkpoint.pt")
+    eval_samples = history.eval_samples + test["samples"]
+    metrics: dict[str, Any] = {
+        "name": recipe.name,
+        "run_name": recipe.run_name,
+        "seed": recipe.seed,
+        "dataset": recipe.data.name,
+        "model": recipe.model.name,
+        "algorithms": recipe.algorithm_names,
+        "test_accuracy": test["accuracy"],
+        "best_val_accuracy": history.best_val_accuracy,
+        "final_val_accuracy": history.last_val_accuracy,
+        "tested_weights": recipe.eval.checkpoint,
+        "flops_used": ledger.flops_used,
+        "flops_cap": plan.flops_cap,
+        "stop_reason": ledger.stop_reason,
+        "train_flops_per_sample": plan.train_flops_per_sample,
+        "measured_flops_per_sample": ledger.measured_step_flops,
+        "inference_flops_per_sample": plan.forward_flops_per_sample,
+        "fvcore_forward_macs_per_sample": plan.fvcore_forward_macs_per_sample,
+        "eval_flops": eval_samples * plan.forward_flops_per_sample,
+        "swa_bn_update_flops": ledger.extra_forward_flops,
+        "params": sum(t.numel() for t in module.parameters()),
+        "model_size_bytes": size,
+        "cpu_latency_ms_per_image": latency,
+        "batches": ledger.batches,
+        "samples": ledger.samples,
+        "epochs": ledger.batches / plan.batches_per_epoch,
+        "planned_batches": plan.planned_batches,
+        "train_seconds": ledger.train_seconds,
+        "samples_per_second": ledger.samples / ledger.train_seconds if ledger.train_seconds else None,
+        "algorithm_effects": prepared.effects,
+        "warnings": prepared.warnings,
+        "reference": recipe.reference.model_dump() if recipe.reference else None,
+        "threads": torch.get_num_threads(),
+    }
+    if recipe.eval.per_class:
+        metrics["per_class"] = test["per_class"]
+    return metrics

@@ -1,0 +1,73 @@
+"""FLOP counting convention and the budget plan."""
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from effrecipes.budget import (count_flops, forward_flops_per_sample, plan_budget,
+                               progressive_resizing_cost_factor, train_step_flops)
+from effrecipes.models import build_model
+
+
+def test_conv_forward_flops_equal_hand_formula() -> None:
+    conv = nn.Conv2d(3, 8, 3, padding=1, bias=False)
+    x = torch.zeros(4, 3, 16, 16)
+    # 2 FLOPs per multiply-add: N * C_out * H_out * W_out * (C_in * k * k) * 2
+    expected = 4 * 8 * 16 * 16 * (3 * 3 * 3) * 2
+    assert count_flops(lambda: conv(x)) == expected
+
+
+def test_conv_train_step_is_three_times_forward_when_input_needs_grad() -> None:
+    conv = nn.Conv2d(3, 8, 3, padding=1, bias=False)
+    fwd = 2 * 8 * 16 * 16 * 27 * 2
+    x = torch.zeros(2, 3, 16, 16, requires_grad=True)
+
+    def step() -> None:
+        conv(x).sum().backward()
+
+    assert count_flops(step) == 3 * fwd  # forward + grad wrt input + grad wrt weight
+
+
+def test_first_layer_backward_skips_input_grad() -> None:
+    model = nn.Sequential(nn.Conv2d(1, 4, 3, bias=False))
+    fwd = count_flops(lambda: model(torch.zeros(1, 1, 8, 8)))
+    step = train_step_flops(model, lambda o, y: o.sum(), (torch.zeros(1, 1, 8, 8), None))
+    assert step == 2 * fwd  # data needs no gradient: only the weight gradient
+
+
+def test_sam_passes_double_the_step() -> None:
+    model = build_model("gap_1p5k_dw", 1, 10, 28)
+    batch = (torch.randn(4, 1, 28, 28), torch.randint(0, 10, (4,)))
+    loss = nn.functional.cross_entropy
+    one = train_step_flops(model, loss, batch)
+    assert train_step_flops(model, loss, batch, passes=2.0) == 2 * one
+    assert one > 2 * forward_flops_per_sample(model, (1, 28, 28)) * 4 * 0.99
+
+
+def test_plan_never_exceeds_cap_and_ends_within_one_batch() -> None:
+    for cap in (1e9, 3.3e9, 7.77e10):
+        plan = plan_budget(flops_cap=cap, max_epochs=None, max_seconds=None, step_flops=1.23e7,
+                           train_flops_per_sample=1e5, forward_flops_per_sample=3e4, fvcore_macs=None,
+                           global_batch_size=123, batches_per_epoch=50)
+        used = plan.planned_batches * plan.step_flops
+        assert used <= cap and cap - used < plan.step_flops
+        assert plan.binding_cap == "flops"
+
+
+def test_plan_binding_cap_is_the_smallest() -> None:
+    plan = plan_budget(flops_cap=1e15, max_epochs=2, max_seconds=None, step_flops=1e6,
+                       train_flops_per_sample=1e4, forward_flops_per_sample=3e3, fvcore_macs=None,
+                       global_batch_size=100, batches_per_epoch=30)
+    assert plan.planned_batches == 60 and plan.binding_cap == "max_epochs"
+    plan = plan_budget(flops_cap=1e9, max_epochs=None, max_seconds=None, step_flops=1e6,
+                       train_flops_per_sample=1e4, forward_flops_per_sample=3e3, fvcore_macs=None,
+                       global_batch_size=100, batches_per_epoch=30, reserved_flops=5e8)
+    assert plan.planned_batches == 500  # the reserve is kept for SWA's BatchNorm recompute
+
+
+def test_progressive_resizing_cost_factor() -> None:
+    assert progressive_resizing_cost_factor(initial_scale=1.0) == pytest.approx(1.0)
+    f = progressive_resizing_cost_factor(initial_scale=0.5, delay_fraction=0.5, finetune_fraction=0.2)
+    assert f == pytest.approx(0.5 * 0.25 + 0.3 * (0.25 + 0.5 + 1) / 3 + 0.2)
+    assert 0 < f < 1 and not math.isnan(f)

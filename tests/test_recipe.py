@@ -1,0 +1,160 @@
+"""Recipe loading: safe YAML, typed schema, overrides, and one-line errors with exit code 2."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from effrecipes.cli import main
+from effrecipes.errors import RecipeError
+from effrecipes.recipe import apply_override, load_recipe, parse_flops, parse_override
+from tests.conftest import tiny_recipe, write_recipe
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def run_cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
+    code = main(list(args))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.mark.parametrize("text,value", [(1e14, 1e14), ("1e14", 1e14), ("100T", 1e14),
+                                        ("2.5G", 2.5e9), ("3 TFLOPs", 3e12), (12, 12.0)])
+def test_parse_flops(text: Any, value: float) -> None:
+    assert parse_flops(text) == pytest.approx(value)
+
+
+@pytest.mark.parametrize("bad", ["abc", "-5", 0, -1.0, float("inf"), True, "1e14X"])
+def test_parse_flops_rejects(bad: Any) -> None:
+    with pytest.raises(ValueError):
+        parse_flops(bad)
+
+
+def test_overrides_apply_dotted_paths_and_algorithms(tmp_path: Path) -> None:
+    data = tiny_recipe(tmp_path)
+    data["algorithms"] = [{"cutout": {"length": 4}}]
+    path = write_recipe(tmp_path, data)
+    r = load_recipe(path, ["budget.flops=5e8", "optimizer.lr=0.01", "algorithms.cutout.length=6",
+                           "algorithms.mixup={alpha: 0.3}", "data.augment=[hflip]"])
+    assert r.budget.flops == 5e8 and r.optimizer.lr == 0.01
+    assert r.algorithms == [{"cutout": {"length": 6}}, {"mixup": {"alpha": 0.3}}]
+    assert r.data.augment == ["hflip"]
+    r = load_recipe(path, ["algorithms.cutout=null"])
+    assert r.algorithms == []
+
+
+def test_parse_override_requires_equals() -> None:
+    with pytest.raises(RecipeError, match="key.path=value"):
+        parse_override("optimizer.lr")
+    assert parse_override("a.b=[1, 2]") == (["a", "b"], [1, 2])
+
+
+def test_override_into_non_section_is_an_error() -> None:
+    with pytest.raises(RecipeError, match="not a section"):
+        apply_override({"optimizer": "sgd"}, ["optimizer", "lr"], 1)
+
+
+def test_all_shipped_recipes_validate() -> None:
+    recipes = sorted((REPO / "recipes").rglob("*.yaml"))
+    assert recipes
+    for path in recipes:
+        if "ablations" in path.parts or "matrices" in path.parts:
+            continue
+        load_recipe(path)
+
+
+BAD_CASES: list[tuple[str, Any, str]] = [
+    # (dotted key to set or special, value, expected fragment of the message)
+    ("model.nmae", "x", "model.nmae: unknown key; valid keys (closest first): name"),
+    ("optimizer.lr", "fast", "optimizer.lr: Input should be a valid number"),
+    ("optimizer.name", "sgdd", "optimizer.name: Input should be 'sgd'"),
+    ("model.name", "gap_1p5k", "model.name: unknown model 'gap_1p5k'; valid choices (closest first): gap_1p5k_dw"),
+    ("data.name", "cifar11", "data.name: unknown dataset 'cifar11'; valid choices (closest first): cifar10"),
+    ("algorithms", [{"blurpol": {}}], "algorithms.blurpol: unknown algorithm 'blurpol'; valid choices (closest first): blurpool"),
+    ("algorithms", [{"cutout": {"lenght": 4}}], "algorithms.cutout.lenght: unknown argument 'lenght'; valid (closest first): length"),
+    ("algorithms", [{"swa": {"swa_start": "0.9dur", "swa_end": "0.5dur"}}], "algorithms.swa: invalid arguments: swa_end must be > swa_start"),
+    ("algorithms", [{"mixup": {}}, {"mixup": {}}], "listed twice"),
+    ("algorithms", [{"mixup": {}}, {"cutmix": {}}], "algorithms: cutmix and mixup conflict"),
+    ("budget.flops", -1, "budget.flops: must be a positive, finite number of FLOPs"),
+    ("budget.flops", "lots", "budget.flops: cannot read 'lots' as FLOPs"),
+    ("budget", {}, "set at least one of budget.flops"),
+    ("data.batch_size", 0, "data.batch_size: Input should be greater than or equal to 1"),
+    ("data.batch_size", 10**9, "data.batch_size: Input should be less than or equal to 65536"),
+    ("output.run_name", "../escape", "output.run_name: use letters, digits"),
+    ("seed", "x", "seed: Input should be a valid integer"),
+    ("extra_section", 1, "extra_section: unknown key; valid keys (closest first)"),
+]
+
+
+@pytest.mark.parametrize("key,value,fragment", BAD_CASES, ids=[c[0] + ":" + str(c[1])[:20] for c in BAD_CASES])
+def test_bad_recipe_one_line_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str], key: str,
+                                    value: Any, fragment: str) -> None:
+    data = tiny_recipe(tmp_path)
+    node = data
+    parts = key.split(".")
+    for p in parts[:-1]:
+        node = node.setdefault(p, {})
+    node[parts[-1]] = value
+    path = write_recipe(tmp_path, data)
+    code, out, err = run_cli(capsys, str(path), "--dry-run")
+    assert code == 2
+    assert err.count("\n") == 1 and "Traceback" not in err, err
+    assert err.startswith(f"error: {path}: ")
+    assert fragment in err, err
+    assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize("content,fragment", [
+    (b"name: [unclosed\n", "invalid YAML at line"),
+    (b"!!python/object/apply:os.system ['echo hacked']\n", "YAML tag refused"),
+    (b"- just\n- a list\n", "expected a mapping"),
+    (b"name: x\ndata: {name: digits}\nmodel: {name: gap_1p5k_dw}\nbudget: {flops: 1e9}\n\xff\xfe", "not UTF-8"),
+    (b"", "expected a mapping"),
+])
+def test_bad_files(tmp_path: Path, capsys: pytest.CaptureFixture[str], content: bytes, fragment: str) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_bytes(content)
+    code, _, err = run_cli(capsys, str(path))
+    assert code == 2 and fragment in err and err.count("\n") == 1, err
+
+
+def test_missing_file_and_bad_override(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = run_cli(capsys, str(tmp_path / "nope.yaml"))
+    assert code == 2 and "file not found" in err
+    path = write_recipe(tmp_path, tiny_recipe(tmp_path))
+    code, _, err = run_cli(capsys, str(path), "optimizer.lr")
+    assert code == 2 and "key.path=value" in err
+    code, _, err = run_cli(capsys, str(path), "optimizer.lrr=0.1")
+    assert code == 2 and "optimizer.lrr: unknown key; valid keys (closest first): lr" in err
+
+
+def test_budget_smaller_than_one_batch(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = write_recipe(tmp_path, tiny_recipe(tmp_path, **{"budget.flops": 10}))
+    code, _, err = run_cli(capsys, str(path), "--dry-run")
+    assert code == 2 and "budget.flops: the cap affords no training batch" in err
+
+
+def test_yaml_python_tag_never_executes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    marker = tmp_path / "pwned"
+    path = tmp_path / "evil.yaml"
+    path.write_text(f"name: !!python/object/apply:os.system ['touch {marker}']\n")
+    code, _, err = run_cli(capsys, str(path))
+    assert code == 2 and not marker.exists()
+
+
+def test_list_registries(capsys: pytest.CaptureFixture[str]) -> None:
+    for kind, expect in (("algorithms", "squeeze_excite"), ("models", "gap_143k_dw"), ("datasets", "fashion_mnist")):
+        code, out, _ = run_cli(capsys, "--list", kind)
+        assert code == 0 and expect in out
+    code, out, _ = run_cli(capsys, "--list", "models", "--pattern", "gap_5k*")
+    assert "gap_5k_dw" in out and "gap_25k" not in out
+
+
+def test_resolved_recipe_roundtrips(tmp_path: Path) -> None:
+    from effrecipes.recipe import recipe_to_yaml, validate_recipe
+    r = load_recipe(write_recipe(tmp_path, tiny_recipe(tmp_path)))
+    again = validate_recipe(yaml.safe_load(recipe_to_yaml(r)))
+    assert again == r
