@@ -58,8 +58,8 @@ class PerImageCutOut(CutOut):
         return int(self.length) if self.length >= 1 else int(min(h, w) * self.length)
 
     def apply(self, event: Event, state: State, logger: Logger) -> None:
-        x = state.batch_get_item(self._input_key)
-        state.batch_set_item(self._input_key, self.cut(x))
+        x = state.batch_get_item(self.input_key)
+        state.batch_set_item(self.input_key, self.cut(x))
 
     def cut(self, x: torch.Tensor) -> torch.Tensor:
         """Zero `num_holes` squares per image (vectorised; centres may fall near the border)."""
@@ -109,11 +109,33 @@ class SWAWithBNUpdate(SWA):
         self.bn_update_batches = bn_update_batches
         self.extra_forward_samples = 0  # read by the budget callback
         self.bn_updated = False
+        self.never_started = False
+
+    def match(self, event: Event, state: State) -> bool:
+        if event == Event.FIT_END:
+            return not self.swa_completed
+        return super().match(event, state)
 
     def apply(self, event: Event, state: State, logger: Logger) -> None:
+        if event == Event.FIT_END:
+            self._finish_at_fit_end(state)
+            return
         was_completed = self.swa_completed
         super().apply(event, state, logger)
         if self.swa_completed and not was_completed and self.bn_update_batches > 0:
+            self._update_bn(state)
+
+    def _finish_at_fit_end(self, state: State) -> None:
+        """A budget stops training mid-epoch, so the EPOCH_END at which Composer would swap in the
+        average may never come: swap here instead, so SWA is never silently a no-op."""
+        if not self.swa_started or self.swa_model is None:
+            log.warning("SWA never started: training ended before swa_start=%s", self.swa_start)
+            self.never_started = True
+            return
+        state.model.load_state_dict(self.swa_model.module.state_dict())  # type: ignore[union-attr]
+        self.swa_completed = True
+        log.info("SWA: swapped in the averaged weights at the end of training")
+        if self.bn_update_batches > 0:
             self._update_bn(state)
 
     def _update_bn(self, state: State) -> None:

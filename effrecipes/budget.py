@@ -221,6 +221,7 @@ class FlopBudget(Callback):
         if self._counter is not None:  # training ended inside a batch
             self._counter.__exit__(None, None, None)
             self._counter = None
+        self._charge_extra_forward()  # e.g. SWA's BatchNorm recompute at the end of training
         if self.ledger.stop_reason is None:
             self.ledger.stop_reason = self.plan.binding_cap
 

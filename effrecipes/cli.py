@@ -42,7 +42,8 @@ def format_dry_run(report: dict[str, Any]) -> str:
     plan = report["plan"]
     out = ["# resolved recipe", yaml.safe_dump(report["recipe"], sort_keys=False).rstrip(), "",
            "# model and budget",
-           f"params:                      {report['params']:,}",
+           f"params:                      {report['params']:,}"
+           f"  ({report['params_after_surgery']:,} after algorithm surgery)",
            f"train FLOPs / sample:        {_fmt_flops(report['train_flops_per_sample'])}"
            "  (FlopCounterMode, fwd+bwd, 2/MAC, after surgery)",
            f"inference FLOPs / sample:    {_fmt_flops(report['forward_flops_per_sample'])}",
@@ -119,7 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_intermixed_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
 
     def go() -> int:

@@ -51,6 +51,7 @@ class Prepared:
     algorithms: list[Algorithm]
     effects: dict[str, dict[str, Any]]
     plan: BudgetPlan
+    params_after_surgery: int = 0
     trainer: Optional[Trainer] = None
     warnings: list[str] = field(default_factory=list)
 
@@ -143,7 +144,9 @@ def prepare(recipe: Recipe, *, build_trainer: bool = True) -> Prepared:
         raise RecipeError(f"the cap affords no training batch: one batch costs {plan.step_flops:.3g} "
                           f"FLOPs{' + reserve ' + format(reserve, '.3g') if reserve else ''}",
                           field="budget.flops", hint="raise budget.flops or lower data.batch_size")
-    prepared = Prepared(recipe, data, model, algorithm_objs, effects, plan, warnings=notes)
+    prepared = Prepared(recipe, data, model, algorithm_objs, effects, plan,
+                        params_after_surgery=sum(t.numel() for t in surgered.parameters()),
+                        warnings=notes)
     return prepared
 
 
@@ -159,6 +162,7 @@ def dry_run_report(prepared: Prepared) -> dict[str, Any]:
     return {
         "recipe": prepared.recipe.model_dump(mode="json"),
         "params": sum(t.numel() for t in module.parameters()),
+        "params_after_surgery": prepared.params_after_surgery,
         "train_flops_per_sample": p.train_flops_per_sample,
         "forward_flops_per_sample": p.forward_flops_per_sample,
         "fvcore_forward_macs_per_sample": p.fvcore_forward_macs_per_sample,
@@ -273,6 +277,10 @@ def _train_and_evaluate(prepared: Prepared, out: Path, *, quiet: bool) -> dict[s
         prepared.trainer = trainer
         trainer.fit()
     ledger = budget.ledger
+    for swa in swa_objs:
+        if swa.never_started:
+            prepared.warnings.append(f"algorithm swa changed nothing: training ended before "
+                                     f"swa_start={swa.swa_start}")
     module = trainer.state.model.module
     if best is not None and best.state is not None:
         module.load_state_dict(best.state)

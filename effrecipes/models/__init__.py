@@ -10,6 +10,7 @@ from typing import Any
 from torch import nn
 
 from effrecipes.models import paper_models  # noqa: F401  (registers the GAP CNNs)
+from effrecipes.models import zoo  # noqa: F401
 from effrecipes.registry import models
 
 

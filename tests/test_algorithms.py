@@ -1,0 +1,94 @@
+"""Algorithms: registry coverage, surgery effects, no-op detection, batch changes on a real State."""
+from __future__ import annotations
+
+import pytest
+import torch
+from composer.core import Event, State
+from composer.devices import DeviceCPU
+from composer.loggers import Logger
+from composer.models import ComposerClassifier
+
+from effrecipes.algorithms import build_algorithm, describe_effects, layer_changes
+from effrecipes.budget import train_step_flops
+from effrecipes.models import build_model
+from effrecipes.registry import algorithms
+
+PAPER_SEVEN = ["blurpool", "squeeze_excite", "swa", "sam", "mixup", "cutout", "label_smoothing"]
+OTHERS = ["channels_last", "ema", "colout", "cutmix", "progressive_resizing", "ghost_batchnorm",
+          "layer_freezing", "randaugment", "augmix", "selective_backprop", "weight_standardization",
+          "factorize", "gradient_clipping", "stochastic_depth", "gyro_dropout"]
+
+
+def test_registry_has_paper_and_cnn_algorithms() -> None:
+    assert set(PAPER_SEVEN + OTHERS) <= set(algorithms.names())
+
+
+def _state(batch: tuple[torch.Tensor, torch.Tensor]) -> State:
+    model = ComposerClassifier(build_model("gap_1p5k_dw", 1, 10, 12), num_classes=10)
+    state = State(model=model, rank_zero_seed=0, run_name="t", device=DeviceCPU())
+    state.batch = batch
+    return state
+
+
+def _apply(name: str, kwargs: dict, event: Event) -> tuple[torch.Tensor, torch.Tensor, State]:
+    torch.manual_seed(0)
+    x, y = torch.rand(16, 1, 12, 12) + 0.1, torch.randint(0, 10, (16,))
+    state = _state((x.clone(), y.clone()))
+    algo = build_algorithm(name, kwargs)
+    assert algo.match(event, state)
+    algo.apply(event, state, Logger(state))
+    return x, y, state
+
+
+def test_mixup_changes_the_batch() -> None:
+    x, _, state = _apply("mixup", {"alpha": 0.5}, Event.BEFORE_FORWARD)
+    assert not torch.equal(state.batch[0], x)
+
+
+def test_cutout_changes_the_batch_with_one_square_per_image() -> None:
+    x, _, state = _apply("cutout", {"length": 4}, Event.AFTER_DATALOADER)
+    out = state.batch[0]
+    zero = out == 0
+    assert zero.any() and not torch.equal(out, x)
+    masks = zero[:, 0]
+    # each image loses at most a 4x4 square, and the squares differ between images
+    assert int(masks.flatten(1).sum(1).max()) <= 16
+    assert len({tuple(m.nonzero()[0].tolist()) for m in masks if m.any()}) > 1
+
+
+def test_cutout_length_in_pixels_or_fraction() -> None:
+    px = build_algorithm("cutout", {"length": 10})
+    frac = build_algorithm("cutout", {"length": 0.25})
+    assert px.side(32, 32) == 10 and frac.side(32, 32) == 8
+
+
+def test_blurpool_and_squeeze_excite_change_model_and_flops() -> None:
+    model = build_model("gap_1p5k_dw", 1, 10, 28)
+    batch = (torch.randn(4, 1, 28, 28), torch.randint(0, 10, (4,)))
+    loss = torch.nn.functional.cross_entropy
+    base = train_step_flops(model, loss, batch)
+    for name, kw in (("blurpool", {}), ("squeeze_excite", {"min_channels": 8, "latent_channels": 0.25})):
+        changes = layer_changes(model, name, kw)
+        assert changes, name
+        from effrecipes.algorithms import info
+        surgered = __import__("copy").deepcopy(model)
+        info(name).surgery(surgered, **kw)
+        assert train_step_flops(surgered, loss, batch) > base, name
+
+
+def test_noop_algorithms_are_reported() -> None:
+    model = build_model("gap_1p5k_dw", 1, 10, 28)
+    effects = describe_effects(model, [{"squeeze_excite": {}}, {"mixup": {"alpha": 0}},
+                                       {"label_smoothing": {"smoothing": 0}}, {"blurpool": {}}])
+    assert "min_channels=128" in effects["squeeze_excite"]["noop_reason"]
+    assert effects["mixup"]["noop_reason"] and effects["label_smoothing"]["noop_reason"]
+    assert effects["blurpool"]["noop_reason"] is None and effects["blurpool"]["changes"]
+    # a model with no max-pool and no strided conv: BlurPool changes nothing
+    flat = torch.nn.Sequential(torch.nn.Conv2d(1, 32, 3), torch.nn.ReLU())
+    eff = describe_effects(flat, [{"blurpool": {}}])["blurpool"]
+    assert eff["changes"] == [] and "no strided conv" in eff["noop_reason"]
+
+
+@pytest.mark.parametrize("name", ["cutout", "mixup", "label_smoothing", "sam", "swa", "blurpool"])
+def test_defaults_build(name: str) -> None:
+    assert build_algorithm(name, {}) is not None

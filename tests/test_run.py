@@ -1,0 +1,168 @@
+"""End to end: recipes run through the real CLI, loaders and Composer Trainer, and obey the cap."""
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from effrecipes.cli import main
+from effrecipes.data.formats import write_cifar10, write_idx
+from tests.conftest import tiny_recipe, write_recipe
+
+METRIC_KEYS = {"test_accuracy", "best_val_accuracy", "flops_used", "flops_cap", "stop_reason",
+               "train_flops_per_sample", "inference_flops_per_sample", "params", "model_size_bytes",
+               "cpu_latency_ms_per_image", "wall_seconds", "samples_per_second"}
+
+
+def run_cli(tmp_path: Path, recipe: dict[str, Any], *args: str) -> dict[str, Any]:
+    path = write_recipe(tmp_path, recipe)
+    assert main([str(path), "--quiet", *args]) == 0
+    run_dir = Path(recipe["output"]["root"]) / recipe.get("output", {}).get("run_name", recipe["name"])
+    return json.loads((run_dir / "metrics.json").read_text())
+
+
+def one_batch_flops(m: dict[str, Any], batch: int) -> float:
+    return max(m["measured_flops_per_sample"].values()) * batch
+
+
+def test_cifar_format_files_end_to_end(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    root = tmp_path / "cifar"
+    labels = rng.integers(0, 10, 120)
+    images = (rng.random((120, 3, 32, 32)) * 255).astype(np.uint8)
+    write_cifar10(root, images[:100], labels[:100].tolist(), images[100:], labels[100:].tolist(),
+                  [f"class{i}" for i in range(10)])
+    recipe = tiny_recipe(tmp_path, **{"data": {"name": "cifar10", "root": str(root), "download": False,
+                                               "batch_size": 20, "augment": ["random_crop", "hflip"]},
+                                      "model.name": "gap_143k", "budget.flops": 3e9,
+                                      "algorithms": [{"blurpool": {}}, {"cutout": {"length": 10}},
+                                                     {"mixup": {"alpha": 0.2}}]})
+    m = run_cli(tmp_path, recipe)
+    assert METRIC_KEYS <= set(m)
+    assert m["params"] == 143208 and m["flops_used"] <= m["flops_cap"] == 3e9
+    run_dir = tmp_path / "runs" / "tiny"
+    assert {p.name for p in run_dir.iterdir()} >= {"recipe.yaml", "metrics.json", "history.csv", "checkpoint.pt"}
+    assert not list((tmp_path / "runs").glob(".tiny.tmp-*"))
+
+
+def test_idx_format_files_end_to_end(tmp_path: Path) -> None:
+    rng = np.random.default_rng(1)
+    root = tmp_path / "fmnist"
+    root.mkdir()
+    for split, n in (("train", 200), ("t10k", 50)):
+        y = rng.integers(0, 10, n).astype(np.uint8)
+        x = (rng.random((n, 28, 28)) * 40).astype(np.uint8) + (y[:, None, None] * 20).astype(np.uint8)
+        write_idx(root / f"{split}-images-idx3-ubyte.gz", x)
+        write_idx(root / f"{split}-labels-idx1-ubyte", y)
+    recipe = tiny_recipe(tmp_path, **{"data": {"name": "fashion_mnist", "root": str(root), "download": False,
+                                               "batch_size": 25},
+                                      "budget.flops": 3e9})
+    m = run_cli(tmp_path, recipe)
+    assert m["dataset"] == "fashion_mnist" and m["params"] == 1560
+    rows = list(csv.DictReader((tmp_path / "runs" / "tiny" / "history.csv").open()))
+    assert rows and float(rows[-1]["flops_used"]) <= 3e9
+    assert m["test_accuracy"] > 30  # learnable: label-dependent brightness
+
+
+@pytest.mark.parametrize("cap", [5e7, 1.37e8, 4e8])
+def test_never_exceeds_cap_and_ends_within_one_batch(tmp_path: Path, cap: float) -> None:
+    m = run_cli(tmp_path, tiny_recipe(tmp_path, **{"budget.flops": cap}))
+    assert m["stop_reason"] == "flops"
+    assert m["flops_used"] <= cap
+    assert cap - m["flops_used"] < one_batch_flops(m, 16)
+
+
+def test_sam_doubles_the_measured_step(tmp_path: Path) -> None:
+    base = run_cli(tmp_path, tiny_recipe(tmp_path, **{"budget.flops": 5e7, "output.run_name": "a"}))
+    sam = run_cli(tmp_path, tiny_recipe(tmp_path, **{"budget.flops": 5e7, "output.run_name": "b",
+                                                     "algorithms": [{"sam": {"rho": 0.05}}]}))
+    assert sam["train_flops_per_sample"] == pytest.approx(2 * base["train_flops_per_sample"])
+    shape = next(iter(base["measured_flops_per_sample"]))
+    assert sam["measured_flops_per_sample"][shape] == pytest.approx(2 * base["measured_flops_per_sample"][shape])
+    assert sam["batches"] <= base["batches"] // 2 + 1
+
+
+def test_surgery_raises_measured_flops(tmp_path: Path) -> None:
+    base = run_cli(tmp_path, tiny_recipe(tmp_path, **{"budget.flops": 5e7, "output.run_name": "a"}))
+    for name, kw in (("blurpool", {}), ("squeeze_excite", {"min_channels": 8, "latent_channels": 0.5})):
+        m = run_cli(tmp_path, tiny_recipe(tmp_path, **{"budget.flops": 5e7, "output.run_name": name,
+                                                       "algorithms": [{name: kw}]}))
+        assert m["train_flops_per_sample"] > base["train_flops_per_sample"], name
+        assert m["algorithm_effects"][name]["changes"] and not m["warnings"]
+        assert m["flops_used"] <= 5e7
+
+
+def test_swa_on_a_short_run_recomputes_batchnorm(tmp_path: Path) -> None:
+    common = {"budget.flops": 3e8, "data.kwargs.num_train": 320}
+    base = run_cli(tmp_path, tiny_recipe(tmp_path, **common, **{"output.run_name": "base"}))
+    swa = run_cli(tmp_path, tiny_recipe(tmp_path, **common, **{
+        "output.run_name": "swa", "algorithms": [{"swa": {"swa_start": "0.5dur", "update_interval": "1ep"}}]}))
+    # the swap happens at the very end (epoch updates on a short run); BN was recomputed and charged
+    assert swa["swa_bn_update_flops"] > 0
+    assert swa["flops_used"] <= 3e8
+    assert swa["test_accuracy"] >= base["test_accuracy"] - 15
+    assert swa["test_accuracy"] > 100 / 4 + 20  # far above chance (4 classes)
+
+
+def test_noop_algorithm_warns_and_strict_refuses(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    recipe = tiny_recipe(tmp_path, **{"budget.flops": 5e7, "algorithms": [{"squeeze_excite": {}}]})
+    m = run_cli(tmp_path, recipe)
+    assert any("squeeze_excite changes nothing" in w for w in m["warnings"])
+    recipe["strict"] = True
+    recipe["output"]["run_name"] = "strict"
+    path = write_recipe(tmp_path, recipe)
+    capsys.readouterr()
+    assert main([str(path), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "algorithms.squeeze_excite" in err and "min_channels" in err and "strict" in err
+    assert not (tmp_path / "runs" / "strict").exists()
+
+
+def test_max_epochs_and_max_seconds_bind(tmp_path: Path) -> None:
+    m = run_cli(tmp_path, tiny_recipe(tmp_path, **{"budget": {"flops": 1e12, "max_epochs": 2},
+                                                   "output.run_name": "ep"}))
+    assert m["stop_reason"] == "max_epochs" and m["epochs"] == pytest.approx(2)
+    m = run_cli(tmp_path, tiny_recipe(tmp_path, **{"budget": {"max_seconds": 1.0}, "output.run_name": "sec"}))
+    assert m["stop_reason"] == "max_seconds" and m["flops_cap"] is None
+    assert 1.0 <= m["train_seconds"] < 10
+
+
+def test_dry_run_prints_plan_and_effects_and_writes_nothing(tmp_path: Path,
+                                                            capsys: pytest.CaptureFixture[str]) -> None:
+    recipe = tiny_recipe(tmp_path, **{"algorithms": [{"blurpool": {}}, {"squeeze_excite": {}}]})
+    path = write_recipe(tmp_path, recipe)
+    assert main([str(path), "--dry-run", "budget.flops=1e9"]) == 0
+    out = capsys.readouterr().out
+    for text in ("# resolved recipe", "params:                      1,470  (1,470 after algorithm surgery)", "planned batches:",
+                 "MaxPool2d -> BlurMaxPool2d", "WARNING: changes nothing", "flops: 1000000000.0"):
+        assert text in out, text
+    assert not (tmp_path / "runs").exists()
+
+
+def test_existing_run_dir_is_protected(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    recipe = tiny_recipe(tmp_path, **{"budget.flops": 5e7})
+    first = run_cli(tmp_path, recipe)
+    path = write_recipe(tmp_path, recipe)
+    capsys.readouterr()
+    assert main([str(path), "--quiet"]) == 2
+    assert "run directory already exists" in capsys.readouterr().err
+    again = json.loads((tmp_path / "runs" / "tiny" / "metrics.json").read_text())
+    assert again == first
+    assert main([str(path), "--quiet", "output.overwrite=true"]) == 0
+
+
+def test_best_val_checkpoint_and_per_class(tmp_path: Path) -> None:
+    m = run_cli(tmp_path, tiny_recipe(tmp_path, **{"budget.flops": 1e8, "eval": {
+        "checkpoint": "best_val", "per_class": True, "latency_images": 2}}))
+    assert m["tested_weights"] == "best_val" and len(m["per_class"]) == 4
+    assert {"precision", "recall", "f1", "support"} <= set(m["per_class"][0])
+
+
+def test_same_seed_same_result(tmp_path: Path) -> None:
+    a = run_cli(tmp_path, tiny_recipe(tmp_path, **{"budget.flops": 5e7, "output.run_name": "a"}))
+    b = run_cli(tmp_path, tiny_recipe(tmp_path, **{"budget.flops": 5e7, "output.run_name": "b"}))
+    assert a["test_accuracy"] == b["test_accuracy"] and a["flops_used"] == b["flops_used"]
