@@ -406,11 +406,39 @@ def _check_names(recipe: Recipe, file: str) -> None:
     algorithms.check_algorithm_conflicts(recipe.algorithm_names, file=file)
 
 
+def deep_merge(base: dict[str, Any], child: dict[str, Any]) -> dict[str, Any]:
+    """Child values win; mappings merge key by key; lists (e.g. algorithms) are replaced whole."""
+    out = copy.deepcopy(base)
+    for key, value in child.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def read_recipe_data(path: Union[str, Path], _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """Read a recipe file, resolving `base: other.yaml` (relative to the file) recursively."""
+    p = Path(path)
+    data = read_yaml(p)
+    base = data.pop("base", None)
+    if base is None:
+        return data
+    if not isinstance(base, str) or not base.strip():
+        raise RecipeError("must be the path of a base recipe file", file=str(p), field="base")
+    base_path = (p.parent / base).resolve()
+    if base_path in _seen or base_path == p.resolve():
+        raise RecipeError(f"recipes inherit from each other in a loop ({base})", file=str(p), field="base")
+    if not base_path.exists():
+        raise RecipeError(f"base recipe {base!r} not found (looked at {base_path})", file=str(p),
+                          field="base")
+    return deep_merge(read_recipe_data(base_path, _seen + (p.resolve(),)), data)
+
+
 def load_recipe(path: Union[str, Path], overrides: Optional[list[str]] = None) -> Recipe:
-    """Load a recipe file safely, apply `key.path=value` overrides, validate (like
-    llm-foundry's train_from_yaml)."""
-    data = read_yaml(path)
-    data = copy.deepcopy(data)
+    """Load a recipe file safely (with its `base:` chain), apply `key.path=value` overrides, and
+    validate (like llm-foundry's train_from_yaml)."""
+    data = read_recipe_data(path)
     for text in overrides or []:
         keypath, value = parse_override(text)
         apply_override(data, keypath, value)

@@ -61,9 +61,10 @@ Adapting to the data
                        maxpool -> Identity
   ===================  ==============================  =================  =================
 
-  This costs FLOPs: at 1x28x28 the small stem multiplies forward FLOPs by about 3-4x for the
-  stride-16 models and about 16x for ResNet-18/ShuffleNetV2 (see tests/test_models_zoo.py for
-  the numbers). Parameter counts do not change.
+  This costs FLOPs: at 1x28x28 the small stem multiplies forward FLOPs by about 2.4-5.6x for
+  the models whose first conv loses its stride and about 13-14x for ResNet-18/ShuffleNetV2
+  (the stem max-pool goes too); tests/test_models_zoo.py prints the numbers. Parameter counts
+  do not change.
 
 The paper's Table I parameter counts
 ------------------------------------
@@ -91,9 +92,10 @@ force a match: our models at (1, 49, 28) differ from the paper only by the stem'
 and the classifier's width (plus, for ShuffleNetV2, the width). ShuffleNetV2's *count* is
 x0.5's, but its Table I GFLOPs/epoch fit x1.0 (about 0.15 GMACs at 224, like the other models'
 GFLOPs/epoch / MACs ~ 8.7k Stanford Cars images per epoch; x0.5 would give ~34k), so we register
-x1.0 as the default and keep ``width=0.5`` one kwarg away. The Table I GFLOPs/epoch of every
-model are consistent with the *stock* stems (``small_stem=False``) run on 28x28 inputs
-(~1.9e5 images/epoch, i.e. a ~80% train split of Kuzushiji-49's 232,365 images).
+x1.0 as the default and keep ``width=0.5`` one kwarg away. The Table I Kuzushiji-49 GFLOPs/epoch
+of the other models are consistent with the *stock* stems (``small_stem=False``) run on 28x28
+inputs: GFLOPs/epoch / forward MACs = 1.8-1.97e5 images per epoch, i.e. a ~80% train split of
+Kuzushiji-49's 232,365 images (pthflops counts roughly one op per multiply-add).
 
 `resnet18` is not in the paper; it is the project's ``reference`` model.
 """
@@ -169,15 +171,17 @@ class VGG5(nn.Module):
       101, 196 or 1000 classes). Among the exact hits this is the only one that is a clean VGG
       pattern (power-of-two widths doubling per stage, equal hidden widths, no BatchNorm).
       The parameter count does not pin the pool positions; the FLOPs do: forward MACs at
-      1x28x28 are 25.5M here, and Table I's 4,710 GFLOPs/epoch / 25.5M = 1.85e5 images, the
+      1x28x28 are 25.4M here, and Table I's 4,710 GFLOPs/epoch / 25.4M = 1.85e5 images, the
       same ~80% split of Kuzushiji-49's 232,365 training images that the other models' Table I
       numbers imply (1.8-1.97e5). The alternative ``[32, M, 64, M, 64, 128, 128]`` gives
-      20.1M MACs (2.35e5 images/epoch, more than the whole training set).
+      20.1M MACs (2.35e5 images/epoch, more than the whole training set); pools after the
+      1st and 3rd convs (``[32, 64, M, 64, 128, M, 128]``) give 47M (1.0e5).
     * Remaining difference: the paper's count is for 3 channels / 196 classes; at Kuzushiji-49
       (1 channel, 49 classes) this net has 3,776,753 parameters (-576 stem, -75,411 head).
-      The paper's GFLOPs/epoch for Stanford Cars / Food-101 fit only to within ~15% (Table I
-      is not self-consistent between those datasets for VGG: their ratio is 10.5 while every
-      other model's is 9.3).
+      At 3x224x224 the net does 1.43 GMACs; Table I's Stanford Cars / Food-101 GFLOPs/epoch
+      then imply 7.3e3 / 7.7e4 images per epoch against 8.5-9.2e3 / 7.9-8.5e4 for the other
+      models: a fit to within ~17% (Table I is not self-consistent there for VGG: its
+      Food/Cars ratio is 10.5, every other model's is 9.3).
 
     ``width_mult`` scales the conv widths, ``hidden`` the MLP width; ``batch_norm`` adds
     BatchNorm after every conv (as torchvision's ``vgg*_bn``). Init as torchvision's VGG.

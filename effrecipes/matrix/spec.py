@@ -1,0 +1,262 @@
+"""The ablation-matrix spec: a small YAML file naming a base recipe, the techniques to ablate,
+a grid of recipe settings and the seeds.
+
+Loaded like a recipe: `yaml.safe_load` only, a pydantic schema that rejects unknown keys, and
+every mistake reported as one line naming the spec file, the field and the valid choices.
+"""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from effrecipes.errors import RecipeError, closest_first
+from effrecipes.recipe import parse_override, read_yaml
+
+MODES = ("one_at_a_time", "leave_one_out", "all_subsets", "cumulative", "explicit")
+VIEWS = ("equal_flops", "equal_epochs")
+MAX_CELLS = 10_000  # a matrix larger than this is almost certainly a typo (all_subsets of 14+)
+NAME_RE = r"[A-Za-z0-9][A-Za-z0-9._=+,-]*"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class AlgorithmsSpec(_Section):
+    mode: Literal["one_at_a_time", "leave_one_out", "all_subsets", "cumulative", "explicit"] = Field(
+        "one_at_a_time", description="how technique combinations are built from the pool")
+    pool: dict[str, Optional[dict[str, Any]]] = Field(
+        default_factory=dict, description="Composer algorithm name -> kwargs, added to the base "
+        "recipe's own algorithms")
+    pseudo: dict[str, list[str]] = Field(
+        default_factory=dict, description="technique name -> recipe overrides (for techniques that "
+        "are settings, not Composer algorithms, e.g. one_cycle: [scheduler.name=one_cycle])")
+    combos: Optional[list[list[str]]] = Field(
+        None, description="mode explicit only: the technique combinations ([] = baseline)")
+
+    @field_validator("pool", mode="before")
+    @classmethod
+    def _pool_list_ok(cls, v: Any) -> Any:
+        # accept the recipe form too: `- blurpool: {}` list entries
+        if isinstance(v, list):
+            from effrecipes.recipe import normalise_algorithms
+            return {k: kw for item in normalise_algorithms(v) for k, kw in item.items()}
+        return v
+
+    @property
+    def techniques(self) -> list[str]:
+        """Pool algorithms first (file order), then pseudo techniques (file order)."""
+        return list(self.pool) + list(self.pseudo)
+
+
+class ReferenceSpec(_Section):
+    """Published numbers to show beside ours in results.md (keyed by combo label)."""
+
+    source: str = Field(description="where the numbers come from, e.g. 'paper 004 Table 4, CIFAR10'")
+    metric: str = Field("accuracy (%)", description="what the numbers are")
+    values: dict[str, float] = Field(description="combo label ('baseline', 'blurpool', "
+                                     "'blurpool+cutout', ...) -> value")
+
+
+class MatrixSpec(_Section):
+    name: str = Field(description="matrix name; the matrix directory is <output>/<name>")
+    base: str = Field(description="base recipe, relative to the spec file")
+    output: str = Field("runs/matrices", description="directory holding matrix directories "
+                        "(relative to the working directory, like a recipe's output.root)")
+    overrides: list[str] = Field(default_factory=list,
+                                 description="dotted overrides applied to every cell")
+    algorithms: AlgorithmsSpec = Field(default_factory=AlgorithmsSpec)
+    grid: dict[str, list[Any]] = Field(default_factory=dict,
+                                       description="dotted recipe key -> values (full product)")
+    seeds: list[int] = Field(default_factory=lambda: [0], description="seeds; every cell runs each")
+    view: Literal["equal_flops", "equal_epochs"] = Field(
+        "equal_flops", description="equal_flops: same FLOP cap for every cell; equal_epochs: "
+        "budget.flops removed, budget.max_epochs required (the paper's protocol)")
+    reference: Optional[ReferenceSpec] = Field(None, description="published numbers to compare with")
+    notes: Optional[str] = Field(None, description="free text")
+
+    @field_validator("name")
+    @classmethod
+    def _name_ok(cls, v: str) -> str:
+        if not re.fullmatch(NAME_RE, v):
+            raise ValueError("use letters, digits and . _ = + , - only (no path separators)")
+        return v
+
+    @field_validator("seeds")
+    @classmethod
+    def _seeds_ok(cls, v: list[int]) -> list[int]:
+        if not v:
+            raise ValueError("list at least one seed")
+        if any(s < 0 for s in v):
+            raise ValueError("seeds must be >= 0")
+        if len(set(v)) != len(v):
+            raise ValueError("a seed is listed twice")
+        return v
+
+    @field_validator("grid")
+    @classmethod
+    def _grid_ok(cls, v: dict[str, list[Any]]) -> dict[str, list[Any]]:
+        for key, values in v.items():
+            if not all(re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", p) for p in key.split(".")):
+                raise ValueError(f"grid key {key!r} is not a dotted recipe key such as optimizer.lr")
+            if key == "seed":
+                raise ValueError("vary the seed with `seeds:`, not the grid")
+            if key.split(".")[0] == "output":
+                raise ValueError(f"grid key {key!r}: output.* is set by the matrix for each cell")
+            if not values:
+                raise ValueError(f"grid key {key!r} has no values")
+            seen: list[Any] = []
+            for val in values:
+                if val in seen:
+                    raise ValueError(f"grid key {key!r} lists {val!r} twice")
+                seen.append(val)
+        return v
+
+    @model_validator(mode="after")
+    def _techniques_ok(self) -> "MatrixSpec":
+        a = self.algorithms
+        both = set(a.pool) & set(a.pseudo)
+        if both:
+            raise ValueError(f"technique {sorted(both)[0]!r} is both in algorithms.pool and "
+                             "algorithms.pseudo; name it once")
+        return self
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def _model_keys(loc: tuple[Any, ...]) -> list[str]:
+    model: Any = MatrixSpec
+    for item in loc[:-1]:
+        if isinstance(item, int) or not hasattr(model, "model_fields"):
+            continue
+        field = model.model_fields.get(item)
+        if field is None:
+            return []
+        ann = field.annotation
+        for cand in getattr(ann, "__args__", ()) + (ann,):
+            if isinstance(cand, type) and issubclass(cand, BaseModel):
+                model = cand
+                break
+        else:
+            return []
+    return list(model.model_fields) if hasattr(model, "model_fields") else []
+
+
+def _spec_error(err: ValidationError, file: str) -> RecipeError:
+    e = err.errors()[0]
+    loc = tuple(e["loc"])
+    path = ".".join(str(p) for p in loc) or "(top level)"
+    if e["type"] == "extra_forbidden":
+        valid = closest_first(str(loc[-1]), _model_keys(loc))
+        return RecipeError(f"unknown key; valid keys (closest first): {', '.join(valid)}",
+                           file=file, field=path)
+    if e["type"] == "missing":
+        return RecipeError("required field is missing", file=file, field=path)
+    msg = e["msg"].removeprefix("Value error, ")
+    if "input" in e and not isinstance(e["input"], dict):
+        shown = repr(e["input"])
+        msg = f"{msg} (got {shown[:57] + '...' if len(shown) > 60 else shown})"
+    return RecipeError(msg, file=file, field=path)
+
+
+def validate_spec(data: dict[str, Any], *, file: str = "<spec>") -> MatrixSpec:
+    """Schema + registry checks of a spec dict; every error is one line naming file and field."""
+    try:
+        spec = MatrixSpec.model_validate(data)
+    except ValidationError as err:
+        raise _spec_error(err, file) from None
+    _check_techniques(spec, file)
+    return spec
+
+
+def _check_techniques(spec: MatrixSpec, file: str) -> None:
+    from effrecipes import algorithms as algos
+
+    a = spec.algorithms
+    for name, kwargs in a.pool.items():
+        try:
+            algos.check_algorithm(name, kwargs or {}, file=file)
+        except RecipeError as e:  # name the spec field: algorithms.pool.<name>[.<kwarg>]
+            field = (e.field or f"algorithms.{name}").replace("algorithms.", "algorithms.pool.", 1)
+            msg = str(e).removeprefix(f"{file}: {e.field}: " if e.field else f"{file}: ")
+            raise RecipeError(msg, file=file, field=field) from None
+    for name, overrides in a.pseudo.items():
+        if not re.fullmatch(NAME_RE, name):
+            raise RecipeError("technique names use letters, digits and . _ = + , - only",
+                              file=file, field=f"algorithms.pseudo.{name}")
+        if not overrides:
+            raise RecipeError("list at least one override, e.g. [scheduler.name=one_cycle]",
+                              file=file, field=f"algorithms.pseudo.{name}")
+        for text in overrides:
+            try:
+                path, _ = parse_override(text)
+            except RecipeError as e:
+                raise RecipeError(str(e), file=file, field=f"algorithms.pseudo.{name}") from None
+            if path[0] in ("output", "seed"):
+                raise RecipeError(f"{text!r}: output.* and seed are set by the matrix",
+                                  file=file, field=f"algorithms.pseudo.{name}")
+    for text in spec.overrides:
+        try:
+            path, _ = parse_override(text)
+        except RecipeError as e:
+            raise RecipeError(str(e), file=file, field="overrides") from None
+        if path[0] in ("output", "seed"):
+            raise RecipeError(f"{text!r}: output.* and seed are set by the matrix (use seeds: and "
+                              "--output)", file=file, field="overrides")
+    for key in spec.grid:
+        parts = key.split(".")
+        if parts[0] == "algorithms" and len(parts) >= 2 and parts[1] in a.pool:
+            raise RecipeError(f"grid key {key!r} varies pool algorithm {parts[1]!r}; set its kwargs "
+                              "in algorithms.pool (one spec per variant)", file=file,
+                              field=f"grid.{key}")
+    techniques = a.techniques
+    if "baseline" in techniques:
+        raise RecipeError("'baseline' is reserved for the combination with no technique",
+                          file=file, field="algorithms.pseudo.baseline")
+    if a.mode == "explicit":
+        if a.combos is None:
+            raise RecipeError("mode explicit needs algorithms.combos, e.g. [[], [blurpool, cutout]]",
+                              file=file, field="algorithms.combos")
+        seen: dict[frozenset[str], int] = {}
+        for i, combo in enumerate(a.combos):
+            for t in combo:
+                if t not in techniques:
+                    valid = closest_first(t, techniques) or ["(the pool is empty)"]
+                    raise RecipeError(f"unknown technique {t!r}; valid (closest first): "
+                                      f"{', '.join(valid)}", file=file, field=f"algorithms.combos.{i}")
+            if len(set(combo)) != len(combo):
+                raise RecipeError("a technique is listed twice in this combo", file=file,
+                                  field=f"algorithms.combos.{i}")
+            key = frozenset(combo)
+            if key in seen:
+                raise RecipeError(f"same combination as algorithms.combos.{seen[key]}", file=file,
+                                  field=f"algorithms.combos.{i}")
+            seen[key] = i
+        if not a.combos:
+            raise RecipeError("list at least one combo ([] = baseline)", file=file,
+                              field="algorithms.combos")
+    else:
+        if a.combos is not None:
+            raise RecipeError(f"combos is only read in mode explicit (mode is {a.mode}); remove it "
+                              "or set mode: explicit", file=file, field="algorithms.combos")
+        if not techniques:
+            raise RecipeError(f"mode {a.mode} needs at least one technique in algorithms.pool or "
+                              "algorithms.pseudo", file=file, field="algorithms.pool")
+
+
+def load_spec(path: str | Path) -> tuple[MatrixSpec, Path]:
+    """Read and validate a spec file; returns the spec and the absolute base-recipe path."""
+    p = Path(path)
+    data = read_yaml(p)
+    spec = validate_spec(data, file=str(p))
+    base = Path(spec.base).expanduser()
+    if not base.is_absolute():
+        base = (p.resolve().parent / base).resolve()
+    if not base.exists():
+        raise RecipeError(f"base recipe {str(base)!r} not found (paths are relative to the spec "
+                          "file)", file=str(p), field="base")
+    return spec, base
