@@ -230,6 +230,7 @@ class FlopBudget(Callback):
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.ledger = BudgetLedger(**state["ledger"])
+        self.ledger.stop_reason = None  # a resumed run decides afresh why it ends
         self._seconds_before = self.ledger.train_seconds
 
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import copy
 import csv
+import math
 import time
 from pathlib import Path
 from typing import Any, Optional
@@ -73,3 +74,53 @@ class BestWeights(Callback):
         if acc is not None and (self.best is None or acc > self.best):
             self.best = acc
             self.state = copy.deepcopy(state.model.module.state_dict())
+
+
+class EpochSync(Callback):
+    """Pins the data order to the trainer's clock: epoch k always yields the same batches, also
+    after a resume (Composer re-iterates the loader to skip what was already trained)."""
+
+    def __init__(self, loader: Any) -> None:
+        self.loader = loader if hasattr(loader, "set_epoch") else None
+        if self.loader is not None:
+            self.loader.auto_advance = False
+
+    def _sync(self, state: State) -> None:
+        if self.loader is not None:
+            self.loader.set_epoch(int(state.timestamp.epoch))
+
+    def fit_start(self, state: State, logger: Logger) -> None:
+        self._sync(state)
+
+    def epoch_start(self, state: State, logger: Logger) -> None:
+        self._sync(state)
+
+
+class RunGuard(Callback):
+    """Stops a run cleanly on Ctrl-C / SIGTERM (`interrupted`) or a non-finite loss (`diverged`),
+    keeping the last weights whose loss was finite."""
+
+    def __init__(self, budget: Optional[FlopBudget], snapshot_every: int = 50) -> None:
+        self.budget = budget
+        self.stop_requested = False
+        self.snapshot_every = max(1, snapshot_every)
+        self.last_good: Optional[dict[str, torch.Tensor]] = None
+        self.diverged = False
+
+    def request_stop(self) -> None:
+        self.stop_requested = True
+
+    def batch_end(self, state: State, logger: Logger) -> None:
+        losses = (state.total_loss_dict or {}).values()
+        if not all(math.isfinite(float(v)) for v in losses):
+            self.diverged = True
+            if self.budget is not None:
+                self.budget.ledger.stop_reason = "diverged"
+            state.stop_training()
+            return
+        if int(state.timestamp.batch) % self.snapshot_every == 0 or self.last_good is None:
+            self.last_good = copy.deepcopy(state.model.module.state_dict())
+        if self.stop_requested:
+            if self.budget is not None and self.budget.ledger.stop_reason is None:
+                self.budget.ledger.stop_reason = "interrupted"
+            state.stop_training()

@@ -90,11 +90,13 @@ def format_summary(metrics: dict[str, Any], run_dir: str) -> str:
     return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
 
 
-def _guard(main: Callable[[], int]) -> int:
-    """User mistakes -> one line on stderr, exit 2; Ctrl-C -> exit 130."""
+def _guard(main: Callable[[], int], file: Optional[str] = None) -> int:
+    """User mistakes -> one line on stderr naming the file, exit 2; Ctrl-C -> exit 130."""
     try:
         return main()
     except UserError as e:
+        if file:
+            e = e.in_file(file)
         print(f"error: {e}", file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:
@@ -113,6 +115,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--list", choices=LISTABLE, metavar="{algorithms,models,datasets}",
                    help="list a registry")
     p.add_argument("--pattern", default="*", help="glob filter for --list (e.g. 'gap_*')")
+    p.add_argument("--resume", action="store_true",
+                   help="continue an interrupted run (same recipe and overrides) with the FLOPs already spent")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
     p.add_argument("--quiet", action="store_true", help="no progress bar or summary")
@@ -138,14 +142,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             report = runner.dry_run_report(runner.prepare(recipe))
             print(json.dumps(report, indent=2, default=str) if args.json else format_dry_run(report))
             return 0
-        result = runner.run(recipe, threads=args.threads, quiet=args.quiet)
+        result = runner.run(recipe, threads=args.threads, quiet=args.quiet, resume=args.resume)
         if args.json:
             print(json.dumps(result.metrics, indent=2, default=str))
         elif not args.quiet:
             print(format_summary(result.metrics, str(result.run_dir)))
         return 0
 
-    return _guard(go)
+    return _guard(go, args.recipe)
 
 
 def entrypoint() -> None:

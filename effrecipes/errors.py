@@ -16,6 +16,7 @@ class UserError(Exception):
 
     def __init__(self, message: str, *, file: str | None = None, field: str | None = None,
                  hint: str | None = None) -> None:
+        self.message = message
         self.file, self.field, self.hint = file, field, hint
         parts = []
         if file:
@@ -27,6 +28,13 @@ class UserError(Exception):
         if hint:
             text = f"{text} ({hint})"
         super().__init__(" ".join(text.split()))  # always one line
+
+
+    def in_file(self, file: str) -> "UserError":
+        """The same error, naming `file` when it named none (e.g. a data error found mid-build)."""
+        if self.file:
+            return self
+        return type(self)(self.message, file=file, field=self.field, hint=self.hint)
 
 
 class RecipeError(UserError):

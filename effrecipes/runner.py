@@ -7,17 +7,20 @@ half-written run directory behind.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import logging
 import os
 import shutil
+import signal
 import sys
+import threading
 import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
 import torch
 from composer import Trainer
@@ -30,7 +33,7 @@ from effrecipes import algorithms as algos
 from effrecipes.budget import (BudgetLedger, BudgetPlan, FlopBudget, forward_flops_per_sample,
                                fvcore_forward_macs_per_sample, plan_budget,
                                progressive_resizing_cost_factor, swa_reserve_flops, train_step_flops)
-from effrecipes.callbacks import BestWeights, History
+from effrecipes.callbacks import BestWeights, EpochSync, History, RunGuard
 from effrecipes.data import DataBundle, build_data
 from effrecipes.errors import RecipeError, UserError
 from effrecipes.evaluate import evaluate, measure_latency, model_size_bytes
@@ -39,6 +42,9 @@ from effrecipes.optim import build_optimizer, build_scheduler
 from effrecipes.recipe import Recipe, recipe_to_yaml
 
 log = logging.getLogger(__name__)
+
+
+RESUME_CHECKPOINT = "resume.pt"  # full trainer state of an interrupted run
 
 
 @dataclass
@@ -215,10 +221,15 @@ def _finalise(tmp: Path, final: Path) -> None:
 
 # --------------------------------------------------------------------------- run
 
-def run(recipe: Recipe, *, threads: Optional[int] = None, quiet: bool = False) -> RunResult:
-    """Train one recipe until its budget binds; write and return its run directory and metrics."""
+def run(recipe: Recipe, *, threads: Optional[int] = None, quiet: bool = False,
+        resume: bool = False) -> RunResult:
+    """Train one recipe until its budget binds; write and return its run directory and metrics.
+
+    Ctrl-C or SIGTERM stops at the end of the current batch and writes a resumable run directory
+    (`stop_reason: interrupted`); `resume=True` continues it with the FLOPs already spent.
+    """
     set_threads(threads)
-    final = _check_output(recipe)
+    final = _check_resume(recipe) if resume else _check_output(recipe)
     wall0 = time.perf_counter()
     prepared = prepare(recipe)
     set_threads(threads, prepared.plan.step_flops)
@@ -229,10 +240,16 @@ def run(recipe: Recipe, *, threads: Optional[int] = None, quiet: bool = False) -
     tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
     if tmp.exists():
         shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
+    if resume:
+        shutil.copytree(final, tmp)
+    else:
+        tmp.mkdir(parents=True)
+    guard = RunGuard(budget=None)  # type: ignore[arg-type]  # the budget is attached in training
     try:
-        metrics = _train_and_evaluate(prepared, tmp, quiet=quiet)
-        metrics["wall_seconds"] = time.perf_counter() - wall0
+        with _stop_on_signals(guard):
+            metrics = _train_and_evaluate(prepared, tmp, quiet=quiet, guard=guard, resume=resume)
+        metrics["wall_seconds"] = time.perf_counter() - wall0 + (
+            _previous_wall(final) if resume else 0.0)
         _write_json(tmp / "metrics.json", metrics)
         _finalise(tmp, final)
     except BaseException:
@@ -241,7 +258,60 @@ def run(recipe: Recipe, *, threads: Optional[int] = None, quiet: bool = False) -
     return RunResult(final, metrics)
 
 
-def _train_and_evaluate(prepared: Prepared, out: Path, *, quiet: bool) -> dict[str, Any]:
+@contextlib.contextmanager
+def _stop_on_signals(guard: RunGuard) -> Iterator[None]:
+    """First Ctrl-C / SIGTERM: finish the batch, save, exit cleanly. A second Ctrl-C aborts."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        if guard.stop_requested and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        print(f"\n{signal.Signals(signum).name}: stopping after this batch and saving "
+              "(Ctrl-C again to abort)", file=sys.stderr)
+        guard.request_stop()
+
+    old = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, h in old.items():
+            signal.signal(sig, h)
+
+
+def _check_resume(recipe: Recipe) -> Path:
+    """A run can be resumed when it was interrupted and its recipe is unchanged."""
+    final = run_dir_for(recipe)
+    metrics_path, ckpt = final / "metrics.json", final / RESUME_CHECKPOINT
+    if not metrics_path.exists():
+        raise UserError("no run to resume here", file=str(final), field="output.run_name",
+                        hint="run without --resume first")
+    try:
+        previous = json.loads(metrics_path.read_text())
+    except (OSError, json.JSONDecodeError):
+        raise UserError("metrics.json is unreadable; cannot resume", file=str(metrics_path)) from None
+    if previous.get("stop_reason") != "interrupted" or not ckpt.exists():
+        raise UserError(f"the run finished (stop_reason: {previous.get('stop_reason')}); "
+                        "nothing to resume", file=str(final),
+                        hint="set output.overwrite=true to train it again")
+    saved = (final / "recipe.yaml").read_text() if (final / "recipe.yaml").exists() else ""
+    if saved != recipe_to_yaml(recipe):
+        raise UserError("the recipe changed since the run was interrupted; resuming would mix two "
+                        "plans", file=str(final / "recipe.yaml"),
+                        hint="resume with the same recipe and overrides")
+    return final
+
+
+def _previous_wall(final: Path) -> float:
+    try:
+        return float(json.loads((final / "metrics.json").read_text()).get("wall_seconds") or 0.0)
+    except (OSError, ValueError):
+        return 0.0
+
+
+def _train_and_evaluate(prepared: Prepared, out: Path, *, quiet: bool, guard: RunGuard,
+                        resume: bool = False) -> dict[str, Any]:
     recipe, data, plan = prepared.recipe, prepared.data, prepared.plan
     (out / "recipe.yaml").write_text(recipe_to_yaml(recipe))
     model = prepared.model
@@ -250,9 +320,10 @@ def _train_and_evaluate(prepared: Prepared, out: Path, *, quiet: bool) -> dict[s
     budget = FlopBudget(plan, max_seconds=recipe.budget.max_seconds,
                         dynamic_cost=_dynamic_cost(recipe), extra_forward_sources=swa_objs,
                         ledger=BudgetLedger())
+    guard.budget = budget
     history = History(budget, out / "history.csv")
     best = BestWeights() if recipe.eval.checkpoint == "best_val" else None
-    callbacks = [budget, history] + ([best] if best else [])
+    callbacks = [guard, budget, history, EpochSync(data.train)] + ([best] if best else [])
     eval_every = max(1, round(recipe.eval.every_epochs * plan.batches_per_epoch))
     schedulers, every_batch = build_scheduler(recipe.scheduler, recipe.optimizer, optimizer,
                                               plan.planned_batches, plan.batches_per_epoch)
@@ -273,10 +344,20 @@ def _train_and_evaluate(prepared: Prepared, out: Path, *, quiet: bool) -> dict[s
             seed=recipe.seed,
             progress_bar=recipe.loggers.progress_bar and not quiet and sys.stderr.isatty(),
             log_to_console=False, run_name=recipe.run_name, python_log_level=None,
+            load_path=str(out / RESUME_CHECKPOINT) if resume else None,
         )
         prepared.trainer = trainer
         trainer.fit()
     ledger = budget.ledger
+    if ledger.stop_reason == "interrupted":
+        from composer.utils.checkpoint import save_checkpoint
+        save_checkpoint(trainer.state, str(out / RESUME_CHECKPOINT))
+    elif (out / RESUME_CHECKPOINT).exists():
+        (out / RESUME_CHECKPOINT).unlink()
+    if guard.diverged and guard.last_good is not None:
+        trainer.state.model.module.load_state_dict(guard.last_good)
+        prepared.warnings.append("loss became non-finite: training stopped; the last weights "
+                                 "with a finite loss were kept")
     for swa in swa_objs:
         if swa.never_started:
             prepared.warnings.append(f"algorithm swa changed nothing: training ended before "

@@ -98,6 +98,8 @@ class BatchLoader:
         self._scale = 1.0 / (255.0 * std_t)
         self._shift = torch.tensor(self.mean, dtype=torch.float32).view(1, c, 1, 1) / std_t
         self.epoch = 0
+        # A trainer callback may pin the epoch to the trainer's clock (resume replays exactly).
+        self.auto_advance = True
 
     @property
     def num_samples(self) -> int:
@@ -113,7 +115,8 @@ class BatchLoader:
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         epoch = self.epoch
-        self.epoch += 1
+        if self.auto_advance:
+            self.epoch += 1
         return self._batches(epoch)
 
     def _batches(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:

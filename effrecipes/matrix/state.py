@@ -32,7 +32,9 @@ DIVERGED = "diverged"
 FAILED = "failed"
 PENDING = "pending"
 RUNNING = "running"
+INTERRUPTED = "interrupted"   # stopped by Ctrl-C/SIGTERM; the runner left a resumable run dir
 FINISHED = (DONE, DIVERGED)
+RESUME_CHECKPOINT = "resume.pt"  # effrecipes.runner.RESUME_CHECKPOINT
 
 
 def now() -> str:
@@ -165,7 +167,21 @@ _metrics_cache: dict[str, tuple[int, Optional[str], dict[str, Any]]] = {}
 
 
 def finished_metrics(matrix: Matrix, cell: Cell) -> Optional[dict[str, Any]]:
-    """The cell's metrics when its run directory is finished *and* trained this cell's recipe."""
+    """The cell's metrics when its run directory is finished *and* trained this cell's recipe
+    (a run stopped by Ctrl-C/SIGTERM, `stop_reason: interrupted`, is not finished)."""
+    m = run_metrics(matrix, cell)
+    return None if m is None or m.get("stop_reason") == INTERRUPTED else m
+
+
+def resumable(matrix: Matrix, cell: Cell) -> bool:
+    """The run directory holds an interrupted run of this exact recipe with its resume state."""
+    m = run_metrics(matrix, cell)
+    return (m is not None and m.get("stop_reason") == INTERRUPTED
+            and (matrix.run_dir(cell) / RESUME_CHECKPOINT).exists())
+
+
+def run_metrics(matrix: Matrix, cell: Cell) -> Optional[dict[str, Any]]:
+    """metrics.json of the cell's run directory if that directory trained this cell's recipe."""
     run_dir = matrix.run_dir(cell)
     mpath = run_dir / "metrics.json"
     try:
@@ -194,14 +210,18 @@ def failure(matrix: Matrix, cell: Cell) -> Optional[dict[str, Any]]:
 
 
 def classify(matrix: Matrix, cell: Cell) -> tuple[str, str]:
-    """(status, why) of a cell from disk: done/diverged, failed, or pending (new, changed,
-    interrupted)."""
+    """(status, why) of a cell from disk: done/diverged, failed, interrupted (a resumable run dir),
+    or pending (new, changed, or killed while running)."""
     m = finished_metrics(matrix, cell)
     if m is not None:
         return metrics_status(m), "finished run directory"
     f = failure(matrix, cell)
     if f is not None:
         return FAILED, str(f.get("error", ""))
+    if resumable(matrix, cell):
+        return INTERRUPTED, "interrupted (resumable)"
+    if run_metrics(matrix, cell) is not None:
+        return INTERRUPTED, "interrupted"
     if (matrix.run_dir(cell) / "metrics.json").exists():
         return PENDING, "changed (run directory holds a different recipe)"
     rec = read_json(record_path(matrix, cell))

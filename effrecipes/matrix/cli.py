@@ -1,0 +1,133 @@
+"""`composer-ablate`: run an ablation matrix (techniques x grid x seeds) from a YAML spec.
+
+Exit codes: 0 every selected cell finished (done or diverged); 1 some cells failed (recorded in
+<matrix_dir>/failed/, the others ran); 2 a user mistake (bad spec, invalid cells, matrix locked),
+one line per problem; 130 interrupted.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from typing import Optional, Sequence
+
+from effrecipes.cli import _guard
+from effrecipes.errors import UserError
+
+EPILOG = """\
+examples:
+  composer-ablate recipes/ablations/cifar10_table4.yaml --dry-run
+  composer-ablate recipes/ablations/cifar10_table4.yaml --workers 2
+  composer-ablate SPEC.yaml --only 'blurpool*' --retry-failed
+  composer-ablate SPEC.yaml --executor ray --ray-address auto --cpus-per-cell 4
+
+Re-running the same spec resumes: finished cells (same recipe hash) are skipped, interrupted and
+changed cells run again, failed cells run again with --retry-failed. Results are rebuilt in
+<output>/<name>/results.{md,csv,json} after every finished cell."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="composer-ablate", epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Run an ablation matrix: technique combinations x a grid of recipe settings x "
+        "seeds, each cell a full composer-run of a resolved recipe, resumable, with aggregate "
+        "tables (mean +/- std over seeds, delta vs the baseline).")
+    p.add_argument("spec", help="matrix spec YAML file")
+    p.add_argument("--workers", type=int, default=None,
+                   help="local: worker processes, each with cores//N torch threads (default 1); "
+                   "ray: at most N cells at once (default: cluster CPUs / --cpus-per-cell)")
+    p.add_argument("--executor", choices=("local", "ray"), default="local",
+                   help="run cells in local worker processes or as Ray tasks")
+    p.add_argument("--ray-address", default=None,
+                   help="Ray cluster address (default $RAY_ADDRESS, else start a local instance)")
+    p.add_argument("--cpus-per-cell", type=float, default=1.0,
+                   help="ray: CPUs reserved per cell (also its torch threads)")
+    p.add_argument("--gpus-per-cell", type=float, default=0.0,
+                   help="ray: GPUs reserved per cell (the runner trains on CPU today)")
+    p.add_argument("--dry-run", action="store_true",
+                   help="list the cells with planned FLOPs and an estimated wall time from a short "
+                   "calibration run; write nothing")
+    p.add_argument("--calibration-batches", type=int, default=20,
+                   help="dry-run: real training batches timed for the estimate (0 = skip)")
+    p.add_argument("--retry-failed", action="store_true",
+                   help="also re-run cells whose last attempt failed (default: keep them failed)")
+    p.add_argument("--only", action="append", metavar="PATTERN",
+                   help="run only cells whose id matches this glob (repeatable), e.g. 'blurpool*'")
+    p.add_argument("--output", default=None,
+                   help="directory holding matrix directories (overrides the spec's output)")
+    p.add_argument("--list-cells", action="store_true",
+                   help="print each cell's id, status and overrides; train nothing")
+    p.add_argument("--json", action="store_true", help="machine-readable --dry-run/--list-cells")
+    p.add_argument("--quiet", action="store_true", help="no progress lines")
+    return p
+
+
+def _list_cells(matrix, as_json: bool) -> str:  # type: ignore[no-untyped-def]
+    from effrecipes.matrix.state import classify
+
+    items = []
+    for c in matrix.cells:
+        status = classify(matrix, c)[0] if matrix.matrix_dir.exists() else "pending"
+        items.append({"cell_id": c.id, "status": status, "hash": c.hash, "overrides": c.overrides})
+    if as_json:
+        return json.dumps(items, indent=2)
+    width = max(len(i["cell_id"]) for i in items)
+    lines = [f"{i['cell_id']:<{width}}  {i['status']:<8}  {' '.join(i['overrides'])}" for i in items]
+    return "\n".join(lines + [f"{len(items)} cells; base recipe {matrix.base_path}"])
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+
+    def go() -> int:
+        from effrecipes.matrix.cells import MatrixSpecError, load_matrix
+
+        if args.workers is not None and args.workers < 1:
+            raise UserError(f"--workers must be at least 1 (got {args.workers})")
+        workers = args.workers or 1
+        if args.cpus_per_cell <= 0 or args.gpus_per_cell < 0:
+            raise UserError("--cpus-per-cell must be > 0 and --gpus-per-cell >= 0")
+        matrix = load_matrix(args.spec, output=args.output)
+        try:
+            if args.list_cells:
+                print(_list_cells(matrix, args.json))
+                return 0
+            if args.dry_run:
+                from effrecipes.matrix.dryrun import dry_run
+
+                text, report, ok = dry_run(matrix, workers=workers, only=args.only,
+                                           retry_failed=args.retry_failed,
+                                           calibration_batches=args.calibration_batches,
+                                           executor=args.executor, cpus_per_cell=args.cpus_per_cell)
+                print(json.dumps(report, indent=2, default=str) if args.json else text)
+                if not ok:
+                    raise UserError("some cells cannot be prepared (see the table); fix them before "
+                                    "running", file=args.spec)
+                return 0
+            from effrecipes.matrix.execute import format_outcome, run_matrix
+
+            outcome = run_matrix(matrix, executor=args.executor, workers=workers,
+                                 retry_failed=args.retry_failed, only=args.only,
+                                 ray_address=args.ray_address, cpus_per_cell=args.cpus_per_cell,
+                                 gpus_per_cell=args.gpus_per_cell, window=args.workers,
+                                 quiet=args.quiet)
+            print(format_outcome(matrix, outcome))
+            return 1 if outcome.failed_ids else 0
+        except MatrixSpecError as e:
+            for line in e.lines:
+                print(line, file=sys.stderr)
+            raise
+
+    return _guard(go)
+
+
+def entrypoint() -> None:
+    os.environ.setdefault("WANDB_SILENT", "true")
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    entrypoint()

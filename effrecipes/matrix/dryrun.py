@@ -1,0 +1,172 @@
+"""`composer-ablate --dry-run`: every cell's planned FLOPs and an estimated wall time.
+
+Planned FLOPs come from `runner.prepare(recipe).plan` (planned_batches * step_flops, the same
+measured plan a real run uses). The wall-time estimate comes from a short calibration run: one
+representative cell trains `calibration_batches` real batches (its FLOP cap lowered to afford just
+those) into a temporary directory that is deleted afterwards, with the threads a matrix worker
+would get; its measured seconds per batch are scaled to every cell by planned FLOPs, plus the
+calibration run's fixed cost (data, model build, test evaluation, latency timing). Nothing is
+written to the matrix directory.
+"""
+from __future__ import annotations
+
+import tempfile
+from typing import Any, Optional
+
+from effrecipes.errors import UserError
+from effrecipes.matrix.cells import Cell, Matrix, canonical_json, check_valid
+from effrecipes.matrix.execute import plan_work, select, threads_per_worker
+from effrecipes.matrix.results import _flops
+from effrecipes.matrix.state import classify
+
+
+def _seedless_key(cell: Cell) -> str:
+    data = cell.recipe.model_dump(mode="json")  # type: ignore[union-attr]
+    data.pop("seed", None)
+    return canonical_json(data)
+
+
+def plan_cells(matrix: Matrix, cells: list[Cell], threads: int) -> dict[str, dict[str, Any]]:
+    """cell id -> {step_flops, planned_batches, planned_flops, flops_cap, reserved, error}."""
+    from effrecipes import runner
+
+    runner.set_threads(threads)
+    cache: dict[str, dict[str, Any]] = {}
+    out: dict[str, dict[str, Any]] = {}
+    for c in cells:
+        key = _seedless_key(c)  # the seed changes the split, not the sizes: plan once per group
+        if key not in cache:
+            try:
+                plan = runner.prepare(c.recipe, build_trainer=False).plan  # type: ignore[arg-type]
+                cache[key] = {"step_flops": plan.step_flops, "planned_batches": plan.planned_batches,
+                              "planned_flops": plan.planned_batches * plan.step_flops,
+                              "flops_cap": plan.flops_cap, "reserved": plan.reserved_flops,
+                              "planned_epochs": plan.planned_epochs, "binding": plan.binding_cap,
+                              "error": None}
+            except UserError as e:
+                cache[key] = {"error": str(e)}
+            except Exception as e:  # noqa: BLE001 - reported per cell, the table goes on
+                cache[key] = {"error": f"{type(e).__name__}: {' '.join(str(e).split())}"}
+        out[c.id] = cache[key]
+    return out
+
+
+def calibrate(cell: Cell, plan: dict[str, Any], batches: int, threads: int) -> dict[str, Any]:
+    """Train `batches` real batches of `cell` into a temp dir; seconds per batch and fixed cost."""
+    from effrecipes import runner
+    from effrecipes.recipe import validate_recipe
+
+    n = max(1, min(batches, int(plan["planned_batches"])))
+    data = cell.recipe.model_dump(mode="json")  # type: ignore[union-attr]
+    with tempfile.TemporaryDirectory(prefix="composer-ablate-calib-") as tmp:
+        data["budget"] = {"flops": plan["step_flops"] * (n + 0.5) + (plan.get("reserved") or 0.0),
+                          "max_epochs": None, "max_seconds": None}
+        data["output"] = {"root": tmp, "run_name": "calibration", "overwrite": True,
+                          "save_checkpoint": False}
+        data["loggers"] = {"progress_bar": False, "wandb": {"enabled": False}}
+        recipe = validate_recipe(data, file=f"calibration of cell {cell.id}")
+        m = runner.run(recipe, threads=threads, quiet=True).metrics
+    per_batch = m["train_seconds"] / max(1, m["batches"])
+    return {"cell_id": cell.id, "batches": m["batches"], "train_seconds": m["train_seconds"],
+            "wall_seconds": m["wall_seconds"], "seconds_per_batch": per_batch,
+            "fixed_seconds": max(0.0, m["wall_seconds"] - m["train_seconds"]),
+            "step_flops": plan["step_flops"], "threads": threads}
+
+
+def estimate_seconds(plan: dict[str, Any], cal: Optional[dict[str, Any]]) -> Optional[float]:
+    if cal is None or plan.get("error"):
+        return None
+    scale = plan["step_flops"] / cal["step_flops"] if cal["step_flops"] else 1.0
+    return cal["fixed_seconds"] + plan["planned_batches"] * cal["seconds_per_batch"] * scale
+
+
+def _dur(s: Optional[float]) -> str:
+    if s is None:
+        return "-"
+    if s < 120:
+        return f"{s:.0f}s"
+    if s < 7200:
+        return f"{s / 60:.1f}m"
+    return f"{s / 3600:.1f}h"
+
+
+def dry_run(matrix: Matrix, *, workers: int = 1, only: Optional[list[str]] = None,
+            retry_failed: bool = False, calibration_batches: int = 20,
+            executor: str = "local", cpus_per_cell: float = 1.0) -> tuple[str, dict[str, Any], bool]:
+    """(text report, JSON report, ok). Reads the matrix directory (to say what would be skipped)
+    but writes nothing to it."""
+    check_valid(matrix)
+    cells = select(matrix, only)
+    threads = max(1, int(cpus_per_cell)) if executor == "ray" else threads_per_worker(workers)
+    to_run, _, why = plan_work(matrix, cells, retry_failed)
+    run_ids = {c.id for c in to_run}
+    plans = plan_cells(matrix, cells, threads)
+    cal: Optional[dict[str, Any]] = None
+    cal_note = "no calibration (no cell could be prepared)"
+    candidates = [c for c in (to_run or cells) if not plans[c.id].get("error")]
+    if calibration_batches > 0 and candidates:
+        rep = candidates[0]
+        try:
+            cal = calibrate(rep, plans[rep.id], calibration_batches, threads)
+            cal_note = (f"estimated from a calibration run of cell {rep.id}: {cal['batches']} real "
+                        f"training batches in {cal['train_seconds']:.2f}s "
+                        f"({cal['seconds_per_batch'] * 1000:.1f} ms/batch at {threads} thread(s)) "
+                        f"plus {cal['fixed_seconds']:.1f}s fixed cost (data, model, test, latency); "
+                        "scaled to each cell by planned FLOPs. Rough: per-FLOP speed differs between "
+                        "algorithms (augmentations cost time, not FLOPs) and periodic validation is "
+                        "not included")
+        except UserError as e:
+            cal_note = f"calibration failed: {e}"
+    elif calibration_batches <= 0:
+        cal_note = "no calibration (--calibration-batches 0)"
+
+    labels = [matrix.grid_labels[k] for k in matrix.grid_keys]
+    header = ["cell", "state", "FLOPs/batch", "batches", "epochs", "planned FLOPs", "cap", "est. wall"]
+    rows, out_cells = [], []
+    total_est = 0.0
+    ok = True
+    for c in cells:
+        p = plans[c.id]
+        state = why.get(c.id, classify(matrix, c)[0] + " (skip)") if c.id in run_ids \
+            else classify(matrix, c)[0] + " (skip)"
+        est = estimate_seconds(p, cal) if c.id in run_ids else None
+        if est is not None:
+            total_est += est
+        if p.get("error"):
+            ok = False
+            rows.append([c.id, state, f"error: {p['error']}", "", "", "", "", ""])
+        else:
+            rows.append([c.id, state, _flops(p["step_flops"]), f"{p['planned_batches']:,}",
+                         f"{p['planned_epochs']:.2f}", _flops(p["planned_flops"]),
+                         _flops(p["flops_cap"]), "-" if c.id not in run_ids else _dur(est)])
+        out_cells.append({"cell_id": c.id, "techniques": list(c.techniques), "grid": c.grid,
+                          "seed": c.seed, "hash": c.hash, "overrides": c.overrides,
+                          "will_run": c.id in run_ids, "state": state, **p,
+                          "estimated_seconds": est})
+    widths = [max(len(str(r[i])) for r in rows + [header]) for i in range(len(header))]
+    fmt = "  ".join("{:<%d}" % w for w in widths)
+    par = max(1, workers)
+    n_grid = 1
+    for values in matrix.spec.grid.values():
+        n_grid *= len(values)
+    lines = [f"matrix {matrix.spec.name} ({matrix.spec.algorithms.mode}, view {matrix.spec.view}): "
+             f"{len(matrix.cells)} cells = {len(matrix.combos)} combos x {n_grid} grid point(s) x "
+             f"{len(matrix.spec.seeds)} seed(s)"
+             + (f" (grid keys: {', '.join(f'{k} as {l}' for k, l in zip(matrix.grid_keys, labels))})"
+                if matrix.grid_keys else ""),
+             f"matrix directory: {matrix.matrix_dir}", "", fmt.format(*header)]
+    lines += [fmt.format(*r) for r in rows]
+    lines += ["", f"to run: {len(to_run)} of {len(cells)} selected cells; estimated wall time "
+              f"{_dur(total_est / par if cal else None)} with {par} parallel "
+              f"{'task' if executor == 'ray' else 'worker'}(s) (sum {_dur(total_est if cal else None)})",
+              f"estimate: {cal_note}.",
+              "planned FLOPs = planned_batches x measured FLOPs per batch (runner.prepare); nothing "
+              "was written to the matrix directory."]
+    report = {"matrix": matrix.spec.name, "matrix_dir": str(matrix.matrix_dir),
+              "view": matrix.spec.view, "cells": out_cells, "calibration": cal,
+              "calibration_note": cal_note, "estimated_total_seconds": total_est if cal else None,
+              "estimated_wall_seconds": total_est / par if cal else None, "parallel": par}
+    return "\n".join(lines), report, ok
+
+
+__all__ = ["dry_run", "plan_cells", "calibrate", "estimate_seconds"]

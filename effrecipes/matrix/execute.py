@@ -1,0 +1,431 @@
+"""Running a matrix: one function runs a cell (`run_cell`), two executors call it.
+
+- local: `concurrent.futures.ProcessPoolExecutor` (spawn) with N workers; each worker gets
+  `EFFRECIPES_THREADS = max(1, cores // N)` so workers do not oversubscribe the cores.
+- ray: each cell is a `ray.remote(num_cpus=..., num_gpus=...)` task calling `run_cell`.
+
+The parent process is the only writer of matrix state (cell.json, failed/, results.*); workers
+only write their run directory through `effrecipes.runner.run`. It holds `<matrix_dir>/.lock`
+for the whole run.
+"""
+from __future__ import annotations
+
+import fnmatch
+import logging
+import multiprocessing
+import os
+import sys
+import time
+import traceback
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Optional, TextIO
+
+from effrecipes.errors import UserError
+from effrecipes.matrix.cells import Cell, Matrix, check_valid
+from effrecipes.matrix.results import summary_table, write_results
+from effrecipes.matrix.state import (DIVERGED, DONE, FAILED, FINISHED, PENDING, RUNNING,
+                                     MatrixLock, atomic_write_json, atomic_write_text, classify,
+                                     clean_partial, clear_failed, finished_metrics,
+                                     metrics_status, read_json, record_path, write_failed,
+                                     write_record)
+
+log = logging.getLogger(__name__)
+
+
+def available_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def threads_per_worker(workers: int, cores: Optional[int] = None) -> int:
+    return max(1, (cores or available_cores()) // max(1, workers))
+
+
+# --------------------------------------------------------------------------- the cell function
+
+def _init_worker(threads: int) -> None:
+    os.environ["EFFRECIPES_THREADS"] = str(threads)
+    os.environ.setdefault("WANDB_SILENT", "true")
+    import effrecipes.runner  # noqa: F401  (pay the torch/Composer import once, not in a cell's time)
+
+
+def run_cell(payload: dict[str, Any]) -> dict[str, Any]:
+    """Run one cell's recipe (in a worker process or a Ray task); never raises for a failed run.
+
+    payload: {"cell_id", "recipe": resolved recipe as JSON-able dict, "threads": int}.
+    Returns {"cell_id", "ok", "seconds", and "status"/"run_dir" or "error"/"error_type"/"traceback"}.
+    """
+    t0 = time.perf_counter()
+    cid = payload["cell_id"]
+    if payload.get("threads"):
+        os.environ["EFFRECIPES_THREADS"] = str(payload["threads"])
+    os.environ.setdefault("WANDB_SILENT", "true")
+    logging.getLogger("effrecipes").setLevel(logging.ERROR)  # warnings are kept in metrics.json
+    try:
+        from effrecipes import runner
+        from effrecipes.recipe import validate_recipe
+
+        recipe = validate_recipe(payload["recipe"], file=f"cell {cid}")
+        result = runner.run(recipe, quiet=True)
+        return {"cell_id": cid, "ok": True, "status": metrics_status(result.metrics),
+                "run_dir": str(result.run_dir), "seconds": time.perf_counter() - t0,
+                "test_accuracy": result.metrics.get("test_accuracy")}
+    except UserError as e:
+        return {"cell_id": cid, "ok": False, "error": str(e), "error_type": type(e).__name__,
+                "traceback": None, "seconds": time.perf_counter() - t0}
+    except Exception as e:  # noqa: BLE001 - any failure of one cell is recorded, the matrix goes on
+        msg = " ".join(str(e).split()) or "(no message)"
+        return {"cell_id": cid, "ok": False, "error": f"{type(e).__name__}: {msg}",
+                "error_type": type(e).__name__, "traceback": traceback.format_exc(),
+                "seconds": time.perf_counter() - t0}
+
+
+# --------------------------------------------------------------------------- progress
+
+class Progress:
+    """Cells done / running / failed / skipped; one line per update when not a TTY."""
+
+    def __init__(self, total: int, skipped: int, stream: TextIO = sys.stderr,
+                 tty: Optional[bool] = None, quiet: bool = False) -> None:
+        self.total, self.skipped = total, skipped
+        self.done = self.diverged = self.failed = 0
+        self.running: set[str] = set()
+        self.stream = stream
+        self.tty = stream.isatty() if tty is None else tty
+        self.quiet = quiet
+        self._status_shown = False
+
+    @property
+    def pending(self) -> int:
+        return (self.total - self.skipped - self.done - self.diverged - self.failed
+                - len(self.running))
+
+    def counts(self) -> str:
+        return (f"done {self.done}, diverged {self.diverged}, running {len(self.running)}, "
+                f"failed {self.failed}, skipped {self.skipped}, pending {self.pending}")
+
+    def _emit(self, text: str, permanent: bool) -> None:
+        if self.quiet:
+            return
+        if self.tty:
+            self.stream.write("\r\033[K" + text + ("\n" if permanent else ""))
+            if permanent:
+                self.stream.write("\r\033[K" + self.status())
+            self._status_shown = True
+        else:
+            self.stream.write(text + "\n")
+        self.stream.flush()
+
+    def status(self) -> str:
+        fin = self.skipped + self.done + self.diverged + self.failed
+        return f"[{fin}/{self.total}] {self.counts()}"
+
+    def start(self, cid: str) -> None:
+        self.running.add(cid)
+        if self.tty:
+            self._emit(self.status(), permanent=False)
+        else:
+            self._emit(f"{self.status()} | started {cid}", permanent=False)
+
+    def finish(self, cid: str, status: str, detail: str = "") -> None:
+        self.running.discard(cid)
+        if status == DONE:
+            self.done += 1
+        elif status == DIVERGED:
+            self.diverged += 1
+        elif status == FAILED:
+            self.failed += 1
+        elif status == PENDING:  # re-queued after a worker crash
+            pass
+        sep = ": " if status == FAILED else " "
+        self._emit(f"{self.status()} | {status} {cid}{(sep + detail) if detail else ''}",
+                   permanent=True)
+
+    def close(self) -> None:
+        if self.tty and self._status_shown and not self.quiet:
+            self.stream.write("\n")
+            self.stream.flush()
+
+
+# --------------------------------------------------------------------------- executors
+
+Submit = Callable[[dict[str, Any]], None]
+
+
+class LocalExecutor:
+    """N spawn worker processes; a crashed worker fails (or re-queues) only the cells it ran."""
+
+    def __init__(self, workers: int, threads: int) -> None:
+        self.workers = max(1, workers)
+        self.threads = threads
+        self.window = self.workers
+
+    def _pool(self) -> ProcessPoolExecutor:
+        return ProcessPoolExecutor(max_workers=self.workers,
+                                   mp_context=multiprocessing.get_context("spawn"),
+                                   initializer=_init_worker, initargs=(self.threads,))
+
+    def run(self, payloads: list[dict[str, Any]], started: Callable[[str], None],
+            finished: Callable[[dict[str, Any]], None]) -> None:
+        queue = list(payloads)
+        crashes: dict[str, int] = {}
+        pool = self._pool()
+        inflight: dict[Future, dict[str, Any]] = {}
+        try:
+            while queue or inflight:
+                while queue and len(inflight) < self.window:
+                    p = queue.pop(0)
+                    p["threads"] = self.threads
+                    started(p["cell_id"])
+                    inflight[pool.submit(run_cell, p)] = p
+                done, _ = wait(list(inflight), return_when=FIRST_COMPLETED)
+                lost: list[dict[str, Any]] = []
+                for fut in done:
+                    p = inflight.pop(fut)
+                    try:
+                        finished(fut.result())
+                    except BrokenProcessPool:
+                        lost.append(p)
+                if lost:  # a worker died: the pool is gone, and with it every cell in flight
+                    lost += list(inflight.values())
+                    inflight.clear()
+                    pool.shutdown(wait=False, cancel_futures=True)
+                    for p in reversed(lost):
+                        crashes[p["cell_id"]] = crashes.get(p["cell_id"], 0) + 1
+                        if crashes[p["cell_id"]] >= 2:
+                            finished({"cell_id": p["cell_id"], "ok": False, "error_type": "WorkerDied",
+                                      "error": "a worker process died twice while running this cell "
+                                      "(killed, out of memory, or crashed)", "traceback": None})
+                        else:
+                            finished({"cell_id": p["cell_id"], "requeue": True})
+                            queue.insert(0, p)
+                    pool = self._pool()
+        finally:
+            pool.shutdown(wait=not inflight, cancel_futures=True)
+
+
+class RayExecutor:
+    """Each cell is a Ray task (`num_cpus`, `num_gpus` per cell) calling `run_cell`."""
+
+    def __init__(self, address: Optional[str], cpus_per_cell: float, gpus_per_cell: float,
+                 window: Optional[int]) -> None:
+        try:
+            import ray  # noqa: F401
+        except ImportError:
+            raise UserError("--executor ray needs Ray: pip install 'effrecipes[ray]'") from None
+        self.address = address or os.environ.get("RAY_ADDRESS") or None
+        self.cpus, self.gpus = cpus_per_cell, gpus_per_cell
+        self.window = window
+        self.started_ray = False
+
+    def __enter__(self) -> "RayExecutor":
+        import ray
+
+        if not ray.is_initialized():
+            try:
+                if self.address:
+                    ray.init(address=self.address, log_to_driver=False)
+                else:
+                    ray.init(include_dashboard=False, log_to_driver=False)
+            except (ConnectionError, RuntimeError, ValueError) as e:
+                raise UserError(f"cannot connect to Ray at {self.address or 'a local instance'}: "
+                                f"{' '.join(str(e).split())[:200]}",
+                                hint="check --ray-address / RAY_ADDRESS") from None
+            self.started_ray = True
+        if self.window is None:
+            cpus = float(ray.cluster_resources().get("CPU", 1))
+            self.window = max(1, int(cpus // max(self.cpus, 1e-9)))
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.started_ray:
+            import ray
+            ray.shutdown()
+
+    def run(self, payloads: list[dict[str, Any]], started: Callable[[str], None],
+            finished: Callable[[dict[str, Any]], None]) -> None:
+        import ray
+
+        remote = ray.remote(num_cpus=self.cpus, num_gpus=self.gpus, max_retries=0)(run_cell)
+        threads = max(1, int(self.cpus))
+        queue = list(payloads)
+        inflight: dict[Any, dict[str, Any]] = {}
+        try:
+            while queue or inflight:
+                while queue and len(inflight) < (self.window or 1):
+                    p = queue.pop(0)
+                    p["threads"] = threads
+                    started(p["cell_id"])
+                    inflight[remote.remote(p)] = p
+                ready, _ = ray.wait(list(inflight), num_returns=1)
+                for ref in ready:
+                    p = inflight.pop(ref)
+                    try:
+                        finished(ray.get(ref))
+                    except Exception as e:  # noqa: BLE001 - task crashed / worker died
+                        finished({"cell_id": p["cell_id"], "ok": False, "error_type": type(e).__name__,
+                                  "error": f"{type(e).__name__}: {' '.join(str(e).split())[:300]}",
+                                  "traceback": str(e)})
+        finally:
+            for ref in inflight:
+                ray.cancel(ref, force=True)
+
+
+# --------------------------------------------------------------------------- orchestration
+
+@dataclass
+class MatrixOutcome:
+    counts: dict[str, int]
+    ran: int
+    skipped: int
+    failed_ids: list[str] = field(default_factory=list)
+    results: dict[str, Any] = field(default_factory=dict)
+
+
+def select(matrix: Matrix, only: Optional[Iterable[str]]) -> list[Cell]:
+    pats = [p for p in (only or []) if p]
+    if not pats:
+        return list(matrix.cells)
+    chosen = [c for c in matrix.cells if any(fnmatch.fnmatchcase(c.id, p) for p in pats)]
+    if not chosen:
+        raise UserError(f"--only {' '.join(pats)} matches none of the {len(matrix.cells)} cells "
+                        f"(e.g. {matrix.cells[0].id}); patterns are globs such as 'blurpool*' or "
+                        "'*__s0'")
+    return chosen
+
+
+def plan_work(matrix: Matrix, cells: list[Cell], retry_failed: bool
+              ) -> tuple[list[Cell], list[tuple[Cell, str]], dict[str, str]]:
+    """(cells to run, (cell, status) skipped, why each runs)."""
+    to_run, skipped, why = [], [], {}
+    for c in cells:
+        status, reason = classify(matrix, c)
+        if status in FINISHED or (status == FAILED and not retry_failed):
+            skipped.append((c, status))
+        else:
+            to_run.append(c)
+            why[c.id] = "retry failed" if status == FAILED else reason
+    return to_run, skipped, why
+
+
+def _write_provenance(matrix: Matrix) -> None:
+    try:
+        atomic_write_text(matrix.matrix_dir / "spec.yaml", matrix.spec_path.read_text())
+    except OSError:
+        pass
+    atomic_write_json(matrix.matrix_dir / "matrix.json", {
+        "name": matrix.spec.name, "spec": str(matrix.spec_path.resolve()),
+        "base": str(matrix.base_path), "view": matrix.spec.view, "mode": matrix.spec.algorithms.mode,
+        "techniques": matrix.techniques, "grid": matrix.grid_keys, "seeds": matrix.spec.seeds,
+        "cells": [{"cell_id": c.id, "hash": c.hash, "overrides": c.overrides} for c in matrix.cells]})
+
+
+def run_matrix(matrix: Matrix, *, executor: str = "local", workers: int = 1,
+               retry_failed: bool = False, only: Optional[Iterable[str]] = None,
+               ray_address: Optional[str] = None, cpus_per_cell: float = 1.0,
+               gpus_per_cell: float = 0.0, window: Optional[int] = None,
+               stream: TextIO = sys.stderr, quiet: bool = False) -> MatrixOutcome:
+    """Run (or resume) every selected cell that is not finished; rebuild results as cells end."""
+    check_valid(matrix)
+    cells = select(matrix, only)
+    by_id = {c.id: c for c in matrix.cells}
+    lock = MatrixLock(matrix.matrix_dir).acquire()
+    try:
+        _write_provenance(matrix)
+        to_run, skipped, why = plan_work(matrix, cells, retry_failed)
+        for c, status in skipped:  # keep cell.json in step with the run dirs (e.g. after a kill)
+            rec = read_json(record_path(matrix, c))
+            if status in FINISHED and (not rec or rec.get("status") != status
+                                       or rec.get("hash") != c.hash):
+                write_record(matrix, c, status, note="found finished run directory")
+        running: set[str] = set()
+        write_results(matrix, frozenset(running))
+        progress = Progress(len(cells), len(skipped), stream, quiet=quiet)
+        if not quiet:
+            n_fail = sum(1 for _, s in skipped if s == FAILED)
+            stream.write(f"matrix {matrix.spec.name}: {len(matrix.cells)} cells, {len(cells)} selected, "
+                         f"{len(to_run)} to run, {len(skipped)} skipped (finished"
+                         f"{f'; {n_fail} failed before, use --retry-failed' if n_fail else ''}) -> "
+                         f"{matrix.matrix_dir}\n")
+            stream.flush()
+        failed_ids: list[str] = [c.id for c, s in skipped if s == FAILED]
+
+        def started(cid: str) -> None:
+            cell = by_id[cid]
+            clean_partial(matrix, cell)
+            write_record(matrix, cell, RUNNING, started=time.time(), reason=why.get(cid))
+            running.add(cid)
+            progress.start(cid)
+
+        def finished(res: dict[str, Any]) -> None:
+            cid = res["cell_id"]
+            cell = by_id[cid]
+            running.discard(cid)
+            if res.get("requeue"):
+                write_record(matrix, cell, PENDING, note="worker process died; re-queued")
+                progress.finish(cid, PENDING, "(worker died; re-queued)")
+                return
+            secs = res.get("seconds")
+            if res.get("ok"):
+                metrics = finished_metrics(matrix, cell)
+                if metrics is None:
+                    res = {**res, "ok": False, "error_type": "MissingRunDir",
+                           "error": f"the run finished but {matrix.run_dir(cell)} holds no matching "
+                           "metrics.json (with Ray, the matrix directory must be on a filesystem "
+                           "shared by every node)", "traceback": None}
+                else:
+                    status = metrics_status(metrics)
+                    clear_failed(matrix, cell)
+                    write_record(matrix, cell, status, seconds=secs,
+                                 test_accuracy=metrics.get("test_accuracy"),
+                                 stop_reason=metrics.get("stop_reason"))
+                    progress.finish(cid, status, f"acc {metrics.get('test_accuracy', float('nan')):.2f}%"
+                                    f" in {secs or 0:.1f}s")
+            if not res.get("ok"):
+                write_failed(matrix, cell, res.get("error", "unknown error"),
+                             error_type=res.get("error_type", "Error"),
+                             traceback=res.get("traceback"), seconds=secs)
+                failed_ids.append(cid)
+                progress.finish(cid, FAILED, str(res.get("error", "")))
+            write_results(matrix, frozenset(running))
+
+        payloads = [{"cell_id": c.id, "recipe": c.recipe.model_dump(mode="json")}  # type: ignore[union-attr]
+                    for c in to_run]
+        try:
+            if payloads:
+                if executor == "ray":
+                    with RayExecutor(ray_address, cpus_per_cell, gpus_per_cell, window) as ex:
+                        ex.run(payloads, started, finished)
+                else:
+                    ex_local = LocalExecutor(workers, threads_per_worker(workers))
+                    ex_local.run(payloads, started, finished)
+        finally:
+            progress.close()
+            results = write_results(matrix, frozenset())
+        failed_now = [cid for cid in dict.fromkeys(failed_ids)
+                      if classify(matrix, by_id[cid])[0] == FAILED]
+        return MatrixOutcome(results["counts"], len(to_run), len(skipped), failed_now, results)
+    finally:
+        lock.release()
+
+
+def format_outcome(matrix: Matrix, outcome: MatrixOutcome) -> str:
+    c = outcome.counts
+    lines = [f"matrix {matrix.spec.name}: ran {outcome.ran}, skipped {outcome.skipped}; "
+             f"done {c.get(DONE, 0)}, diverged {c.get(DIVERGED, 0)}, failed {c.get(FAILED, 0)}, "
+             f"pending {c.get(PENDING, 0)}",
+             summary_table(matrix, outcome.results.get("aggregate", [])),
+             f"results: {matrix.matrix_dir / 'results.md'} (also results.csv, results.json)"]
+    if outcome.failed_ids:
+        lines.append(f"failed cells ({len(outcome.failed_ids)}): {', '.join(outcome.failed_ids[:10])}"
+                     f"{' ...' if len(outcome.failed_ids) > 10 else ''}; errors in "
+                     f"{matrix.matrix_dir / 'failed'}/; re-run them with --retry-failed")
+    return "\n".join(lines)
+
+
+__all__ = ["run_matrix", "run_cell", "LocalExecutor", "RayExecutor", "Progress", "select",
+           "plan_work", "format_outcome", "threads_per_worker", "available_cores", "RUNNING"]
