@@ -104,6 +104,27 @@ def _guard(main: Callable[[], int], file: Optional[str] = None) -> int:
         return 130
 
 
+def _budget_table(args: argparse.Namespace) -> int:
+    from effrecipes.budget_table import budget_table, format_budget_table
+    from effrecipes.recipe import parse_flops
+    from effrecipes.registry import datasets, models
+
+    try:
+        cap = parse_flops(args.flops)
+    except ValueError as e:
+        raise UserError(str(e), field="--flops") from None
+    names: list[str] = []
+    for pat in filter(None, (p.strip() for p in args.models.split(","))):
+        names += models.names(pat) if any(c in pat for c in "*?[") else [pat]
+    rows = budget_table(args.dataset, names, cap, stock_stem=args.stock_stem)
+    n = round(int(datasets.entry(args.dataset, field_path="--dataset").meta["num_train"]) * 0.9)
+    if args.json:
+        print(json.dumps([r.__dict__ for r in rows], indent=2))
+    else:
+        print(format_budget_table(args.dataset, rows, cap, n))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="composer-run", description=(
         "Train an image classifier from a YAML recipe with MosaicML Composer, stopping at the "
@@ -118,6 +139,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true",
                    help="continue an interrupted run (same recipe and overrides) with the FLOPs already spent")
     p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--budget-table", action="store_true",
+                   help="print params, training GFLOPs/epoch and epochs affordable for --models on "
+                   "--dataset under --flops (paper 000 Tables I-II)")
+    p.add_argument("--dataset", default="kuzushiji49", help="dataset for --budget-table")
+    p.add_argument("--models", default="vgg5,efficientnet_b0,squeezenet,mobilenet_v2,"
+                   "mobilenet_v3_small,mobilenet_v3_large,shufflenet_v2,mnasnet_small,mnasnet_medium",
+                   help="comma-separated models (or glob patterns) for --budget-table")
+    p.add_argument("--flops", default="1e14", help="FLOP cap for --budget-table (e.g. 100T)")
+    p.add_argument("--stock-stem", action="store_true",
+                   help="--budget-table: keep torchvision's stems on small images (paper 000's setting)")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
     p.add_argument("--quiet", action="store_true", help="no progress bar or summary")
     return p
@@ -131,6 +162,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if args.list:
             print(list_registry(args.list, args.pattern))
             return 0
+        if args.budget_table:
+            return _budget_table(args)
         if not args.recipe:
             raise UserError("no recipe given; usage: composer-run RECIPE.yaml [key.path=value ...]")
         from effrecipes.recipe import load_recipe

@@ -71,3 +71,18 @@ def test_progressive_resizing_cost_factor() -> None:
     f = progressive_resizing_cost_factor(initial_scale=0.5, delay_fraction=0.5, finetune_fraction=0.2)
     assert f == pytest.approx(0.5 * 0.25 + 0.3 * (0.25 + 0.5 + 1) / 3 + 0.2)
     assert 0 < f < 1 and not math.isnan(f)
+
+
+@pytest.mark.parametrize("groups", [1, 4, 32])
+def test_grouped_conv_step_is_three_forwards(groups: int) -> None:
+    """torch's FlopCounterMode counts a depthwise conv's weight gradient `groups` times over;
+    our counter does not: one step is forward + grad input + grad weight = 3 x forward."""
+    conv = nn.Conv2d(32, 32, 3, padding=1, groups=groups, bias=False)
+    x = torch.randn(2, 32, 14, 14, requires_grad=True)
+    fwd = count_flops(lambda: conv(x))
+    assert fwd == 2 * 2 * 32 * 14 * 14 * (32 // groups) * 9
+
+    def step() -> None:
+        conv(x).sum().backward()
+
+    assert count_flops(step) == 3 * fwd

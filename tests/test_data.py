@@ -435,3 +435,45 @@ def test_debian_fashion_mnist() -> None:
     assert sorted(torch.bincount(raw.train_y).tolist()) == [6000] * 10
     b = build_data(_cfg(name="fashion_mnist", root=str(FASHION_DEBIAN), val_fraction=0.0), seed=0)
     assert (b.num_train, b.num_test, b.num_classes) == (60000, 10000, 10)
+
+
+# ---------------------------------------------------------------- image-folder datasets
+
+def _write_food101(root: Path, classes: list[str], per_class: int) -> None:
+    """The real Food-101 layout: images/<class>/<id>.jpg and meta/{train,test}.json."""
+    import json as _json
+
+    from PIL import Image
+
+    base = root / "food-101"
+    meta = {"train": {}, "test": {}}
+    rng = np.random.default_rng(0)
+    for c in classes:
+        (base / "images" / c).mkdir(parents=True)
+        for i in range(per_class):
+            arr = (rng.random((40, 50, 3)) * 255).astype(np.uint8)
+            Image.fromarray(arr).save(base / "images" / c / f"{i}.jpg")
+            meta["train" if i < per_class - 2 else "test"].setdefault(c, []).append(f"{c}/{i}")
+    (base / "meta").mkdir()
+    for split in ("train", "test"):
+        (base / "meta" / f"{split}.json").write_text(_json.dumps(meta[split]))
+
+
+def test_food101_layout_through_torchvision(tmp_path: Path) -> None:
+    _write_food101(tmp_path, ["apple_pie", "ramen", "sushi"], 8)
+    cfg = DataConfig(name="food101", root=str(tmp_path), download=False, batch_size=4,
+                     eval_batch_size=5, image_size=32, val_fraction=0.2,
+                     augment=["random_crop", "hflip", "autoaugment_imagenet"])
+    bundle = build_data(cfg, seed=0)
+    assert bundle.num_classes == 3 and bundle.num_test == 6 and bundle.per_sample
+    assert bundle.num_train + bundle.num_val == 18
+    x, y = next(iter(bundle.train))
+    assert x.shape == (4, 3, 32, 32) and x.dtype == torch.float32 and y.dtype == torch.int64
+    assert bundle.train.dataset.transform is not None
+
+
+def test_folder_dataset_missing_names_root(tmp_path: Path) -> None:
+    for name in ("food101", "stanford_cars"):
+        cfg = DataConfig(name=name, root=str(tmp_path / "none"), download=False)
+        with pytest.raises(DataError, match=str(tmp_path / "none")):
+            build_data(cfg, seed=0)

@@ -22,7 +22,7 @@ from typing import Any, Iterable, Optional
 
 import torch
 
-from effrecipes.data import sources  # noqa: F401  (registers the datasets)
+from effrecipes.data import folders, sources  # noqa: F401  (register the datasets)
 from effrecipes.data.loader import BatchLoader, channel_stats
 from effrecipes.data.sources import RawData
 from effrecipes.data.split import split_indices
@@ -81,6 +81,8 @@ def needs_per_sample(cfg: DataConfig, native_size: int) -> bool:
 
 def build_data(cfg: DataConfig, seed: int, *, per_sample: bool = False) -> DataBundle:
     """Build train/val/test loaders for a recipe's data section; deterministic for a seed."""
+    if datasets.entry(cfg.name, field_path="data.name").meta.get("folder"):
+        return _build_folder_data(cfg, seed)
     raw = load_raw(cfg)
     _, channels, height, width = raw.train_x.shape
     if height != width:
@@ -139,3 +141,29 @@ def build_data(cfg: DataConfig, seed: int, *, per_sample: bool = False) -> DataB
                       in_channels=int(channels), image_size=int(size), num_train=len(train_x),
                       num_val=len(val_x), num_test=len(test_x), class_names=list(raw.class_names),
                       mean=mean, std=std, per_sample=use_per_sample)
+
+
+def _build_folder_data(cfg: DataConfig, seed: int) -> DataBundle:
+    """Image-folder datasets (photos on disk): per-sample decoding with worker processes."""
+    data = datasets.get(cfg.name)(cfg)
+    train_idx, val_idx, test_idx = folders.split_folder(data, cfg.val_fraction, seed,
+                                                        cfg.train_subset, cfg.test_subset)
+    if len(train_idx) < cfg.batch_size:
+        raise DataError(f"{len(train_idx)} training images are fewer than one batch of "
+                        f"{cfg.batch_size}", field="data.batch_size", hint="lower data.batch_size")
+    size = cfg.image_size or folders.DEFAULT_SIZE
+    train_tf = folders.folder_transform(cfg.augment, size, train=True)
+    eval_tf = folders.folder_transform([], size, train=False)
+
+    def make(base: Any, idx: list[int], tf: Any, train: bool) -> Iterable:
+        ds = folders.TransformedSubset(base, idx, tf)
+        return folders.loader(ds, cfg.batch_size if train else cfg.eval_batch_size, train,
+                              cfg.num_workers, seed)
+
+    return DataBundle(train=make(data.train, train_idx, train_tf, True),
+                      val=make(data.train, val_idx, eval_tf, False) if val_idx else None,
+                      test=make(data.test, test_idx, eval_tf, False),
+                      num_classes=len(data.class_names), in_channels=data.channels,
+                      image_size=size, num_train=len(train_idx), num_val=len(val_idx),
+                      num_test=len(test_idx), class_names=data.class_names,
+                      mean=folders.IMAGENET_MEAN, std=folders.IMAGENET_STD, per_sample=True)

@@ -11,10 +11,13 @@ for the whole run.
 from __future__ import annotations
 
 import fnmatch
+import inspect
 import logging
 import multiprocessing
 import os
+import signal
 import sys
+import threading
 import time
 import traceback
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
@@ -25,11 +28,11 @@ from typing import Any, Callable, Iterable, Optional, TextIO
 from effrecipes.errors import UserError
 from effrecipes.matrix.cells import Cell, Matrix, check_valid
 from effrecipes.matrix.results import summary_table, write_results
-from effrecipes.matrix.state import (DIVERGED, DONE, FAILED, FINISHED, PENDING, RUNNING,
-                                     MatrixLock, atomic_write_json, atomic_write_text, classify,
-                                     clean_partial, clear_failed, finished_metrics,
-                                     metrics_status, read_json, record_path, write_failed,
-                                     write_record)
+from effrecipes.matrix.state import (DIVERGED, DONE, FAILED, FINISHED, INTERRUPTED, PENDING,
+                                     RUNNING, MatrixLock, atomic_write_json, atomic_write_text,
+                                     classify, clean_partial, clear_failed, finished_metrics,
+                                     metrics_status, read_json, record_path, resumable,
+                                     write_failed, write_record)
 
 log = logging.getLogger(__name__)
 
@@ -47,33 +50,63 @@ def threads_per_worker(workers: int, cores: Optional[int] = None) -> int:
 
 # --------------------------------------------------------------------------- the cell function
 
+_IN_CELL = False
+
+
+def _on_sigterm(signum: int, frame: Any) -> None:
+    """Worker SIGTERM outside training (the runner handles it during training): abandon the cell
+    being prepared; an idle worker ignores it so the pool survives."""
+    if _IN_CELL:
+        raise KeyboardInterrupt
+
+
 def _init_worker(threads: int) -> None:
     os.environ["EFFRECIPES_THREADS"] = str(threads)
     os.environ.setdefault("WANDB_SILENT", "true")
     import effrecipes.runner  # noqa: F401  (pay the torch/Composer import once, not in a cell's time)
 
+    # After the import: Composer installs SIGINT/SIGTERM handlers that sys.exit() when imported.
+    # Ctrl-C reaches the whole process group: the parent decides what to do and forwards SIGTERM.
+    # (During training the runner's own SIGINT/SIGTERM handler stops after the batch and saves.)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, _on_sigterm)
+
 
 def run_cell(payload: dict[str, Any]) -> dict[str, Any]:
     """Run one cell's recipe (in a worker process or a Ray task); never raises for a failed run.
 
-    payload: {"cell_id", "recipe": resolved recipe as JSON-able dict, "threads": int}.
-    Returns {"cell_id", "ok", "seconds", and "status"/"run_dir" or "error"/"error_type"/"traceback"}.
+    payload: {"cell_id", "recipe": resolved recipe as a JSON-able dict, "threads": int,
+    "resume": bool (continue an interrupted run directory)}. Returns {"cell_id", "ok", "seconds"}
+    plus "status"/"run_dir" on success, "interrupted", or "error"/"error_type"/"traceback".
     """
+    global _IN_CELL
     t0 = time.perf_counter()
     cid = payload["cell_id"]
     if payload.get("threads"):
         os.environ["EFFRECIPES_THREADS"] = str(payload["threads"])
     os.environ.setdefault("WANDB_SILENT", "true")
     logging.getLogger("effrecipes").setLevel(logging.ERROR)  # warnings are kept in metrics.json
+    _IN_CELL = True
     try:
         from effrecipes import runner
         from effrecipes.recipe import validate_recipe
 
         recipe = validate_recipe(payload["recipe"], file=f"cell {cid}")
-        result = runner.run(recipe, quiet=True)
-        return {"cell_id": cid, "ok": True, "status": metrics_status(result.metrics),
-                "run_dir": str(result.run_dir), "seconds": time.perf_counter() - t0,
-                "test_accuracy": result.metrics.get("test_accuracy")}
+        result = None
+        if payload.get("resume") and "resume" in inspect.signature(runner.run).parameters:
+            try:
+                result = runner.run(recipe, quiet=True, resume=True)
+            except UserError as e:  # not resumable after all: train it from scratch
+                log.warning("cell %s: cannot resume (%s); training it again", cid, e)
+        if result is None:
+            result = runner.run(recipe, quiet=True)
+        m = result.metrics
+        status = INTERRUPTED if m.get("stop_reason") == INTERRUPTED else metrics_status(m)
+        return {"cell_id": cid, "ok": status != INTERRUPTED, "status": status,
+                "interrupted": status == INTERRUPTED, "run_dir": str(result.run_dir),
+                "seconds": time.perf_counter() - t0, "test_accuracy": m.get("test_accuracy")}
+    except KeyboardInterrupt:
+        return {"cell_id": cid, "ok": False, "interrupted": True, "seconds": time.perf_counter() - t0}
     except UserError as e:
         return {"cell_id": cid, "ok": False, "error": str(e), "error_type": type(e).__name__,
                 "traceback": None, "seconds": time.perf_counter() - t0}
@@ -82,6 +115,8 @@ def run_cell(payload: dict[str, Any]) -> dict[str, Any]:
         return {"cell_id": cid, "ok": False, "error": f"{type(e).__name__}: {msg}",
                 "error_type": type(e).__name__, "traceback": traceback.format_exc(),
                 "seconds": time.perf_counter() - t0}
+    finally:
+        _IN_CELL = False
 
 
 # --------------------------------------------------------------------------- progress
@@ -92,7 +127,7 @@ class Progress:
     def __init__(self, total: int, skipped: int, stream: TextIO = sys.stderr,
                  tty: Optional[bool] = None, quiet: bool = False) -> None:
         self.total, self.skipped = total, skipped
-        self.done = self.diverged = self.failed = 0
+        self.done = self.diverged = self.failed = self.interrupted = 0
         self.running: set[str] = set()
         self.stream = stream
         self.tty = stream.isatty() if tty is None else tty
@@ -102,11 +137,12 @@ class Progress:
     @property
     def pending(self) -> int:
         return (self.total - self.skipped - self.done - self.diverged - self.failed
-                - len(self.running))
+                - self.interrupted - len(self.running))
 
     def counts(self) -> str:
         return (f"done {self.done}, diverged {self.diverged}, running {len(self.running)}, "
-                f"failed {self.failed}, skipped {self.skipped}, pending {self.pending}")
+                f"failed {self.failed}, skipped {self.skipped}, pending {self.pending}"
+                + (f", interrupted {self.interrupted}" if self.interrupted else ""))
 
     def _emit(self, text: str, permanent: bool) -> None:
         if self.quiet:
@@ -124,12 +160,13 @@ class Progress:
         fin = self.skipped + self.done + self.diverged + self.failed
         return f"[{fin}/{self.total}] {self.counts()}"
 
-    def start(self, cid: str) -> None:
+    def start(self, cid: str, note: str = "") -> None:
         self.running.add(cid)
         if self.tty:
             self._emit(self.status(), permanent=False)
         else:
-            self._emit(f"{self.status()} | started {cid}", permanent=False)
+            self._emit(f"{self.status()} | started {cid}{f' ({note})' if note else ''}",
+                       permanent=False)
 
     def finish(self, cid: str, status: str, detail: str = "") -> None:
         self.running.discard(cid)
@@ -139,8 +176,8 @@ class Progress:
             self.diverged += 1
         elif status == FAILED:
             self.failed += 1
-        elif status == PENDING:  # re-queued after a worker crash
-            pass
+        elif status in (PENDING, INTERRUPTED):  # re-queued after a worker crash / stopped
+            self.interrupted += status == INTERRUPTED
         sep = ": " if status == FAILED else " "
         self._emit(f"{self.status()} | {status} {cid}{(sep + detail) if detail else ''}",
                    permanent=True)
@@ -157,17 +194,27 @@ Submit = Callable[[dict[str, Any]], None]
 
 
 class LocalExecutor:
-    """N spawn worker processes; a crashed worker fails (or re-queues) only the cells it ran."""
+    """N spawn worker processes; a crashed worker re-queues (once) only the cells in flight."""
 
-    def __init__(self, workers: int, threads: int) -> None:
+    def __init__(self, workers: int, threads: int,
+                 notice: Callable[[str], None] = lambda text: None) -> None:
         self.workers = max(1, workers)
         self.threads = threads
         self.window = self.workers
+        self.notice = notice
 
     def _pool(self) -> ProcessPoolExecutor:
         return ProcessPoolExecutor(max_workers=self.workers,
                                    mp_context=multiprocessing.get_context("spawn"),
                                    initializer=_init_worker, initargs=(self.threads,))
+
+    @staticmethod
+    def _signal_workers(pool: ProcessPoolExecutor, sig: int) -> None:
+        for proc in list((getattr(pool, "_processes", None) or {}).values()):
+            try:
+                os.kill(proc.pid, sig)
+            except (ProcessLookupError, AttributeError):
+                pass
 
     def run(self, payloads: list[dict[str, Any]], started: Callable[[str], None],
             finished: Callable[[dict[str, Any]], None]) -> None:
@@ -187,9 +234,11 @@ class LocalExecutor:
                 for fut in done:
                     p = inflight.pop(fut)
                     try:
-                        finished(fut.result())
+                        res = fut.result()
                     except BrokenProcessPool:
                         lost.append(p)
+                        continue
+                    finished(res)
                 if lost:  # a worker died: the pool is gone, and with it every cell in flight
                     lost += list(inflight.values())
                     inflight.clear()
@@ -204,15 +253,43 @@ class LocalExecutor:
                             finished({"cell_id": p["cell_id"], "requeue": True})
                             queue.insert(0, p)
                     pool = self._pool()
+        except KeyboardInterrupt:
+            self._stop(pool, inflight, finished)
+            raise
         finally:
             pool.shutdown(wait=not inflight, cancel_futures=True)
+
+    def _stop(self, pool: ProcessPoolExecutor, inflight: dict[Future, dict[str, Any]],
+              finished: Callable[[dict[str, Any]], None]) -> None:
+        """First Ctrl-C: running cells stop after their current batch and save a resumable run
+        directory (the runner's SIGTERM handling); a second Ctrl-C kills the workers."""
+        if not inflight:
+            return
+        self.notice(f"interrupted: stopping {len(inflight)} running cell(s) after their current "
+                    "batch so they can resume (Ctrl-C again to kill them)")
+        self._signal_workers(pool, signal.SIGTERM)
+        try:
+            while inflight:
+                done, _ = wait(list(inflight), return_when=FIRST_COMPLETED)
+                for fut in done:
+                    p = inflight.pop(fut)
+                    try:
+                        res = fut.result()
+                    except BaseException:  # noqa: BLE001 - the worker went away
+                        res = {"cell_id": p["cell_id"], "ok": False, "interrupted": True}
+                    finished(res)
+        except KeyboardInterrupt:
+            self._signal_workers(pool, signal.SIGKILL)
+            for p in inflight.values():
+                finished({"cell_id": p["cell_id"], "ok": False, "interrupted": True})
+            inflight.clear()
 
 
 class RayExecutor:
     """Each cell is a Ray task (`num_cpus`, `num_gpus` per cell) calling `run_cell`."""
 
     def __init__(self, address: Optional[str], cpus_per_cell: float, gpus_per_cell: float,
-                 window: Optional[int]) -> None:
+                 window: Optional[int], notice: Callable[[str], None] = lambda text: None) -> None:
         try:
             import ray  # noqa: F401
         except ImportError:
@@ -220,6 +297,7 @@ class RayExecutor:
         self.address = address or os.environ.get("RAY_ADDRESS") or None
         self.cpus, self.gpus = cpus_per_cell, gpus_per_cell
         self.window = window
+        self.notice = notice
         self.started_ray = False
 
     def __enter__(self) -> "RayExecutor":
@@ -265,14 +343,20 @@ class RayExecutor:
                 for ref in ready:
                     p = inflight.pop(ref)
                     try:
-                        finished(ray.get(ref))
+                        res = ray.get(ref)
                     except Exception as e:  # noqa: BLE001 - task crashed / worker died
-                        finished({"cell_id": p["cell_id"], "ok": False, "error_type": type(e).__name__,
-                                  "error": f"{type(e).__name__}: {' '.join(str(e).split())[:300]}",
-                                  "traceback": str(e)})
-        finally:
-            for ref in inflight:
-                ray.cancel(ref, force=True)
+                        res = {"cell_id": p["cell_id"], "ok": False, "error_type": type(e).__name__,
+                               "error": f"{type(e).__name__}: {' '.join(str(e).split())[:300]}",
+                               "traceback": str(e)}
+                    finished(res)
+        except KeyboardInterrupt:
+            if inflight:
+                self.notice(f"interrupted: cancelling {len(inflight)} running Ray task(s)")
+            for ref, p in list(inflight.items()):
+                ray.cancel(ref)
+                finished({"cell_id": p["cell_id"], "ok": False, "interrupted": True})
+            inflight.clear()
+            raise
 
 
 # --------------------------------------------------------------------------- orchestration
@@ -324,6 +408,26 @@ def _write_provenance(matrix: Matrix) -> None:
         "cells": [{"cell_id": c.id, "hash": c.hash, "overrides": c.overrides} for c in matrix.cells]})
 
 
+def _raise_interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
+class _InterruptSignals:
+    """While a matrix runs, Ctrl-C and SIGTERM raise KeyboardInterrupt in the parent (Composer's
+    import-time handlers would sys.exit() instead), so running cells can stop and save."""
+
+    def __enter__(self) -> "_InterruptSignals":
+        self.old: dict[int, Any] = {}
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self.old[sig] = signal.signal(sig, _raise_interrupt)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for sig, handler in self.old.items():
+            signal.signal(sig, handler)
+
+
 def run_matrix(matrix: Matrix, *, executor: str = "local", workers: int = 1,
                retry_failed: bool = False, only: Optional[Iterable[str]] = None,
                ray_address: Optional[str] = None, cpus_per_cell: float = 1.0,
@@ -359,7 +463,9 @@ def run_matrix(matrix: Matrix, *, executor: str = "local", workers: int = 1,
             clean_partial(matrix, cell)
             write_record(matrix, cell, RUNNING, started=time.time(), reason=why.get(cid))
             running.add(cid)
-            progress.start(cid)
+            reason = why.get(cid, "new")
+            progress.start(cid, "" if reason == "new" else
+                           "resuming" if reason == "interrupted (resumable)" else reason)
 
         def finished(res: dict[str, Any]) -> None:
             cid = res["cell_id"]
@@ -370,6 +476,12 @@ def run_matrix(matrix: Matrix, *, executor: str = "local", workers: int = 1,
                 progress.finish(cid, PENDING, "(worker died; re-queued)")
                 return
             secs = res.get("seconds")
+            if res.get("interrupted"):
+                write_record(matrix, cell, INTERRUPTED, seconds=secs,
+                             resumable=resumable(matrix, cell))
+                progress.finish(cid, INTERRUPTED)
+                write_results(matrix, frozenset(running))
+                return
             if res.get("ok"):
                 metrics = finished_metrics(matrix, cell)
                 if metrics is None:
@@ -393,16 +505,25 @@ def run_matrix(matrix: Matrix, *, executor: str = "local", workers: int = 1,
                 progress.finish(cid, FAILED, str(res.get("error", "")))
             write_results(matrix, frozenset(running))
 
-        payloads = [{"cell_id": c.id, "recipe": c.recipe.model_dump(mode="json")}  # type: ignore[union-attr]
-                    for c in to_run]
+        payloads = [{"cell_id": c.id, "recipe": c.recipe.model_dump(mode="json"),  # type: ignore[union-attr]
+                     "resume": resumable(matrix, c)} for c in to_run]
+
+        def notice(text: str) -> None:
+            if not quiet:
+                stream.write(f"\n{text}\n")
+                stream.flush()
+
         try:
-            if payloads:
-                if executor == "ray":
-                    with RayExecutor(ray_address, cpus_per_cell, gpus_per_cell, window) as ex:
+            with _InterruptSignals():
+                if not payloads:
+                    pass
+                elif executor == "ray":
+                    with RayExecutor(ray_address, cpus_per_cell, gpus_per_cell, window,
+                                     notice) as ex:
                         ex.run(payloads, started, finished)
                 else:
-                    ex_local = LocalExecutor(workers, threads_per_worker(workers))
-                    ex_local.run(payloads, started, finished)
+                    LocalExecutor(workers, threads_per_worker(workers), notice).run(
+                        payloads, started, finished)
         finally:
             progress.close()
             results = write_results(matrix, frozenset())
@@ -417,7 +538,7 @@ def format_outcome(matrix: Matrix, outcome: MatrixOutcome) -> str:
     c = outcome.counts
     lines = [f"matrix {matrix.spec.name}: ran {outcome.ran}, skipped {outcome.skipped}; "
              f"done {c.get(DONE, 0)}, diverged {c.get(DIVERGED, 0)}, failed {c.get(FAILED, 0)}, "
-             f"pending {c.get(PENDING, 0)}",
+             f"interrupted {c.get(INTERRUPTED, 0)}, pending {c.get(PENDING, 0)}",
              summary_table(matrix, outcome.results.get("aggregate", [])),
              f"results: {matrix.matrix_dir / 'results.md'} (also results.csv, results.json)"]
     if outcome.failed_ids:

@@ -5,25 +5,25 @@ torchvision's reference implementation where torchvision has one, and registered
 `effrecipes.registry.models` with the project's builder signature
 ``builder(in_channels, num_classes, image_size, **kwargs) -> nn.Module``.
 
-========================  ===============================  ==============================
-name                      built from                        knobs (kwargs, defaults)
-========================  ===============================  ==============================
-``vgg5``                  `VGG5` below (not in torchvision)  width_mult=1.0, hidden=512,
-                                                             dropout=0.5, batch_norm=False
-``efficientnet_b0``       torchvision EfficientNet-B0       width_mult=1.0, depth_mult=1.0,
-                                                             dropout=0.2,
-                                                             stochastic_depth_prob=0.2
-``squeezenet``            torchvision squeezenet1_1         version="1_1" ("1_0"),
-                                                             dropout=0.5
-``mobilenet_v2``          torchvision mobilenet_v2          width_mult=1.0, dropout=0.2
-``mobilenet_v3_small``    torchvision mobilenet_v3_small    width_mult=1.0, dropout=0.2
-``mobilenet_v3_large``    torchvision mobilenet_v3_large    width_mult=1.0, dropout=0.2
-                          (the paper's "MobileNetV3 M")
-``shufflenet_v2``         torchvision shufflenet_v2_x1_0    width=1.0 (0.5, 1.0, 1.5, 2.0)
-``mnasnet_small``         torchvision mnasnet0_5            alpha=0.5, dropout=0.2
-``mnasnet_medium``        torchvision mnasnet1_0            alpha=1.0, dropout=0.2
-``resnet18``              torchvision resnet18              zero_init_residual=False
-========================  ===============================  ==============================
+======================  ==================================  ==================================
+name                    built from                          knobs (kwargs, defaults)
+======================  ==================================  ==================================
+``vgg5``                `VGG5` below (not in torchvision)   width_mult=1.0, hidden=512,
+                                                            dropout=0.5, batch_norm=False
+``efficientnet_b0``     torchvision efficientnet_b0         width_mult=1.0, depth_mult=1.0,
+                                                            dropout=0.2,
+                                                            stochastic_depth_prob=0.2
+``squeezenet``          torchvision squeezenet1_1           version="1_1" (or "1_0"),
+                                                            dropout=0.5
+``mobilenet_v2``        torchvision mobilenet_v2            width_mult=1.0, dropout=0.2
+``mobilenet_v3_small``  torchvision mobilenet_v3_small      width_mult=1.0, dropout=0.2
+``mobilenet_v3_large``  torchvision mobilenet_v3_large      width_mult=1.0, dropout=0.2
+                        (the paper's "MobileNetV3 M")
+``shufflenet_v2``       torchvision shufflenet_v2_x1_0      width=1.0 (0.5, 1.0, 1.5 or 2.0)
+``mnasnet_small``       torchvision mnasnet0_5              alpha=0.5, dropout=0.2
+``mnasnet_medium``      torchvision mnasnet1_0              alpha=1.0, dropout=0.2
+``resnet18``            torchvision resnet18                zero_init_residual=False
+======================  ==================================  ==================================
 
 Every builder also takes ``small_stem: bool | None = None`` (None: ``image_size < 64``).
 
@@ -42,24 +42,25 @@ Adapting to the data
   ``maxpool`` attribute: ResNet-18 and ShuffleNetV2 only) is replaced by ``nn.Identity``*.
   Nothing else changes (kernels, padding, later strides, SqueezeNet's in-network max-pools).
   ``small_stem=True/False`` forces the rule on or off whatever the image size
-  (``small_stem=False`` gives the stock torchvision network, which is what the paper measured).
+  (``small_stem=False`` gives the stock torchvision network, which is what the paper's
+  Table I FLOPs fit).
 
-  ===================  ==============================  =================  =================
-  model                changed when image_size < 64     total stride       final map at 28
-                                                         stock -> small     (32) stock/small
-  ===================  ==============================  =================  =================
-  vgg5                 nothing (stem already stride 1)  4 -> 4             7 (8) / same
-  efficientnet_b0      features[0][0] stride 2 -> 1     32 -> 16           1 (1) / 2 (2)
-  squeezenet (1.1)     features[0] stride 2 -> 1        ~16 -> ~8          1 (1) / 3 (3)
-  mobilenet_v2         features[0][0] stride 2 -> 1     32 -> 16           1 (1) / 2 (2)
-  mobilenet_v3_small   features[0][0] stride 2 -> 1     32 -> 16           1 (1) / 2 (2)
-  mobilenet_v3_large   features[0][0] stride 2 -> 1     32 -> 16           1 (1) / 2 (2)
-  shufflenet_v2        conv1[0] stride 2 -> 1;          32 -> 8            1 (1) / 4 (4)
-                       maxpool -> Identity
-  mnasnet_small/medium layers[0] stride 2 -> 1          32 -> 16           1 (1) / 2 (2)
-  resnet18             conv1 (7x7) stride 2 -> 1;       32 -> 8            1 (1) / 4 (4)
-                       maxpool -> Identity
-  ===================  ==============================  =================  =================
+  ====================  ============================  ==============  =================
+  model                 changed when image_size < 64  total stride    final map 28 (32)
+                                                      stock -> small  stock -> small
+  ====================  ============================  ==============  =================
+  vgg5                  nothing (stem has stride 1)   4 -> 4          7 (8) -> same
+  efficientnet_b0       features[0][0] stride 2 -> 1  32 -> 16        1 (1) -> 2 (2)
+  squeezenet (1.1)      features[0] stride 2 -> 1     ~16 -> ~8       1 (1) -> 3 (3)
+  mobilenet_v2          features[0][0] stride 2 -> 1  32 -> 16        1 (1) -> 2 (2)
+  mobilenet_v3_small    features[0][0] stride 2 -> 1  32 -> 16        1 (1) -> 2 (2)
+  mobilenet_v3_large    features[0][0] stride 2 -> 1  32 -> 16        1 (1) -> 2 (2)
+  shufflenet_v2         conv1[0] stride 2 -> 1;       32 -> 8         1 (1) -> 4 (4)
+                        maxpool -> Identity
+  mnasnet_small/medium  layers[0] stride 2 -> 1       32 -> 16        1 (1) -> 2 (2)
+  resnet18              conv1 (7x7) stride 2 -> 1;    32 -> 8         1 (1) -> 4 (4)
+                        maxpool -> Identity
+  ====================  ============================  ==============  =================
 
   This costs FLOPs: at 1x28x28 the small stem multiplies forward FLOPs by about 2.4-5.6x for
   the models whose first conv loses its stride and about 13-14x for ResNet-18/ShuffleNetV2
@@ -96,8 +97,9 @@ images per epoch for x1.0 (8.5-9.1e3 for the other models) but 3.4e4 for x0.5. S
 x1.0 (as asked) and keep ``width=0.5`` one kwarg away. The Table I Kuzushiji-49 GFLOPs/epoch of
 the other models are consistent with the *stock* stems (``small_stem=False``) run on 1x28x28
 inputs: GFLOPs/epoch / forward MACs = 1.85-1.98e5 images per epoch, i.e. a ~80% train split of
-Kuzushiji-49's 232,365 images (pthflops counts roughly one op per multiply-add); ShuffleNetV2
-x1.0 gives 1.47e5 there, x0.5 5.4e5.
+Kuzushiji-49's 232,365 images (pthflops counts roughly one op per multiply-add). ShuffleNetV2
+does not fit there at either width (x1.0: 1.1-1.5e5, x0.5: 2.5-5.4e5 depending on the head's
+width, which dominates its FLOPs at 28x28), so Stanford Cars decides.
 
 `resnet18` is not in the paper; it is the project's ``reference`` model.
 """
@@ -167,11 +169,15 @@ class VGG5(nn.Module):
       With C = 196 classes (Stanford Cars, the class count several other Table I counts were
       taken at) the total is 3,852,740: the paper's count **exactly**. "5" counts the conv
       layers (VGG-11/13/16/19 count conv + fc; this is the shallow conv trunk).
-    * How it was found: an exhaustive search over VGG-style nets (1-8 conv layers of widths
-      16-512, non-decreasing; 3x3 kernels; with/without bias and BatchNorm; flatten of a
-      s x s map, s = 1..7; 0-2 hidden fc layers of 64-4096; 1 or 3 input channels; 10, 49,
-      101, 196 or 1000 classes). Among the exact hits this is the only one that is a clean VGG
-      pattern (power-of-two widths doubling per stage, equal hidden widths, no BatchNorm).
+    * How it was found: an exhaustive search over VGG-style nets (1-8 conv layers of
+      power-of-two widths 16-512, non-decreasing; 3x3 kernels; with/without conv bias and
+      BatchNorm; flatten of an s x s map, s = 1..7; 0-2 hidden fc layers of 64-4096, with or
+      without BatchNorm1d; 1 or 3 input channels; 10, 49, 101, 196 or 1000 classes) gave 42
+      exact hits. This is the only one with five conv layers, plain conv+bias layers (no
+      BatchNorm) and a regular VGG shape (widths doubling per stage, equal hidden widths); the
+      others need BatchNorm1d in the head, bias-free convs or odd widths. A first search over
+      nets of exactly 5 weight layers (conv + fc, 3/5/7 kernels, any common widths) found no
+      plausible exact hit.
       The parameter count does not pin the pool positions; the FLOPs do: forward MACs at
       1x28x28 are 25.4M here, and Table I's 4,710 GFLOPs/epoch / 25.4M = 1.85e5 images, the
       same ~80% split of Kuzushiji-49's 232,365 training images that the other models' Table I

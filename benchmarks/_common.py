@@ -1,0 +1,98 @@
+"""Shared helpers for the benchmark scripts (machine description, matmul peak, timing callback)."""
+from __future__ import annotations
+
+import os
+import platform
+import statistics
+import time
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import torch
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def loadavg() -> Optional[list[float]]:
+    try:
+        return [round(v, 2) for v in os.getloadavg()]
+    except OSError:  # pragma: no cover - not on Linux
+        return None
+
+
+def machine() -> dict[str, Any]:
+    import composer
+
+    return {"nproc": os.cpu_count(), "cpu_model": cpu_model(), "loadavg_start": loadavg(),
+            "python": platform.python_version(), "torch": torch.__version__,
+            "composer": composer.__version__, "mkldnn": torch.backends.mkldnn.is_available(),
+            "platform": platform.platform()}
+
+
+def matmul_peak_gflops(threads: int, n: int = 2048, tries: int = 8) -> float:
+    """Best-of-`tries` fp32 GFLOP/s of an n x n @ n x n matmul on `threads` intra-op threads."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        g = torch.Generator().manual_seed(0)
+        a = torch.randn(n, n, generator=g)
+        b = torch.randn(n, n, generator=g)
+        out = torch.empty(n, n)
+        torch.mm(a, b, out=out)  # warm-up
+        best = float("inf")
+        for _ in range(tries):
+            t0 = time.perf_counter()
+            torch.mm(a, b, out=out)
+            best = min(best, time.perf_counter() - t0)
+        return 2.0 * n ** 3 / best / 1e9
+    finally:
+        torch.set_num_threads(old)
+
+
+def median(xs: Sequence[float]) -> Optional[float]:
+    xs = [x for x in xs if x is not None]
+    return statistics.median(xs) if xs else None
+
+
+def steady_rate(ends: Sequence[float], warmup: int, batch_size: int) -> dict[str, float]:
+    """Samples/s over the batches after the first `warmup` (>= 1), from per-batch end times.
+
+    `ends[i]` is when batch i ended. Returns the mean rate (samples / time from the end of batch
+    warmup-1 to the end of the last batch: includes periodic overheads) and the rate from the
+    median batch time (robust to load spikes from other jobs on a shared machine).
+    """
+    if warmup < 1 or len(ends) < warmup + 1:
+        raise ValueError(f"need warmup >= 1 and more than {warmup} batch times, got {len(ends)}")
+    times = [b - a for a, b in zip(ends[warmup - 1:-1], ends[warmup:])]
+    total = ends[-1] - ends[warmup - 1]
+    n = len(times)
+    return {"batches": n, "seconds": total, "samples_per_second": n * batch_size / total,
+            "median_batch_ms": 1e3 * statistics.median(times),
+            "samples_per_second_median_batch": batch_size / statistics.median(times)}
+
+
+def md_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    def fmt(v: Any) -> str:
+        if v is None:
+            return "-"
+        if isinstance(v, float):
+            if abs(v) >= 100:
+                return f"{v:,.0f}"
+            if abs(v) >= 1:
+                return f"{v:.2f}"
+            return f"{v:.3g}"
+        return str(v)
+
+    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
+    lines += ["| " + " | ".join(fmt(v) for v in row) + " |" for row in rows]
+    return "\n".join(lines)
