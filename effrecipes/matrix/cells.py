@@ -12,13 +12,14 @@ import hashlib
 import itertools
 import json
 import re
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
 import yaml
 
-from effrecipes.errors import RecipeError, UserError
+from effrecipes.errors import RecipeError, UserError, closest_first
 from effrecipes.matrix.spec import MAX_CELLS, MatrixSpec, load_spec
 from effrecipes.recipe import (Recipe, apply_override, normalise_algorithms, parse_override,
                                read_yaml, validate_recipe)
@@ -190,6 +191,15 @@ def run_dir_hash(run_dir: Path) -> Optional[str]:
 
 # --------------------------------------------------------------------------- expansion
 
+def _read_base(path: Path) -> dict[str, Any]:
+    """The base recipe as a plain dict, with its own `base:` chain resolved."""
+    try:
+        from effrecipes.recipe import read_recipe_data
+    except ImportError:  # older recipe module without inheritance
+        return read_yaml(path)
+    return read_recipe_data(path)
+
+
 def _base_with_overrides(base: dict[str, Any], spec: MatrixSpec) -> dict[str, Any]:
     data = copy.deepcopy(base)
     for text in spec.overrides:
@@ -245,7 +255,9 @@ def _build_cell(matrix: Matrix, base: dict[str, Any], techniques: tuple[str, ...
         wb = (data.get("loggers") or {}).get("wandb")
         if isinstance(wb, dict) and wb.get("enabled") and not wb.get("group"):
             wb["group"] = spec.name
-        cell.recipe = validate_recipe(data, file=where)
+        with warnings.catch_warnings():  # Composer warns about multi-GPU resume when building SAM/SWA
+            warnings.simplefilter("ignore")
+            cell.recipe = validate_recipe(data, file=where)
         cell.hash = recipe_hash(cell.recipe)
     except UserError as e:
         text = str(e)
@@ -267,7 +279,7 @@ def expand(spec: MatrixSpec, spec_path: Path, base_path: Path, *,
     if n > MAX_CELLS:
         raise RecipeError(f"the matrix has {n:,} cells (limit {MAX_CELLS:,}); narrow the pool, grid "
                           "or seeds", file=str(spec_path), field="algorithms.mode")
-    base = read_yaml(base_path)
+    base = _read_base(base_path)
     try:
         base = _base_with_overrides(base, spec)
     except RecipeError as e:
@@ -279,6 +291,13 @@ def expand(spec: MatrixSpec, spec_path: Path, base_path: Path, *,
             raise RecipeError(f"{t!r} is already in the base recipe's algorithms ({base_path}), so "
                               "the baseline would use it too; remove it there or from the pool",
                               file=str(spec_path), field=f"algorithms.pool.{t}")
+    if spec.reference:
+        labels = [combo_label(c) for c in combos]
+        for label in spec.reference.values:
+            if label not in labels:
+                raise RecipeError(f"{label!r} is not a combination of this matrix; valid (closest "
+                                  f"first): {', '.join(closest_first(label, labels))}",
+                                  file=str(spec_path), field=f"reference.values.{label}")
     for combo in combos:
         for values in itertools.product(*spec.grid.values()):
             grid = dict(zip(keys, values))

@@ -93,6 +93,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         matrix = load_matrix(args.spec, output=args.output)
         try:
             if args.list_cells:
+                from effrecipes.matrix.cells import check_valid
+
+                check_valid(matrix)
                 print(_list_cells(matrix, args.json))
                 return 0
             if args.dry_run:

@@ -11,6 +11,7 @@ written to the matrix directory.
 from __future__ import annotations
 
 import tempfile
+import warnings
 from typing import Any, Optional
 
 from effrecipes.errors import UserError
@@ -37,7 +38,9 @@ def plan_cells(matrix: Matrix, cells: list[Cell], threads: int) -> dict[str, dic
         key = _seedless_key(c)  # the seed changes the split, not the sizes: plan once per group
         if key not in cache:
             try:
-                plan = runner.prepare(c.recipe, build_trainer=False).plan  # type: ignore[arg-type]
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    plan = runner.prepare(c.recipe, build_trainer=False).plan  # type: ignore[arg-type]
                 cache[key] = {"step_flops": plan.step_flops, "planned_batches": plan.planned_batches,
                               "planned_flops": plan.planned_batches * plan.step_flops,
                               "flops_cap": plan.flops_cap, "reserved": plan.reserved_flops,
@@ -64,8 +67,10 @@ def calibrate(cell: Cell, plan: dict[str, Any], batches: int, threads: int) -> d
         data["output"] = {"root": tmp, "run_name": "calibration", "overwrite": True,
                           "save_checkpoint": False}
         data["loggers"] = {"progress_bar": False, "wandb": {"enabled": False}}
-        recipe = validate_recipe(data, file=f"calibration of cell {cell.id}")
-        m = runner.run(recipe, threads=threads, quiet=True).metrics
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            recipe = validate_recipe(data, file=f"calibration of cell {cell.id}")
+            m = runner.run(recipe, threads=threads, quiet=True).metrics
     per_batch = m["train_seconds"] / max(1, m["batches"])
     return {"cell_id": cell.id, "batches": m["batches"], "train_seconds": m["train_seconds"],
             "wall_seconds": m["wall_seconds"], "seconds_per_batch": per_batch,

@@ -32,7 +32,7 @@ from effrecipes.matrix.state import (DIVERGED, DONE, FAILED, FINISHED, INTERRUPT
                                      RUNNING, MatrixLock, atomic_write_json, atomic_write_text,
                                      classify, clean_partial, clear_failed, finished_metrics,
                                      metrics_status, read_json, record_path, resumable,
-                                     write_failed, write_record)
+                                     sweep_stale, write_failed, write_record)
 
 log = logging.getLogger(__name__)
 
@@ -124,13 +124,13 @@ def run_cell(payload: dict[str, Any]) -> dict[str, Any]:
 class Progress:
     """Cells done / running / failed / skipped; one line per update when not a TTY."""
 
-    def __init__(self, total: int, skipped: int, stream: TextIO = sys.stderr,
+    def __init__(self, total: int, skipped: int, stream: Optional[TextIO] = None,
                  tty: Optional[bool] = None, quiet: bool = False) -> None:
         self.total, self.skipped = total, skipped
         self.done = self.diverged = self.failed = self.interrupted = 0
         self.running: set[str] = set()
-        self.stream = stream
-        self.tty = stream.isatty() if tty is None else tty
+        self.stream = stream or sys.stderr
+        self.tty = self.stream.isatty() if tty is None else tty
         self.quiet = quiet
         self._status_shown = False
 
@@ -432,13 +432,15 @@ def run_matrix(matrix: Matrix, *, executor: str = "local", workers: int = 1,
                retry_failed: bool = False, only: Optional[Iterable[str]] = None,
                ray_address: Optional[str] = None, cpus_per_cell: float = 1.0,
                gpus_per_cell: float = 0.0, window: Optional[int] = None,
-               stream: TextIO = sys.stderr, quiet: bool = False) -> MatrixOutcome:
+               stream: Optional[TextIO] = None, quiet: bool = False) -> MatrixOutcome:
     """Run (or resume) every selected cell that is not finished; rebuild results as cells end."""
+    stream = stream or sys.stderr
     check_valid(matrix)
     cells = select(matrix, only)
     by_id = {c.id: c for c in matrix.cells}
     lock = MatrixLock(matrix.matrix_dir).acquire()
     try:
+        sweep_stale(matrix)
         _write_provenance(matrix)
         to_run, skipped, why = plan_work(matrix, cells, retry_failed)
         for c, status in skipped:  # keep cell.json in step with the run dirs (e.g. after a kill)

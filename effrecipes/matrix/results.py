@@ -136,8 +136,8 @@ def _flops(x: Any) -> str:
     x = _num(x)
     if x is None:
         return "-"
-    for unit, scale in (("P", 1e15), ("T", 1e12), ("G", 1e9), ("M", 1e6), ("K", 1e3)):
-        if abs(x) >= scale:
+    for unit, scale in (("E", 1e18), ("P", 1e15), ("T", 1e12), ("G", 1e9), ("M", 1e6), ("K", 1e3)):
+        if abs(x) >= scale * 0.9995:  # 999.9G reads as 1T, not 1e+03G
             return f"{x / scale:.3g}{unit}"
     return f"{x:.3g}"
 

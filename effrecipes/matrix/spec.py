@@ -7,6 +7,7 @@ every mistake reported as one line naming the spec file, the field and the valid
 from __future__ import annotations
 
 import re
+import warnings
 from pathlib import Path
 from typing import Any, Literal, Optional
 
@@ -179,7 +180,9 @@ def _check_techniques(spec: MatrixSpec, file: str) -> None:
     a = spec.algorithms
     for name, kwargs in a.pool.items():
         try:
-            algos.check_algorithm(name, kwargs or {}, file=file)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                algos.check_algorithm(name, kwargs or {}, file=file)
         except RecipeError as e:  # name the spec field: algorithms.pool.<name>[.<kwarg>]
             field = (e.field or f"algorithms.{name}").replace("algorithms.", "algorithms.pool.", 1)
             msg = str(e).removeprefix(f"{file}: {e.field}: " if e.field else f"{file}: ")

@@ -161,6 +161,28 @@ def clean_partial(matrix: Matrix, cell: Cell) -> None:
             p.unlink(missing_ok=True)
 
 
+def sweep_stale(matrix: Matrix) -> int:
+    """Remove temp files/dirs (`.<name>.tmp-<pid>`, `.<name>.old-<pid>`) that killed processes left
+    in the matrix directory. Only called while holding the lock, so none of them is live."""
+    removed = 0
+    d = matrix.matrix_dir
+    places = [d, d / "failed"] + ([p for p in (d / "cells").iterdir() if p.is_dir()]
+                                  if (d / "cells").is_dir() else [])
+    mine = f"-{os.getpid()}"
+    for place in places:
+        if not place.is_dir():
+            continue
+        for p in place.iterdir():
+            if p.name.startswith(".") and (".tmp-" in p.name or ".old-" in p.name) \
+                    and not p.name.endswith(mine):
+                if p.is_dir():
+                    shutil.rmtree(p, ignore_errors=True)
+                else:
+                    p.unlink(missing_ok=True)
+                removed += 1
+    return removed
+
+
 # --------------------------------------------------------------------------- what is finished
 
 _metrics_cache: dict[str, tuple[int, Optional[str], dict[str, Any]]] = {}
