@@ -64,21 +64,31 @@ def median(xs: Sequence[float]) -> Optional[float]:
     return statistics.median(xs) if xs else None
 
 
-def steady_rate(ends: Sequence[float], warmup: int, batch_size: int) -> dict[str, float]:
+def steady_rate(ends: Sequence[float], warmup: int, batch_size: int,
+                cpu: Optional[Sequence[float]] = None) -> dict[str, float]:
     """Samples/s over the batches after the first `warmup` (>= 1), from per-batch end times.
 
     `ends[i]` is when batch i ended. Returns the mean rate (samples / time from the end of batch
     warmup-1 to the end of the last batch: includes periodic overheads) and the rate from the
-    median batch time (robust to load spikes from other jobs on a shared machine).
+    median batch time (robust to load spikes from other jobs on a shared machine). With `cpu`
+    (process CPU time, `time.process_time()`, at the same points) it also returns samples per
+    CPU-second: on one thread, the throughput the code would reach on an otherwise idle core,
+    largely insensitive to other jobs' load (on n threads it counts every thread's CPU time).
     """
     if warmup < 1 or len(ends) < warmup + 1:
         raise ValueError(f"need warmup >= 1 and more than {warmup} batch times, got {len(ends)}")
     times = [b - a for a, b in zip(ends[warmup - 1:-1], ends[warmup:])]
     total = ends[-1] - ends[warmup - 1]
     n = len(times)
-    return {"batches": n, "seconds": total, "samples_per_second": n * batch_size / total,
-            "median_batch_ms": 1e3 * statistics.median(times),
-            "samples_per_second_median_batch": batch_size / statistics.median(times)}
+    out = {"batches": n, "seconds": total, "samples_per_second": n * batch_size / total,
+           "median_batch_ms": 1e3 * statistics.median(times),
+           "samples_per_second_median_batch": batch_size / statistics.median(times)}
+    if cpu is not None:
+        cpu_total = cpu[-1] - cpu[warmup - 1]
+        out["cpu_seconds"] = cpu_total
+        out["samples_per_cpu_second"] = n * batch_size / cpu_total if cpu_total > 0 else None
+        out["cpu_utilisation"] = cpu_total / total if total > 0 else None
+    return out
 
 
 def md_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:

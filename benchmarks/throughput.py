@@ -73,9 +73,11 @@ def _timer_callback() -> Any:
     class BatchTimer(Callback):
         def __init__(self) -> None:
             self.ends: list[float] = []
+            self.cpu: list[float] = []
 
         def batch_end(self, state: Any, logger: Any) -> None:
             self.ends.append(time.perf_counter())
+            self.cpu.append(time.process_time())
 
     return BatchTimer()
 
@@ -83,27 +85,35 @@ def _timer_callback() -> Any:
 # --------------------------------------------------------------------------- the three paths
 
 def run_hand(name: str, shape: tuple[int, ...], batch: int, total: int, warmup: int,
-             data: tuple[torch.Tensor, torch.Tensor]) -> dict[str, Any]:
+             data: tuple[torch.Tensor, torch.Tensor], channels_last: bool = False) -> dict[str, Any]:
     model = _model(name, shape).train()
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    model = model.to(memory_format=fmt)
     opt = torch.optim.SGD(model.parameters(), lr=LR, momentum=MOMENTUM, weight_decay=WD)
     x_all, y_all = data
     ends: list[float] = []
+    cpu: list[float] = []
     for i in range(total):
         x, y = x_all[i * batch:(i + 1) * batch], y_all[i * batch:(i + 1) * batch]
+        if channels_last:
+            x = x.contiguous(memory_format=fmt)
         opt.zero_grad(set_to_none=True)
         F.cross_entropy(model(x), y).backward()
         opt.step()
         ends.append(time.perf_counter())
-    return steady_rate(ends, warmup, batch)
+        cpu.append(time.process_time())
+    return steady_rate(ends, warmup, batch, cpu)
 
 
 def run_composer(name: str, shape: tuple[int, ...], batch: int, total: int, warmup: int,
-                 data: tuple[torch.Tensor, torch.Tensor]) -> dict[str, Any]:
+                 data: tuple[torch.Tensor, torch.Tensor], train_metrics: bool = True) -> dict[str, Any]:
     from composer import Trainer
     from composer.models import ComposerClassifier
     from torch.utils.data import DataLoader, TensorDataset
+    from torchmetrics import MetricCollection
 
-    model = ComposerClassifier(_model(name, shape), num_classes=NUM_CLASSES)
+    model = ComposerClassifier(_model(name, shape), num_classes=NUM_CLASSES,
+                               train_metrics=None if train_metrics else MetricCollection([]))
     opt = torch.optim.SGD(model.parameters(), lr=LR, momentum=MOMENTUM, weight_decay=WD)
     loader = DataLoader(TensorDataset(*data), batch_size=batch, shuffle=True, drop_last=True)
     timer = _timer_callback()
@@ -117,11 +127,14 @@ def run_composer(name: str, shape: tuple[int, ...], batch: int, total: int, warm
         torch.set_num_threads(threads)
         trainer.fit()
     trainer.close()
-    return steady_rate(timer.ends, warmup, batch)
+    return steady_rate(timer.ends, warmup, batch, timer.cpu)
 
 
 def run_effrecipes(name: str, shape: tuple[int, ...], batch: int, total: int, warmup: int,
-                   workdir: Path, threads: int) -> dict[str, Any]:
+                   workdir: Path, threads: int, algorithms: Optional[list[dict[str, Any]]] = None,
+                   timer: Any = None) -> dict[str, Any]:
+    """effrecipes' real path on a recipe written to `workdir`; `timer` (a Composer callback with
+    `.ends`) is appended to the trainer's callbacks (a fresh one when None)."""
     from effrecipes import runner
     from effrecipes.recipe import load_recipe
 
@@ -135,6 +148,7 @@ def run_effrecipes(name: str, shape: tuple[int, ...], batch: int, total: int, wa
         "model": {"name": name},
         "optimizer": {"name": "sgd", "lr": LR, "momentum": MOMENTUM, "weight_decay": WD},
         "scheduler": {"name": "constant"},
+        "algorithms": algorithms or [],
         "budget": {"max_epochs": 1},
         "eval": {"latency_images": 0},
         "loggers": {"progress_bar": False},
@@ -142,7 +156,7 @@ def run_effrecipes(name: str, shape: tuple[int, ...], batch: int, total: int, wa
     }
     path = workdir / f"{recipe['name']}.yaml"
     path.write_text(yaml.safe_dump(recipe, sort_keys=False))
-    timer = _timer_callback()
+    timer = timer or _timer_callback()
     real_trainer = runner.Trainer
 
     def trainer_with_timer(*args: Any, **kwargs: Any) -> Any:
@@ -159,7 +173,7 @@ def run_effrecipes(name: str, shape: tuple[int, ...], batch: int, total: int, wa
     m = result.metrics
     if m["batches"] != total:
         raise RuntimeError(f"effrecipes trained {m['batches']} batches, expected {total}")
-    out = steady_rate(timer.ends, warmup, batch)
+    out = steady_rate(timer.ends, warmup, batch, timer.cpu)
     out.update({"metrics_train_seconds": m["train_seconds"],
                 "metrics_samples_per_second": m["samples_per_second"],
                 "metrics_wall_seconds": m["wall_seconds"], "outer_wall_seconds": wall,

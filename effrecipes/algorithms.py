@@ -317,7 +317,7 @@ def describe_effects(model: nn.Module, spec: list[dict[str, dict[str, Any]]],
             changes: list[str] = []
             reason: Optional[str] = None
             if inf.surgery is not None:
-                changes = layer_changes(model, name, _ctor_kwargs(algo, merged))
+                changes = layer_changes(model, name, effective_kwargs(name, kwargs))
                 if not changes:
                     reason = _surgery_noop_reason(name, model, algo)
             elif name == "channels_last":
@@ -334,6 +334,24 @@ def describe_effects(model: nn.Module, spec: list[dict[str, dict[str, Any]]],
                     reason = "masks no pixel on these images (length too small?)"
             effects[name] = {"acts_on": inf.acts_on, "changes": changes, "noop_reason": reason}
     return effects
+
+
+def apply_surgery(model: nn.Module, spec: list[dict[str, dict[str, Any]]]) -> nn.Module:
+    """Apply every model-surgery algorithm of `spec` to `model` in place, in recipe order, with
+    the same effective arguments the Trainer's algorithm objects use."""
+    for item in spec:
+        for name, kwargs in item.items():
+            surgery = info(name).surgery
+            if surgery is not None:
+                surgery(model, **effective_kwargs(name, kwargs))
+    return model
+
+
+def effective_kwargs(name: str, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """An algorithm's constructor arguments with every default filled in."""
+    inf = info(name)
+    merged = {**(inf.defaults or {}), **kwargs}
+    return _ctor_kwargs(build_algorithm(name, kwargs), merged)
 
 
 def _ctor_kwargs(algo: Algorithm, merged: dict[str, Any]) -> dict[str, Any]:

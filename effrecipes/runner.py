@@ -98,7 +98,7 @@ def _sam_passes(recipe: Recipe) -> float:
     return 1.0
 
 
-def prepare(recipe: Recipe, *, build_trainer: bool = True) -> Prepared:
+def prepare(recipe: Recipe) -> Prepared:
     """Build data, model and algorithms; measure a real training step; plan the budget."""
     reproducibility.seed_all(recipe.seed)  # before the model is built
     names = recipe.algorithm_names
@@ -109,21 +109,17 @@ def prepare(recipe: Recipe, *, build_trainer: bool = True) -> Prepared:
     shape = (data.in_channels, data.image_size, data.image_size)
     sample = next(iter(data.train))
     effects = algos.describe_effects(module, recipe.algorithms, sample)
-    notes = [f"algorithm {n} changes nothing: {e['noop_reason']}"
-             for n, e in effects.items() if e["noop_reason"]]
-    if notes and recipe.strict:
-        raise RecipeError(notes[0] + " (strict: true)", field=f"algorithms.{notes[0].split()[1]}")
+    noops = {n: e["noop_reason"] for n, e in effects.items() if e["noop_reason"]}
+    if noops and recipe.strict:
+        name, reason = next(iter(noops.items()))
+        raise RecipeError(f"changes nothing: {reason} (strict: true)", field=f"algorithms.{name}")
+    notes = [f"algorithm {n} changes nothing: {reason}" for n, reason in noops.items()]
 
     model = ComposerClassifier(module, num_classes=data.num_classes)
     algorithm_objs = algos.build_algorithms(recipe.algorithms)
 
     # Apply model surgery to a copy exactly as the Trainer will, and measure a real step on it.
-    surgered = copy.deepcopy(module)
-    for item in recipe.algorithms:
-        for name, kw in item.items():
-            if algos.info(name).surgery is not None:
-                algos.info(name).surgery(surgered, **algos._ctor_kwargs(algos.build_algorithm(name, kw),
-                                                                       kw))
+    surgered = algos.apply_surgery(copy.deepcopy(module), recipe.algorithms)
     world = dist.get_world_size()
     x, y = sample
     step_local = train_step_flops(surgered, _loss(model), (x, y),
@@ -139,7 +135,8 @@ def prepare(recipe: Recipe, *, build_trainer: bool = True) -> Prepared:
     factor = 1.0
     for item in recipe.algorithms:
         if "progressive_resizing" in item:
-            factor = progressive_resizing_cost_factor(**item["progressive_resizing"])
+            factor = progressive_resizing_cost_factor(
+                **algos.effective_kwargs("progressive_resizing", item["progressive_resizing"]))
     b = recipe.budget
     plan = plan_budget(flops_cap=b.flops, max_epochs=b.max_epochs, max_seconds=b.max_seconds,
                        step_flops=step_local * world, train_flops_per_sample=per_sample_train,

@@ -294,10 +294,15 @@ def test_real_matrix_sigkill_resume_two_workers_failures_and_results(
 def test_dry_run_plans_and_calibrates_without_writing(tmp_path: Path,
                                                       capsys: pytest.CaptureFixture[str]) -> None:
     path = make_spec(tmp_path, seeds=[0, 1])
-    code, out, err = ablate(capsys, str(path), "--dry-run", "--calibration-batches", "3")
+    code, out, err = ablate(capsys, str(path), "--dry-run", "--calibration-batches", "5")
     assert code == 0, err
-    assert "baseline__s0" in out and "cutout__s1" in out and "195M" in out  # 17 batches x 11.5M
-    assert "estimated from a calibration run of cell baseline__s0: 3 real training batches" in out
+    assert "baseline__s0" in out and "cutout__s1" in out and "planned FLOPs" in out
+    assert "estimated from two calibration runs of cell baseline__s0 (1 and 5 real training batches" in out
+    code, out, err = ablate(capsys, str(path), "--dry-run", "--json", "--calibration-batches", "0")
+    report = json.loads(out)
+    for c in report["cells"]:
+        assert c["planned_flops"] == c["planned_batches"] * c["step_flops"] <= c["flops_cap"] == 2e8
+        assert c["will_run"] and c["estimated_seconds"] is None
     assert not (tmp_path / "matrices").exists()
 
 
@@ -322,7 +327,7 @@ def test_ray_executor_runs_two_cells_on_a_local_instance(tmp_path: Path,
     t0 = time.time()
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
-        code, out, err = ablate(capsys, str(path), "--executor", "ray")
+        code, out, err = ablate(capsys, str(path), "--executor", "ray", "--workers", "1")
     finally:
         ray.shutdown()
     assert code == 0, err

@@ -49,7 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dry-run", action="store_true",
                    help="list the cells with planned FLOPs and an estimated wall time from a short "
                    "calibration run; write nothing")
-    p.add_argument("--calibration-batches", type=int, default=20,
+    p.add_argument("--calibration-batches", type=int, default=30,
                    help="dry-run: real training batches timed for the estimate (0 = skip)")
     p.add_argument("--retry-failed", action="store_true",
                    help="also re-run cells whose last attempt failed (default: keep them failed)")

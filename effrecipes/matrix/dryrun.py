@@ -1,15 +1,17 @@
 """`composer-ablate --dry-run`: every cell's planned FLOPs and an estimated wall time.
 
 Planned FLOPs come from `runner.prepare(recipe).plan` (planned_batches * step_flops, the same
-measured plan a real run uses). The wall-time estimate comes from a short calibration run: one
-representative cell trains `calibration_batches` real batches (its FLOP cap lowered to afford just
-those) into a temporary directory that is deleted afterwards, with the threads a matrix worker
-would get; its measured seconds per batch are scaled to every cell by planned FLOPs, plus the
-calibration run's fixed cost (data, model build, test evaluation, latency timing). Nothing is
-written to the matrix directory.
+measured plan a real run uses). The wall-time estimate comes from calibration: one representative
+cell (the first one that would run) trains twice for a few real batches (batches/5, then
+`--calibration-batches`; FLOP cap lowered to afford just those) into temporary directories that
+are deleted afterwards, with the threads a matrix worker would get. The difference between the two
+gives seconds per batch after warm-up; the rest of the longer run is the fixed cost per cell.
+Each cell's estimate is fixed cost + planned batches x seconds per batch x (its FLOPs per batch /
+the calibrated cell's). Nothing is written to the matrix directory.
 """
 from __future__ import annotations
 
+import os
 import tempfile
 import warnings
 from typing import Any, Optional
@@ -27,11 +29,11 @@ def _seedless_key(cell: Cell) -> str:
     return canonical_json(data)
 
 
-def plan_cells(matrix: Matrix, cells: list[Cell], threads: int) -> dict[str, dict[str, Any]]:
+def plan_cells(matrix: Matrix, cells: list[Cell], threads: Optional[int]) -> dict[str, dict[str, Any]]:
     """cell id -> {step_flops, planned_batches, planned_flops, flops_cap, reserved, error}."""
     from effrecipes import runner
 
-    runner.set_threads(threads)
+    runner.set_threads(threads or 1)
     cache: dict[str, dict[str, Any]] = {}
     out: dict[str, dict[str, Any]] = {}
     for c in cells:
@@ -40,7 +42,7 @@ def plan_cells(matrix: Matrix, cells: list[Cell], threads: int) -> dict[str, dic
             try:
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")
-                    plan = runner.prepare(c.recipe, build_trainer=False).plan  # type: ignore[arg-type]
+                    plan = runner.prepare(c.recipe).plan  # type: ignore[arg-type]
                 cache[key] = {"step_flops": plan.step_flops, "planned_batches": plan.planned_batches,
                               "planned_flops": plan.planned_batches * plan.step_flops,
                               "flops_cap": plan.flops_cap, "reserved": plan.reserved_flops,
@@ -54,28 +56,52 @@ def plan_cells(matrix: Matrix, cells: list[Cell], threads: int) -> dict[str, dic
     return out
 
 
-def calibrate(cell: Cell, plan: dict[str, Any], batches: int, threads: int) -> dict[str, Any]:
-    """Train `batches` real batches of `cell` into a temp dir; seconds per batch and fixed cost."""
+def _timed_run(cell: Cell, plan: dict[str, Any], batches: int, threads: Optional[int]) -> dict[str, Any]:
     from effrecipes import runner
     from effrecipes.recipe import validate_recipe
 
-    n = max(1, min(batches, int(plan["planned_batches"])))
     data = cell.recipe.model_dump(mode="json")  # type: ignore[union-attr]
     with tempfile.TemporaryDirectory(prefix="composer-ablate-calib-") as tmp:
-        data["budget"] = {"flops": plan["step_flops"] * (n + 0.5) + (plan.get("reserved") or 0.0),
+        data["budget"] = {"flops": plan["step_flops"] * (batches + 0.5) + (plan.get("reserved") or 0.0),
                           "max_epochs": None, "max_seconds": None}
         data["output"] = {"root": tmp, "run_name": "calibration", "overwrite": True,
                           "save_checkpoint": False}
         data["loggers"] = {"progress_bar": False, "wandb": {"enabled": False}}
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            recipe = validate_recipe(data, file=f"calibration of cell {cell.id}")
-            m = runner.run(recipe, threads=threads, quiet=True).metrics
-    per_batch = m["train_seconds"] / max(1, m["batches"])
-    return {"cell_id": cell.id, "batches": m["batches"], "train_seconds": m["train_seconds"],
-            "wall_seconds": m["wall_seconds"], "seconds_per_batch": per_batch,
-            "fixed_seconds": max(0.0, m["wall_seconds"] - m["train_seconds"]),
-            "step_flops": plan["step_flops"], "threads": threads}
+        old = os.environ.get("EFFRECIPES_THREADS")
+        if threads:  # exactly what a matrix worker gets (see execute.threads_per_worker)
+            os.environ["EFFRECIPES_THREADS"] = str(threads)
+        else:
+            os.environ.pop("EFFRECIPES_THREADS", None)
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                recipe = validate_recipe(data, file=f"calibration of cell {cell.id}")
+                return runner.run(recipe, quiet=True).metrics
+        finally:
+            if old is None:
+                os.environ.pop("EFFRECIPES_THREADS", None)
+            else:
+                os.environ["EFFRECIPES_THREADS"] = old
+
+
+def calibrate(cell: Cell, plan: dict[str, Any], batches: int, threads: Optional[int]) -> dict[str, Any]:
+    """Two short real runs of `cell` (batches/5 and `batches` batches) into temp dirs: the
+    difference gives seconds per batch without the first batches' warm-up (FLOP counting, thread
+    start-up); the longer run's remaining time is the fixed cost (data, model, warm-up, test
+    evaluation, latency timing)."""
+    n2 = max(2, min(batches, int(plan["planned_batches"])))
+    n1 = max(1, n2 // 5)
+    a = _timed_run(cell, plan, n1, threads)
+    b = _timed_run(cell, plan, n2, threads)
+    db = b["batches"] - a["batches"]
+    per_batch = (b["train_seconds"] - a["train_seconds"]) / db if db > 0 else 0.0
+    if per_batch <= 0:  # timing noise: fall back to the plain average (includes warm-up)
+        per_batch = b["train_seconds"] / max(1, b["batches"])
+    return {"cell_id": cell.id, "batches": b["batches"], "short_batches": a["batches"],
+            "train_seconds": b["train_seconds"], "wall_seconds": b["wall_seconds"],
+            "seconds_per_batch": per_batch,
+            "fixed_seconds": max(0.0, b["wall_seconds"] - b["batches"] * per_batch),
+            "step_flops": plan["step_flops"], "threads": b.get("threads", threads)}
 
 
 def estimate_seconds(plan: dict[str, Any], cal: Optional[dict[str, Any]]) -> Optional[float]:
@@ -96,7 +122,7 @@ def _dur(s: Optional[float]) -> str:
 
 
 def dry_run(matrix: Matrix, *, workers: int = 1, only: Optional[list[str]] = None,
-            retry_failed: bool = False, calibration_batches: int = 20,
+            retry_failed: bool = False, calibration_batches: int = 30,
             executor: str = "local", cpus_per_cell: float = 1.0) -> tuple[str, dict[str, Any], bool]:
     """(text report, JSON report, ok). Reads the matrix directory (to say what would be skipped)
     but writes nothing to it."""
@@ -113,13 +139,14 @@ def dry_run(matrix: Matrix, *, workers: int = 1, only: Optional[list[str]] = Non
         rep = candidates[0]
         try:
             cal = calibrate(rep, plans[rep.id], calibration_batches, threads)
-            cal_note = (f"estimated from a calibration run of cell {rep.id}: {cal['batches']} real "
-                        f"training batches in {cal['train_seconds']:.2f}s "
-                        f"({cal['seconds_per_batch'] * 1000:.1f} ms/batch at {threads} thread(s)) "
-                        f"plus {cal['fixed_seconds']:.1f}s fixed cost (data, model, test, latency); "
-                        "scaled to each cell by planned FLOPs. Rough: per-FLOP speed differs between "
-                        "algorithms (augmentations cost time, not FLOPs) and periodic validation is "
-                        "not included")
+            cal_note = (f"estimated from two calibration runs of cell {rep.id} ({cal['short_batches']} "
+                        f"and {cal['batches']} real training batches, in a temp dir): "
+                        f"{cal['seconds_per_batch'] * 1000:.1f} ms/batch at {cal['threads']} thread(s) after "
+                        f"warm-up, plus {cal['fixed_seconds']:.1f}s fixed cost per cell (data, model, "
+                        "warm-up, test, latency); scaled to each cell by its planned FLOPs. Rough: "
+                        "per-FLOP speed differs between algorithms (augmentations cost time, not "
+                        "FLOPs), periodic validation is not included, and other load on the machine "
+                        "skews it")
         except UserError as e:
             cal_note = f"calibration failed: {e}"
     elif calibration_batches <= 0:

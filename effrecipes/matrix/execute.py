@@ -44,8 +44,15 @@ def available_cores() -> int:
         return os.cpu_count() or 1
 
 
-def threads_per_worker(workers: int, cores: Optional[int] = None) -> int:
-    return max(1, (cores or available_cores()) // max(1, workers))
+def threads_per_worker(workers: int, cores: Optional[int] = None) -> Optional[int]:
+    """Torch threads for each of `workers` local workers: cores // workers, so workers never
+    oversubscribe the cores. None for a single worker: it may use every core, and leaving
+    $EFFRECIPES_THREADS unset keeps the runner's own rule (1 thread for tiny steps, where more
+    threads are much slower; all cores otherwise)."""
+    cores = cores or available_cores()
+    if max(1, workers) == 1:
+        return None
+    return max(1, cores // workers)
 
 
 # --------------------------------------------------------------------------- the cell function
@@ -60,8 +67,11 @@ def _on_sigterm(signum: int, frame: Any) -> None:
         raise KeyboardInterrupt
 
 
-def _init_worker(threads: int) -> None:
-    os.environ["EFFRECIPES_THREADS"] = str(threads)
+def _init_worker(threads: Optional[int]) -> None:
+    if threads:
+        os.environ["EFFRECIPES_THREADS"] = str(threads)
+    else:
+        os.environ.pop("EFFRECIPES_THREADS", None)
     os.environ.setdefault("WANDB_SILENT", "true")
     import effrecipes.runner  # noqa: F401  (pay the torch/Composer import once, not in a cell's time)
 
@@ -196,7 +206,7 @@ Submit = Callable[[dict[str, Any]], None]
 class LocalExecutor:
     """N spawn worker processes; a crashed worker re-queues (once) only the cells in flight."""
 
-    def __init__(self, workers: int, threads: int,
+    def __init__(self, workers: int, threads: Optional[int],
                  notice: Callable[[str], None] = lambda text: None) -> None:
         self.workers = max(1, workers)
         self.threads = threads
