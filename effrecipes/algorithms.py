@@ -27,6 +27,7 @@ from composer.core import Algorithm, Event, State
 from composer.loggers import Logger
 from torch import nn
 
+from effrecipes.models import network_of
 from effrecipes.errors import RecipeError, closest_first
 from effrecipes.registry import algorithms
 
@@ -149,8 +150,7 @@ class SWAWithBNUpdate(SWA):
                 break
             batches.append(batch[0] if isinstance(batch, (tuple, list)) else batch)
         self.extra_forward_samples += sum(int(b.shape[0]) for b in batches)
-        inner = getattr(model, "module", model)
-        torch.optim.swa_utils.update_bn(batches, inner)
+        torch.optim.swa_utils.update_bn(batches, network_of(model))
         self.bn_updated = True
         log.info("SWA: recomputed BatchNorm statistics over %d batches", len(batches))
 

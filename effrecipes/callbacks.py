@@ -12,6 +12,7 @@ import torch
 from composer.core import Callback, State
 from composer.loggers import Logger
 
+from effrecipes.models import network_of
 from effrecipes.budget import FlopBudget
 
 HISTORY_FIELDS = ["epoch", "batch", "samples", "flops_used", "train_loss", "val_accuracy", "lr",
@@ -73,7 +74,7 @@ class BestWeights(Callback):
         acc = _val_accuracy(state)
         if acc is not None and (self.best is None or acc > self.best):
             self.best = acc
-            self.state = copy.deepcopy(state.model.module.state_dict())
+            self.state = copy.deepcopy(network_of(state.model).state_dict())
 
 
 class EpochSync(Callback):
@@ -119,7 +120,7 @@ class RunGuard(Callback):
             state.stop_training()
             return
         if int(state.timestamp.batch) % self.snapshot_every == 0 or self.last_good is None:
-            self.last_good = copy.deepcopy(state.model.module.state_dict())
+            self.last_good = copy.deepcopy(network_of(state.model).state_dict())
         if self.stop_requested:
             if self.budget is not None and self.budget.ledger.stop_reason is None:
                 self.budget.ledger.stop_reason = "interrupted"

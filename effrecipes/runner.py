@@ -14,6 +14,7 @@ import logging
 import os
 import shutil
 import signal
+import tempfile
 import sys
 import threading
 import time
@@ -37,7 +38,7 @@ from effrecipes.callbacks import BestWeights, EpochSync, History, RunGuard
 from effrecipes.data import DataBundle, build_data
 from effrecipes.errors import RecipeError, UserError
 from effrecipes.evaluate import evaluate, measure_latency, model_size_bytes
-from effrecipes.models import build_model
+from effrecipes.models import build_model, network_of
 from effrecipes.optim import build_optimizer, build_scheduler
 from effrecipes.recipe import Recipe, recipe_to_yaml
 
@@ -226,7 +227,13 @@ def run(recipe: Recipe, *, threads: Optional[int] = None, quiet: bool = False,
     (`stop_reason: interrupted`); `resume=True` continues it with the FLOPs already spent.
     """
     set_threads(threads)
-    final = _check_resume(recipe) if resume else _check_output(recipe)
+    rank = dist.get_global_rank()
+    if dist.get_world_size() > 1 and resume:
+        raise UserError("--resume is supported for single-process runs only", field="--resume")
+    if rank == 0:
+        final = _check_resume(recipe) if resume else _check_output(recipe)
+    else:  # data-parallel ranks > 0 train alongside rank 0; only rank 0 writes the run directory
+        final = Path(tempfile.mkdtemp(prefix=f"effrecipes-rank{rank}-")) / recipe.run_name
     wall0 = time.perf_counter()
     prepared = prepare(recipe)
     set_threads(threads, prepared.plan.step_flops)
@@ -248,9 +255,12 @@ def run(recipe: Recipe, *, threads: Optional[int] = None, quiet: bool = False,
         metrics["wall_seconds"] = time.perf_counter() - wall0 + (
             _previous_wall(final) if resume else 0.0)
         _write_json(tmp / "metrics.json", metrics)
-        _finalise(tmp, final)
+        if rank == 0:
+            _finalise(tmp, final)
+        else:
+            shutil.rmtree(final.parent, ignore_errors=True)
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(tmp if rank == 0 else final.parent, ignore_errors=True)
         raise
     return RunResult(final, metrics)
 
@@ -352,14 +362,14 @@ def _train_and_evaluate(prepared: Prepared, out: Path, *, quiet: bool, guard: Ru
     elif (out / RESUME_CHECKPOINT).exists():
         (out / RESUME_CHECKPOINT).unlink()
     if guard.diverged and guard.last_good is not None:
-        trainer.state.model.module.load_state_dict(guard.last_good)
+        network_of(trainer.state.model).load_state_dict(guard.last_good)
         prepared.warnings.append("loss became non-finite: training stopped; the last weights "
                                  "with a finite loss were kept")
     for swa in swa_objs:
         if swa.never_started:
             prepared.warnings.append(f"algorithm swa changed nothing: training ended before "
                                      f"swa_start={swa.swa_start}")
-    module = trainer.state.model.module
+    module = network_of(trainer.state.model)
     if best is not None and best.state is not None:
         module.load_state_dict(best.state)
     test = evaluate(module, data.test, data.num_classes, per_class=recipe.eval.per_class)

@@ -130,9 +130,11 @@ def build_data(cfg: DataConfig, seed: int, *, per_sample: bool = False) -> DataB
         val = ev(val_x, val_y) if has_val else None
         test = ev(test_x, test_y)
     else:
+        from composer.utils import dist
+
         train = BatchLoader(train_x, train_y, cfg.batch_size, mean=mean, std=std, shuffle=True,
                             drop_last=True, augment=cfg.augment, crop_padding=cfg.crop_padding,
-                            seed=seed)
+                            seed=seed, rank=dist.get_global_rank(), world_size=dist.get_world_size())
         val = (BatchLoader(val_x, val_y, cfg.eval_batch_size, mean=mean, std=std)
                if has_val else None)
         test = BatchLoader(test_x, test_y, cfg.eval_batch_size, mean=mean, std=std)

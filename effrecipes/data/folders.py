@@ -116,6 +116,13 @@ def folder_transform(augment: Sequence[str], size: int, train: bool) -> Any:
 
 
 def loader(ds: Dataset, batch_size: int, train: bool, workers: int, seed: int) -> torch.utils.data.DataLoader:
+    from composer.utils import dist
+
+    if train and dist.get_world_size() > 1:  # data-parallel: each rank its share of the data
+        sampler = dist.get_sampler(ds, shuffle=True, drop_last=True, seed=int(seed))
+        return torch.utils.data.DataLoader(ds, batch_size=batch_size, sampler=sampler,
+                                           drop_last=True, num_workers=workers,
+                                           persistent_workers=workers > 0)
     return torch.utils.data.DataLoader(ds, batch_size=batch_size, shuffle=train, drop_last=train,
                                        num_workers=workers, persistent_workers=workers > 0,
                                        generator=torch.Generator().manual_seed(int(seed)))

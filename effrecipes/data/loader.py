@@ -76,7 +76,7 @@ class BatchLoader:
     def __init__(self, images: torch.Tensor, labels: torch.Tensor, batch_size: int, *,
                  mean: Sequence[float], std: Sequence[float], shuffle: bool = False,
                  drop_last: bool = False, augment: Sequence[str] = (), crop_padding: int = 4,
-                 seed: int = 0) -> None:
+                 seed: int = 0, rank: int = 0, world_size: int = 1) -> None:
         if images.dtype != torch.uint8 or images.ndim != 4:
             raise ValueError("BatchLoader expects uint8 N x C x H x W images")
         if len(labels) != len(images):
@@ -97,6 +97,11 @@ class BatchLoader:
         std_t = torch.tensor(self.std, dtype=torch.float32).view(1, c, 1, 1)
         self._scale = 1.0 / (255.0 * std_t)
         self._shift = torch.tensor(self.mean, dtype=torch.float32).view(1, c, 1, 1) / std_t
+        # Data-parallel training (Composer's launcher): every rank draws the same epoch permutation
+        # and takes its own interleaved share of it, so ranks never see the same image in an epoch.
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} outside world size {world_size}")
+        self.rank, self.world_size = int(rank), int(world_size)
         self.epoch = 0
         # A trainer callback may pin the epoch to the trainer's clock (resume replays exactly).
         self.auto_advance = True
@@ -105,8 +110,11 @@ class BatchLoader:
     def num_samples(self) -> int:
         return len(self.images)
 
+    def _shard_size(self) -> int:
+        return len(self.images) // self.world_size if self.world_size > 1 else len(self.images)
+
     def __len__(self) -> int:
-        n, b = len(self.images), self.batch_size
+        n, b = self._shard_size(), self.batch_size
         return n // b if self.drop_last else -(-n // b)
 
     def set_epoch(self, epoch: int) -> None:
@@ -121,8 +129,11 @@ class BatchLoader:
 
     def _batches(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         g = torch.Generator().manual_seed(epoch_seed(self.seed, epoch))
-        n = len(self.images)
-        order = torch.randperm(n, generator=g) if self.shuffle else None
+        n = self._shard_size()
+        order = torch.randperm(len(self.images), generator=g) if self.shuffle else None
+        if self.world_size > 1:
+            full = order if order is not None else torch.arange(len(self.images))
+            order = full[self.rank::self.world_size][:n]
         crop = "random_crop" in self.augment and self.crop_padding > 0
         flip = "hflip" in self.augment
         for b in range(len(self)):

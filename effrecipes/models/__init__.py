@@ -24,3 +24,16 @@ def build_model(name: str, in_channels: int, num_classes: int, image_size: int,
 def list_models(pattern: str = "*") -> list[str]:
     """Names of registered models matching a glob pattern (like timm.list_models)."""
     return models.names(pattern)
+
+
+def network_of(model: nn.Module) -> nn.Module:
+    """The image -> logits network inside a trainer's model: unwraps DistributedDataParallel
+    (Composer wraps the model when running on several ranks) and ComposerClassifier."""
+    from composer.models import ComposerClassifier
+    from torch.nn.parallel import DistributedDataParallel
+
+    if isinstance(model, DistributedDataParallel):
+        model = model.module
+    if isinstance(model, ComposerClassifier):
+        model = model.module
+    return model
