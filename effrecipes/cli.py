@@ -9,6 +9,7 @@ import argparse
 import json
 import logging
 import os
+import signal
 import sys
 from typing import Any, Callable, Optional, Sequence
 
@@ -168,6 +169,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             raise UserError("no recipe given; usage: composer-run RECIPE.yaml [key.path=value ...]")
         from effrecipes.recipe import load_recipe
         from effrecipes import runner
+
+        # importing Composer installs SIGINT/SIGTERM handlers that exit silently; restore Ctrl-C
+        # so it raises KeyboardInterrupt (the runner installs its own handlers while training)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
         recipe = load_recipe(args.recipe, args.overrides)
         if args.dry_run:

@@ -76,12 +76,12 @@ SMALL_STEP_FLOPS = 2e9
 
 
 def set_threads(threads: Optional[int], step_flops: Optional[float] = None) -> int:
-    """Intra-op threads: explicit, else $EFFRECIPES_THREADS (a matrix divides cores among its
-    workers), else 1 for tiny steps and all cores otherwise."""
-    n = threads or int(os.environ.get("EFFRECIPES_THREADS", 0))
-    if not n:
-        small = step_flops is not None and step_flops < SMALL_STEP_FLOPS
-        n = 1 if small else (os.cpu_count() or 1)
+    """Intra-op threads: explicit, else 1 for tiny steps and all cores otherwise, capped by
+    $EFFRECIPES_THREADS (a matrix divides the cores among its workers)."""
+    small = step_flops is not None and step_flops < SMALL_STEP_FLOPS
+    auto = 1 if small else (os.cpu_count() or 1)
+    share = int(os.environ.get("EFFRECIPES_THREADS", 0))  # a matrix worker's share of the cores
+    n = threads or (min(share, auto) if share else auto)
     torch.set_num_threads(max(1, n))
     return n
 

@@ -50,6 +50,11 @@ def rows(matrix_dir: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(f))
 
 
+def run_metrics(matrix_dir: Path) -> list[Path]:
+    """metrics.json of finished run dirs (not of `.<id>.tmp-<pid>` dirs a killed run left)."""
+    return [p for p in matrix_dir.glob("cells/*/*/metrics.json") if not p.parent.name.startswith(".")]
+
+
 POOL = {"blurpool": {}, "cutout": {"length": 4}, "label_smoothing": {"smoothing": 0.1}}
 
 
@@ -213,24 +218,29 @@ def test_real_matrix_sigkill_resume_two_workers_failures_and_results(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """One real matrix for the expensive checks (each worker pays a torch/Composer import):
     one_at_a_time over 2 algorithms + a `broken` pseudo-technique whose synthetic data has one
-    class (valid schema, the dataset builder fails at run time), x 2 seeds = 8 cells.
+    class (valid schema, the dataset builder fails at run time) + a `huge_lr` one that diverges,
+    x 2 seeds = 10 cells.
     1. `composer-ablate` subprocess, 1 worker; once a cell has finished, a second invocation is
        refused by the lock; then SIGKILL the whole process group.
     2. re-run in-process with 2 workers: finished cells untouched, the rest run, the broken cells
-       are recorded as failed and the others finish; results have aggregates and deltas.
+       are recorded as failed, the diverged ones as diverged, the others finish; results have
+       aggregates and deltas.
     3. re-run: nothing runs, no duplicate rows; a changed cell is pending again."""
     path = make_spec(tmp_path, tiny_recipe(tmp_path, **{"budget.flops": 6e8}), seeds=[0, 1],
                      algorithms={"mode": "one_at_a_time",
                                  "pool": {"cutout": {"length": 4}, "label_smoothing": {"smoothing": 0.1}},
-                                 "pseudo": {"broken": ["data.kwargs.num_classes=1"]}})
+                                 "pseudo": {"broken": ["data.kwargs.num_classes=1"],
+                                            "huge_lr": ["optimizer.lr=1e12"]}})
     mdir = tmp_path / "matrices" / "m"
     env = {**os.environ, "WANDB_MODE": "disabled", "PYTHONPATH": str(REPO)}
-    proc = subprocess.Popen([*ABLATE, str(path), "--workers", "1"], start_new_session=True, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    log = tmp_path / "first_run.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([*ABLATE, str(path), "--workers", "1"], start_new_session=True,
+                                env=env, stdout=out, stderr=subprocess.STDOUT)
     try:
         deadline = time.time() + 80
         while not glob.glob(str(mdir / "cells/*/*/metrics.json")):
-            assert proc.poll() is None, proc.stderr.read().decode()  # type: ignore[union-attr]
+            assert proc.poll() is None, log.read_text()
             assert time.time() < deadline, "no cell finished within 80 s"
             time.sleep(0.05)
         code, _, err = ablate(capsys, str(path))
@@ -239,7 +249,7 @@ def test_real_matrix_sigkill_resume_two_workers_failures_and_results(
     finally:
         os.killpg(proc.pid, signal.SIGKILL)  # the matrix process and its worker
         proc.wait()
-    finished = {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in mdir.glob("cells/*/*/metrics.json")}
+    finished = {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in run_metrics(mdir)}
     assert 1 <= len(finished) < 6
 
     code, out, err = ablate(capsys, str(path), "--workers", "2")
@@ -247,10 +257,13 @@ def test_real_matrix_sigkill_resume_two_workers_failures_and_results(
     assert {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in finished} == finished
     got = rows(mdir)
     ids = [r["cell_id"] for r in got]
-    assert len(ids) == 8 == len(set(ids))
+    assert len(ids) == 10 == len(set(ids))
     status = {r["cell_id"]: r["status"] for r in got}
-    assert status == {**{i: "done" for i in ids if not i.startswith("broken")},
-                      "broken__s0": "failed", "broken__s1": "failed"}
+    assert status == {**{i: "done" for i in ids if not i.startswith(("broken", "huge_lr"))},
+                      "broken__s0": "failed", "broken__s1": "failed",
+                      "huge_lr__s0": "diverged", "huge_lr__s1": "diverged"}
+    assert {r["stop_reason"] for r in got if r["status"] == "diverged"} == {"diverged"}
+    assert not (mdir / "failed" / "huge_lr__s0.json").exists()
     fail = json.loads((mdir / "failed" / "broken__s0.json").read_text())
     assert fail["error_type"] == "DataError" and "num_classes must be at least 2" in fail["error"]
     assert "failed cells (2): broken__s0, broken__s1" in out
@@ -260,7 +273,8 @@ def test_real_matrix_sigkill_resume_two_workers_failures_and_results(
 
     res = json.loads((mdir / "results.json").read_text())
     agg = {g["techniques"]: g for g in res["aggregate"]}
-    assert set(agg) == {"baseline", "cutout", "label_smoothing", "broken"}
+    assert set(agg) == {"baseline", "cutout", "label_smoothing", "broken", "huge_lr"}
+    assert agg["huge_lr"]["n_diverged"] == 2
     assert [agg[k]["n"] for k in ("baseline", "cutout", "label_smoothing", "broken")] == [2, 2, 2, 0]
     cut, base = agg["cutout"], agg["baseline"]
     assert cut["delta_mean"] == pytest.approx(cut["test_accuracy_mean"] - base["test_accuracy_mean"])
@@ -274,10 +288,10 @@ def test_real_matrix_sigkill_resume_two_workers_failures_and_results(
     assert cell["status"] == "done" and cell["overrides"] == ["algorithms.cutout={length: 4}", "seed=0"]
 
     # same spec again: nothing runs (failed cells need --retry-failed), nothing is touched
-    before = {p: p.stat().st_mtime_ns for p in mdir.glob("cells/*/*/metrics.json")}
+    before = {p: p.stat().st_mtime_ns for p in run_metrics(mdir)}
     code, out, err = ablate(capsys, str(path), "--workers", "2")
-    assert code == 1 and "0 to run, 8 skipped" in err and "use --retry-failed" in err
-    assert {p: p.stat().st_mtime_ns for p in mdir.glob("cells/*/*/metrics.json")} == before
+    assert code == 1 and "0 to run, 10 skipped" in err and "use --retry-failed" in err
+    assert {p: p.stat().st_mtime_ns for p in run_metrics(mdir)} == before
     assert [r["cell_id"] for r in rows(mdir)] == ids
 
     # a changed cell (different recipe hash) is pending again; unchanged ones stay finished

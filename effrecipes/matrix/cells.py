@@ -235,6 +235,10 @@ def _build_cell(matrix: Matrix, base: dict[str, Any], techniques: tuple[str, ...
                 algos.append({t: kwargs})
                 cell.overrides.append(f"algorithms.{t}={yaml_value(kwargs)}")
         data["algorithms"] = algos
+        if techniques and data.get("reference") is not None:
+            # the base recipe's paper figure describes the base, not this ablated cell
+            data["reference"] = None
+            cell.overrides.append("reference=null")
         data["seed"] = seed
         cell.overrides.append(f"seed={seed}")
         budget = data.get("budget")
@@ -262,6 +266,8 @@ def _build_cell(matrix: Matrix, base: dict[str, Any], techniques: tuple[str, ...
     except UserError as e:
         text = str(e)
         cell.error = text if text.startswith(where) else f"{where}: {text}"
+    except (ValueError, TypeError) as e:  # e.g. a malformed algorithms list in the base recipe
+        cell.error = f"{where}: {' '.join(str(e).split())}"
     return cell
 
 
@@ -284,8 +290,10 @@ def expand(spec: MatrixSpec, spec_path: Path, base_path: Path, *,
         base = _base_with_overrides(base, spec)
     except RecipeError as e:
         raise RecipeError(str(e), file=str(spec_path), field="overrides") from None
-    present = {next(iter(a)) for a in normalise_algorithms(base.get("algorithms"))} \
-        if isinstance(base.get("algorithms"), (list, type(None))) else set()
+    try:
+        present = {next(iter(a)) for a in normalise_algorithms(base.get("algorithms"))}
+    except ValueError:  # malformed: every cell reports it
+        present = set()
     for t in spec.algorithms.pool:
         if t in present:
             raise RecipeError(f"{t!r} is already in the base recipe's algorithms ({base_path}), so "

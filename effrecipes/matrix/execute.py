@@ -154,29 +154,27 @@ class Progress:
                 f"failed {self.failed}, skipped {self.skipped}, pending {self.pending}"
                 + (f", interrupted {self.interrupted}" if self.interrupted else ""))
 
-    def _emit(self, text: str, permanent: bool) -> None:
+    def status(self) -> str:
+        fin = self.skipped + self.done + self.diverged + self.failed + self.interrupted
+        return f"[{fin}/{self.total}] {self.counts()}"
+
+    def _emit(self, event: Optional[str]) -> None:
+        """TTY: events scroll above one status line redrawn in place; otherwise one line per
+        update (status | event)."""
         if self.quiet:
             return
         if self.tty:
-            self.stream.write("\r\033[K" + text + ("\n" if permanent else ""))
-            if permanent:
-                self.stream.write("\r\033[K" + self.status())
+            if event:
+                self.stream.write("\r\033[K" + event + "\n")
+            self.stream.write("\r\033[K" + self.status())
             self._status_shown = True
         else:
-            self.stream.write(text + "\n")
+            self.stream.write(f"{self.status()} | {event}\n")
         self.stream.flush()
-
-    def status(self) -> str:
-        fin = self.skipped + self.done + self.diverged + self.failed
-        return f"[{fin}/{self.total}] {self.counts()}"
 
     def start(self, cid: str, note: str = "") -> None:
         self.running.add(cid)
-        if self.tty:
-            self._emit(self.status(), permanent=False)
-        else:
-            self._emit(f"{self.status()} | started {cid}{f' ({note})' if note else ''}",
-                       permanent=False)
+        self._emit(None if self.tty else f"started {cid}{f' ({note})' if note else ''}")
 
     def finish(self, cid: str, status: str, detail: str = "") -> None:
         self.running.discard(cid)
@@ -186,11 +184,10 @@ class Progress:
             self.diverged += 1
         elif status == FAILED:
             self.failed += 1
-        elif status in (PENDING, INTERRUPTED):  # re-queued after a worker crash / stopped
-            self.interrupted += status == INTERRUPTED
+        elif status == INTERRUPTED:
+            self.interrupted += 1
         sep = ": " if status == FAILED else " "
-        self._emit(f"{self.status()} | {status} {cid}{(sep + detail) if detail else ''}",
-                   permanent=True)
+        self._emit(f"{status} {cid}{(sep + detail) if detail else ''}")
 
     def close(self) -> None:
         if self.tty and self._status_shown and not self.quiet:
@@ -200,7 +197,6 @@ class Progress:
 
 # --------------------------------------------------------------------------- executors
 
-Submit = Callable[[dict[str, Any]], None]
 
 
 class LocalExecutor:
@@ -226,7 +222,7 @@ class LocalExecutor:
             except (ProcessLookupError, AttributeError):
                 pass
 
-    def run(self, payloads: list[dict[str, Any]], started: Callable[[str], None],
+    def run(self, payloads: list[dict[str, Any]], started: Callable[[dict[str, Any]], None],
             finished: Callable[[dict[str, Any]], None]) -> None:
         queue = list(payloads)
         crashes: dict[str, int] = {}
@@ -237,7 +233,7 @@ class LocalExecutor:
                 while queue and len(inflight) < self.window:
                     p = queue.pop(0)
                     p["threads"] = self.threads
-                    started(p["cell_id"])
+                    started(p)
                     inflight[pool.submit(run_cell, p)] = p
                 done, _ = wait(list(inflight), return_when=FIRST_COMPLETED)
                 lost: list[dict[str, Any]] = []
@@ -334,7 +330,7 @@ class RayExecutor:
             import ray
             ray.shutdown()
 
-    def run(self, payloads: list[dict[str, Any]], started: Callable[[str], None],
+    def run(self, payloads: list[dict[str, Any]], started: Callable[[dict[str, Any]], None],
             finished: Callable[[dict[str, Any]], None]) -> None:
         import ray
 
@@ -347,7 +343,7 @@ class RayExecutor:
                 while queue and len(inflight) < (self.window or 1):
                     p = queue.pop(0)
                     p["threads"] = threads
-                    started(p["cell_id"])
+                    started(p)
                     inflight[remote.remote(p)] = p
                 ready, _ = ray.wait(list(inflight), num_returns=1)
                 for ref in ready:
@@ -470,9 +466,13 @@ def run_matrix(matrix: Matrix, *, executor: str = "local", workers: int = 1,
             stream.flush()
         failed_ids: list[str] = [c.id for c, s in skipped if s == FAILED]
 
-        def started(cid: str) -> None:
+        def started(payload: dict[str, Any]) -> None:
+            cid = payload["cell_id"]
             cell = by_id[cid]
             clean_partial(matrix, cell)
+            payload["resume"] = resumable(matrix, cell)  # e.g. re-queued after a worker crash
+            if payload["resume"]:
+                why[cid] = "interrupted (resumable)"
             write_record(matrix, cell, RUNNING, started=time.time(), reason=why.get(cid))
             running.add(cid)
             reason = why.get(cid, "new")
@@ -507,8 +507,9 @@ def run_matrix(matrix: Matrix, *, executor: str = "local", workers: int = 1,
                     write_record(matrix, cell, status, seconds=secs,
                                  test_accuracy=metrics.get("test_accuracy"),
                                  stop_reason=metrics.get("stop_reason"))
-                    progress.finish(cid, status, f"acc {metrics.get('test_accuracy', float('nan')):.2f}%"
-                                    f" in {secs or 0:.1f}s")
+                    acc = metrics.get("test_accuracy")
+                    progress.finish(cid, status, (f"acc {acc:.2f}% " if isinstance(acc, (int, float))
+                                                  else "") + f"in {secs or 0:.1f}s")
             if not res.get("ok"):
                 write_failed(matrix, cell, res.get("error", "unknown error"),
                              error_type=res.get("error_type", "Error"),
@@ -517,8 +518,8 @@ def run_matrix(matrix: Matrix, *, executor: str = "local", workers: int = 1,
                 progress.finish(cid, FAILED, str(res.get("error", "")))
             write_results(matrix, frozenset(running))
 
-        payloads = [{"cell_id": c.id, "recipe": c.recipe.model_dump(mode="json"),  # type: ignore[union-attr]
-                     "resume": resumable(matrix, c)} for c in to_run]
+        payloads = [{"cell_id": c.id, "recipe": c.recipe.model_dump(mode="json")}  # type: ignore[union-attr]
+                    for c in to_run]
 
         def notice(text: str) -> None:
             if not quiet:

@@ -185,7 +185,8 @@ def _check_techniques(spec: MatrixSpec, file: str) -> None:
                 algos.check_algorithm(name, kwargs or {}, file=file)
         except RecipeError as e:  # name the spec field: algorithms.pool.<name>[.<kwarg>]
             field = (e.field or f"algorithms.{name}").replace("algorithms.", "algorithms.pool.", 1)
-            msg = str(e).removeprefix(f"{file}: {e.field}: " if e.field else f"{file}: ")
+            msg = getattr(e, "message", None) or str(e).removeprefix(
+                f"{file}: {e.field}: " if e.field else f"{file}: ")
             raise RecipeError(msg, file=file, field=field) from None
     for name, overrides in a.pseudo.items():
         if not re.fullmatch(NAME_RE, name):
