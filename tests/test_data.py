@@ -477,3 +477,36 @@ def test_folder_dataset_missing_names_root(tmp_path: Path) -> None:
         cfg = DataConfig(name=name, root=str(tmp_path / "none"), download=False)
         with pytest.raises(DataError, match=str(tmp_path / "none")):
             build_data(cfg, seed=0)
+
+
+def _write_stanford_cars(root: Path, n_classes: int, per_split: int) -> None:
+    """torchvision's Stanford Cars layout: devkit/*.mat annotations (scipy), cars_{train,test}/."""
+    import scipy.io as sio
+    from PIL import Image
+
+    base = root / "stanford_cars"
+    (base / "devkit").mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    sio.savemat(base / "devkit" / "cars_meta.mat",
+                {"class_names": np.array([f"car {i}" for i in range(n_classes)], dtype=object)})
+    for split, ann_path in (("train", base / "devkit" / "cars_train_annos.mat"),
+                            ("test", base / "cars_test_annos_withlabels.mat")):
+        (base / f"cars_{split}").mkdir()
+        recs = []
+        for i in range(per_split):
+            name = f"{i:05d}.jpg"
+            Image.fromarray((rng.random((30, 40, 3)) * 255).astype(np.uint8)).save(base / f"cars_{split}" / name)
+            recs.append((1, 1, 39, 29, i % n_classes + 1, name))  # bbox, 1-based class, fname
+        dtype = [("bbox_x1", "O"), ("bbox_y1", "O"), ("bbox_x2", "O"), ("bbox_y2", "O"),
+                 ("class", "O"), ("fname", "O")]
+        sio.savemat(ann_path, {"annotations": np.array(recs, dtype=dtype)})
+
+
+def test_stanford_cars_layout_through_torchvision(tmp_path: Path) -> None:
+    _write_stanford_cars(tmp_path, n_classes=3, per_split=9)
+    cfg = DataConfig(name="stanford_cars", root=str(tmp_path), download=False, batch_size=3,
+                     eval_batch_size=4, image_size=24, val_fraction=0.0)
+    bundle = build_data(cfg, seed=0)
+    assert bundle.num_classes == 3 and bundle.num_train == 9 and bundle.num_test == 9
+    x, y = next(iter(bundle.test))
+    assert x.shape == (4, 3, 24, 24) and set(y.tolist()) <= {0, 1, 2}

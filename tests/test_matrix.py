@@ -348,3 +348,14 @@ def test_ray_executor_runs_two_cells_on_a_local_instance(tmp_path: Path,
     got = rows(tmp_path / "matrices" / "m")
     assert [r["status"] for r in got] == ["done", "done"]
     print(f"ray executor: {time.time() - t0:.1f}s")
+
+
+def test_paper000_grid_specs_expand_to_the_papers_grid() -> None:
+    for ds, n_models in (("kuzushiji49", 8), ("stanford_cars", 9), ("food101", 8)):
+        m = load_matrix(REPO / "recipes" / "paper000" / f"{ds}_grid.yaml")
+        assert not m.invalid, [c.error for c in m.invalid]
+        assert len(m.cells) == n_models * 3 * 3 * 2
+        r = m.cells[0].recipe
+        assert r.budget.flops == 1e14 and r.eval.checkpoint == "best_val"
+        assert {c.recipe.optimizer.lr for c in m.cells} == {1e-3, 1e-4, 1e-5}
+        assert {c.recipe.data.batch_size for c in m.cells} == {32, 64, 128}
