@@ -155,3 +155,25 @@ def test_huge_and_unwritable_files(tmp_path: Path, capsys: pytest.CaptureFixture
     big.write_text("name: x\nnotes: " + "a" * 2_000_000 + "\n")
     assert main([str(big)]) == 2 and "limited to" in capsys.readouterr().err
     assert main([str(tmp_path)]) == 2 and "directory" in capsys.readouterr().err
+
+
+def test_wandb_api_key_never_written(tmp_path: Path) -> None:
+    """An offline W&B run with an API key in the environment: the key appears in no file the run
+    or W&B wrote, and not in the output."""
+    secret = "0123456789abcdef-sentinel-wandb-key-fedcba9876543210"
+    recipe = tiny_recipe(tmp_path, **{"budget.flops": 5e7,
+                                      "loggers.wandb": {"enabled": True, "mode": "offline",
+                                                        "project": "effrecipes-test"}})
+    path = write_recipe(tmp_path, recipe)
+    env = {**os.environ, "WANDB_API_KEY": secret, "WANDB_MODE": "offline", "WANDB_DIR": str(tmp_path),
+           "EFFRECIPES_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-m", "effrecipes.cli", str(path), "--quiet"], cwd=tmp_path,
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert secret not in proc.stdout + proc.stderr
+    wandb_files = list((tmp_path / "wandb").rglob("*"))
+    assert any(p.suffix == ".wandb" for p in wandb_files), "W&B wrote no offline run"
+    assert "wandb sync" in proc.stdout
+    for p in [*tmp_path.rglob("*")]:
+        if p.is_file():
+            assert secret.encode() not in p.read_bytes(), p
