@@ -238,6 +238,42 @@ def _next_batch(loader: Any) -> Callable[[], Any]:
     return step
 
 
+# --------------------------------------------------------------------------- 4. op profile
+
+def op_profile(name: str, shape: tuple[int, ...], batch: int, steps: int, threads: int,
+               top: int = 12) -> dict[str, Any]:
+    """torch.profiler over `steps` hand-loop training steps, NCHW vs channels_last: where the
+    model's own time goes (FLOP-free ops such as BatchNorm and max-pool included)."""
+    import torch.nn.functional as F
+    from torch.profiler import ProfilerActivity, profile
+
+    torch.set_num_threads(threads)
+    out: dict[str, Any] = {}
+    for fmt_name, fmt in (("contiguous", torch.contiguous_format), ("channels_last", torch.channels_last)):
+        model = tp._model(name, shape).train().to(memory_format=fmt)
+        opt = torch.optim.SGD(model.parameters(), lr=tp.LR, momentum=tp.MOMENTUM, weight_decay=tp.WD)
+        x, y = tp._data(batch, shape)
+        x = x.contiguous(memory_format=fmt)
+
+        def step() -> None:
+            opt.zero_grad(set_to_none=True)
+            F.cross_entropy(model(x), y).backward()
+            opt.step()
+
+        for _ in range(3):
+            step()
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            for _ in range(steps):
+                step()
+        events = [e for e in prof.key_averages() if e.self_cpu_time_total > 0]
+        total = sum(e.self_cpu_time_total for e in events)
+        events.sort(key=lambda e: -e.self_cpu_time_total)
+        out[fmt_name] = {"step_ms": total / steps / 1e3,
+                         "ops": [(e.key, e.self_cpu_time_total / steps / 1e3, e.count / steps)
+                                 for e in events[:top]]}
+    return out
+
+
 # --------------------------------------------------------------------------- 3. A/B variants
 
 @contextlib.contextmanager
@@ -296,6 +332,7 @@ def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--variants", default=",".join(VARIANTS))
     ap.add_argument("--micro-calls", type=int, default=200)
+    ap.add_argument("--op-steps", type=int, default=10, help="steps in the torch.profiler section")
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
     name, shape, bs = args.model, tp.MODELS[args.model]["shape"], args.batch_size
@@ -324,6 +361,16 @@ def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
         print("\n## 2. micro-benchmarks")
         print(t2)
 
+        # 4 (printed first: it explains the compute part). op profile
+        ops = op_profile(name, shape, bs, args.op_steps, args.threads)
+        t4 = {}
+        for fmt_name, o in ops.items():
+            t4[fmt_name] = md_table(["op (self CPU)", "ms / step", "calls / step"],
+                                    [[k, f"{ms:.2f}", f"{c:.0f}"] for k, ms, c in o["ops"]])
+            print(f"\n## 4. torch.profiler, hand loop, {fmt_name}: {o['step_ms']:.1f} ms per step "
+                  "(self CPU time, profiler overhead included)")
+            print(t4[fmt_name])
+
         # 3. A/B
         data = tp._data(total * bs, shape)
         raw: list[dict[str, Any]] = []
@@ -336,24 +383,31 @@ def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
                 r.update({"variant": vname, "repeat": rep, "loadavg": la})
                 raw.append(r)
                 print(f"  rep {rep} {vname:45s} {r['samples_per_second']:8,.0f} samples/s "
+                      f"{r.get('samples_per_cpu_second') or 0:8,.0f} /CPU-s "
                       f"(median batch {r['median_batch_ms']:.2f} ms) load {la}", flush=True)
     summary = {}
     for vname in variants:
         rs = [r for r in raw if r["variant"] == vname]
         summary[vname] = {"samples_per_second": median([r["samples_per_second"] for r in rs]),
                           "median_batch_ms": median([r["median_batch_ms"] for r in rs]),
+                          "samples_per_cpu_second": median([r.get("samples_per_cpu_second") for r in rs]),
                           "samples_per_second_median_batch":
                               median([r["samples_per_second_median_batch"] for r in rs])}
     base = summary.get("effrecipes", {}).get("samples_per_second")
     hand = summary.get("hand", {}).get("samples_per_second")
     comp = summary.get("composer", {}).get("samples_per_second")
+    cbase = summary.get("effrecipes", {}).get("samples_per_cpu_second")
+    chand = summary.get("hand", {}).get("samples_per_cpu_second")
+    ccomp = summary.get("composer", {}).get("samples_per_cpu_second")
     rows = []
     for vname, s in summary.items():
-        sps = s["samples_per_second"]
+        sps, cps = s["samples_per_second"], s["samples_per_cpu_second"]
         rows.append([vname, sps, s["median_batch_ms"], sps / base if base else None,
-                     sps / hand if hand else None, sps / comp if comp else None])
-    t3 = md_table(["variant", "samples/s (median)", "median batch ms", "vs effrecipes", "vs hand",
-                   "vs composer"], rows)
+                     sps / hand if hand else None, sps / comp if comp else None, cps,
+                     cps / cbase if cbase else None, cps / chand if chand else None,
+                     cps / ccomp if ccomp else None])
+    t3 = md_table(["variant", "samples/s", "median batch ms", "vs effrecipes", "vs hand",
+                   "vs composer", "samples/CPU-s", "vs effrecipes", "vs hand", "vs composer"], rows)
     print(f"\n## 3. A/B ({args.repeats} interleaved repeats, {args.batches} timed batches after "
           f"{warmup} warm-up)")
     print(t3)
@@ -362,8 +416,8 @@ def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
     out = {"benchmark": "profile_overhead", "date": datetime.datetime.now().isoformat(timespec="seconds"),
            "argv": sys.argv[1:] if argv is None else argv, "machine": info, "model": name,
            "threads": args.threads, "batch_size": bs, "in_situ": situ, "micro_us": mic,
-           "ab_summary": summary, "ab_raw": raw,
-           "tables_markdown": {"in_situ": t1, "micro": t2, "ab": t3}}
+           "ab_summary": summary, "ab_raw": raw, "op_profile": ops,
+           "tables_markdown": {"in_situ": t1, "micro": t2, "ab": t3, "ops": t4}}
     path = Path(args.out) if args.out else RESULTS / f"profile_overhead-{name}-t{args.threads}-{datetime.date.today()}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(out, indent=2, default=str))
