@@ -247,9 +247,10 @@ def _field_path(loc: tuple[Any, ...], data: Any) -> str:
     return ".".join(parts)
 
 
-def _section_keys(loc: tuple[Any, ...]) -> list[str]:
-    """Valid keys of the section that holds the field at `loc` (for unknown-key errors)."""
-    model: Any = Recipe
+def section_keys(loc: tuple[Any, ...], root: Any = None) -> list[str]:
+    """Valid keys of the section of schema `root` (default: Recipe) holding the field at `loc`
+    (for unknown-key errors)."""
+    model: Any = root or Recipe
     for item in loc[:-1]:
         if isinstance(item, int):
             continue
@@ -272,7 +273,7 @@ def validation_error_to_recipe_error(err: ValidationError, data: Any, file: str)
     loc = tuple(e["loc"])
     path = _field_path(loc, data) or "(top level)"
     if e["type"] == "extra_forbidden":
-        valid = closest_first(str(loc[-1]), _section_keys(loc))
+        valid = closest_first(str(loc[-1]), section_keys(loc))
         return RecipeError(f"unknown key; valid keys (closest first): {', '.join(valid)}",
                            file=file, field=path)
     if e["type"] == "missing":

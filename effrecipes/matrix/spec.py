@@ -14,7 +14,7 @@ from typing import Any, Literal, Optional
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from effrecipes.errors import RecipeError, closest_first
-from effrecipes.recipe import parse_override, read_yaml
+from effrecipes.recipe import parse_override, read_yaml, section_keys
 
 MODES = ("one_at_a_time", "leave_one_out", "all_subsets", "cumulative", "explicit")
 VIEWS = ("equal_flops", "equal_epochs")
@@ -130,21 +130,7 @@ class MatrixSpec(_Section):
 
 
 def _model_keys(loc: tuple[Any, ...]) -> list[str]:
-    model: Any = MatrixSpec
-    for item in loc[:-1]:
-        if isinstance(item, int) or not hasattr(model, "model_fields"):
-            continue
-        field = model.model_fields.get(item)
-        if field is None:
-            return []
-        ann = field.annotation
-        for cand in getattr(ann, "__args__", ()) + (ann,):
-            if isinstance(cand, type) and issubclass(cand, BaseModel):
-                model = cand
-                break
-        else:
-            return []
-    return list(model.model_fields) if hasattr(model, "model_fields") else []
+    return section_keys(loc, MatrixSpec)
 
 
 def _spec_error(err: ValidationError, file: str) -> RecipeError:
