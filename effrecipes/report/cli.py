@@ -1,0 +1,113 @@
+"""`composer-report`: comparison reports (report.html, report.md, PNG plots, optionally a W&B
+Report) from a run directory, a matrix directory, or a directory of run directories.
+
+Exit codes: 0 written; 2 a user mistake (no runs, unwritable output, ...), one line; 130
+interrupted.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+from typing import Optional, Sequence
+
+from effrecipes.cli import _guard
+from effrecipes.errors import UserError
+
+EPILOG = """\
+examples:
+  composer-report runs/matrices/cifar10_table4            (a matrix from composer-ablate)
+  composer-report runs/cifar10_baseline                   (one run directory)
+  composer-report runs/ --out reports/all --title "All runs so far"
+  composer-report runs/matrices/cifar10_table4 --wandb    (also a W&B Report; offline: its
+                                                           blocks go to wandb_report.json)"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="composer-report", epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Write a comparison report (report.html: one self-contained file; report.md "
+        "with PNG plots beside it) of a run directory, an ablation-matrix directory, or a "
+        "directory of run directories: results table (mean ± std over seeds, delta vs baseline, "
+        "the paper's figures), accuracy vs training FLOPs with the Pareto front, validation "
+        "curves against FLOPs spent, and delta-vs-baseline bars.")
+    p.add_argument("dir", metavar="DIR", help="run directory, matrix directory, or a directory "
+                   "searched recursively for run directories (metrics.json)")
+    p.add_argument("--out", metavar="OUTDIR", default=None,
+                   help="where to write report.html, report.md and the plots (default: DIR)")
+    p.add_argument("--title", default=None, help="report title (default: from the runs)")
+    p.add_argument("--wandb", action="store_true",
+                   help="also build a W&B Report (uploaded only when an API key is set and W&B is "
+                   "online; otherwise its blocks and panels are written to wandb_report.json)")
+    return p
+
+
+def default_title(kind: str, name: str) -> str:
+    return {"matrix": f"Ablation matrix {name}", "run": f"Run {name}"}.get(kind, f"Runs in {name}")
+
+
+def _outdir(path: Path) -> Path:
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"cannot create the output directory: {e.strerror}", file=str(path),
+                        field="--out") from None
+    if not os.access(path, os.W_OK):
+        raise UserError("output directory is not writable", file=str(path), field="--out",
+                        hint="choose another with --out")
+    return path
+
+
+def write_report(dir: str | Path, out: Optional[str | Path] = None, title: Optional[str] = None,
+                 wandb: bool = False) -> dict[str, Path]:
+    """Collect, plot and write; returns the paths written (report.html, report.md, plots)."""
+    from effrecipes.report.html import render_html
+    from effrecipes.report.load import collect
+    from effrecipes.report.markdown import render_markdown
+    from effrecipes.report.plots import render_all
+
+    if wandb:  # fail before any work when the package is missing
+        from effrecipes.report.wandb_report import _wr
+        _wr()
+    c = collect(dir)
+    outdir = _outdir(Path(out).expanduser() if out else c.root)
+    title = title or default_title(c.kind, c.name)
+    plots = render_all(c, outdir)
+    written = {f"plot:{k}": v for k, v in plots.items()}
+    try:
+        (outdir / "report.md").write_text(render_markdown(c, plots, title), encoding="utf-8")
+        (outdir / "report.html").write_text(render_html(c, plots, title), encoding="utf-8")
+    except OSError as e:
+        raise UserError(f"cannot write the report: {e.strerror}", file=str(outdir)) from None
+    written["html"], written["md"] = outdir / "report.html", outdir / "report.md"
+    if wandb:
+        from effrecipes.report.wandb_report import publish
+        publish(c, outdir, title)
+        written["wandb"] = outdir / "wandb_report.json"
+    for note in c.notes:
+        print(f"note: {note}", file=sys.stderr)
+    return written
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+
+    def go() -> int:
+        import logging
+        logging.getLogger("matplotlib").setLevel(logging.WARNING)
+        written = write_report(args.dir, args.out, args.title, args.wandb)
+        print(f"report: {written['html']} (also {written['md'].name} and "
+              f"{len([k for k in written if k.startswith('plot:')])} PNG plots beside it)")
+        return 0
+
+    return _guard(go)
+
+
+def entrypoint() -> None:
+    os.environ.setdefault("WANDB_SILENT", "true")
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    entrypoint()

@@ -1,0 +1,379 @@
+"""Comparison reports (`composer-report`): from a real small ablation matrix (composer-ablate, 4
+tiny cells), a directory of runs and a single run; tables, plots, paper figures, errors, the W&B
+Report (built offline, never uploaded here), and the HTML in headless Chromium (screenshot, no
+network request, sortable table)."""
+from __future__ import annotations
+
+import base64
+import io
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from effrecipes.report import load as report_load
+from effrecipes.report.cli import main
+from effrecipes.report.load import Group, Run, collect
+from effrecipes.report.plots import pareto
+from tests.conftest import tiny_recipe, write_recipe
+
+REPO = Path(__file__).resolve().parents[1]
+_SCRIPT = Path(sys.executable).parent / "composer-report"
+REPORT = [str(_SCRIPT)] if _SCRIPT.exists() else [sys.executable, "-m", "effrecipes.report.cli"]
+PAPER = {"baseline": 40.0, "cutout": 45.0}
+
+
+# --------------------------------------------------------------------------- fixtures
+
+@pytest.fixture(scope="module")
+def matrix_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A real matrix: baseline and cutout, seeds 0 and 1 (4 tiny cells, run by composer-ablate)."""
+    from effrecipes.matrix.cli import main as ablate
+
+    tmp = tmp_path_factory.mktemp("matrix")
+    recipe = tiny_recipe(tmp, **{"budget.flops": 1.2e8})
+    recipe["reference"] = {"paper": "004", "table": "4", "metric": "val_accuracy",
+                           "value": PAPER["baseline"], "setting": "baseline"}
+    write_recipe(tmp, recipe, "base.yaml")
+    spec = {"name": "m", "base": "base.yaml", "output": str(tmp / "matrices"),
+            "algorithms": {"mode": "one_at_a_time", "pool": {"cutout": {"length": 4}}},
+            "seeds": [0, 1],
+            "reference": {"source": "test figures", "values": PAPER}}
+    (tmp / "spec.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
+    assert ablate([str(tmp / "spec.yaml"), "--workers", "1", "--quiet"]) == 0
+    return tmp / "matrices" / "m"
+
+
+@pytest.fixture(scope="module")
+def report(matrix_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("report")
+    assert main([str(matrix_dir), "--out", str(out), "--title", "Tiny matrix"]) == 0
+    return out
+
+
+@pytest.fixture
+def no_wandb_key(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.netrc
+
+
+# --------------------------------------------------------------------------- files and content
+
+def _results(matrix_dir: Path) -> dict[str, Any]:
+    return json.loads((matrix_dir / "results.json").read_text())
+
+
+def test_matrix_report_tables_plots_and_paper(report: Path, matrix_dir: Path) -> None:
+    from PIL import Image
+
+    md = (report / "report.md").read_text()
+    html = (report / "report.html").read_text()
+    pngs = sorted(p.name for p in report.glob("*.png"))
+    assert pngs == ["report_accuracy_vs_flops.png", "report_delta_vs_baseline.png",
+                    "report_val_curves.png"]
+    for name in pngs:
+        assert f"]({name})" in md  # report.md shows the PNGs beside it
+        img = Image.open(report / name).convert("RGB")
+        assert img.size[0] > 300 and len(set(img.getdata())) > 20
+    # the aggregate numbers are results.json's (mean ± std over seeds, delta vs baseline)
+    agg = {a["techniques"]: a for a in _results(matrix_dir)["aggregate"]}
+    assert set(agg) == {"baseline", "cutout"}
+    co = agg["cutout"]
+    acc = f"{co['test_accuracy_mean']:.2f} ± {co['test_accuracy_std']:.2f}"
+    delta = f"{co['delta_mean']:+.2f} ± {co['delta_std']:.2f}"
+    for text in (md, html):
+        assert "Tiny matrix" in text and acc in text and delta in text
+        assert "Δ vs baseline" in text and "paper" in text and "ours − paper" in text
+        assert "test figures" in text  # the published figures' source
+    ours_minus_paper = f"{co['test_accuracy_mean'] - PAPER['cutout']:+.2f}"
+    row = next(line for line in md.splitlines() if line.startswith("| ") and "cutout" in line)
+    assert "45.00" in row and ours_minus_paper in row
+    header = next(line for line in md.splitlines() if line.startswith("| cell |"))
+    assert header.split("|")[1:4] == [" cell ", " n ", " test acc % (mean ± std) "]
+    # best cell highlighted
+    best = max(agg.values(), key=lambda a: a["test_accuracy_mean"])["techniques"]
+    assert f"**{best} ★**" in md
+    assert re.search(r'<tr class="best"><td[^>]*>' + re.escape(best) + " ★</td>", html)
+    # self-contained HTML: three embedded PNGs, inline CSS/JS, no URL of any kind
+    assert html.count('src="data:image/png;base64,') == 3
+    for m in re.finditer(r'src="data:image/png;base64,([^"]+)"', html):
+        assert base64.b64decode(m.group(1)).startswith(b"\x89PNG")
+    assert "http://" not in html.lower() and "https://" not in html.lower()
+    assert not re.search(r"""(src|href)=["'](?!data:)""", html)
+    assert "<script src" not in html and "@import" not in html and "url(" not in html
+    assert '<table id="results" class="sortable">' in html
+    assert "cutout__s1" in md and "cutout__s1" in html  # the per-seed runs table
+
+
+def test_aggregates_fall_back_to_run_dirs(matrix_dir: Path, tmp_path: Path) -> None:
+    """Without results.json the same means, stds, deltas and paper figures come from the run
+    directories and cell records."""
+    copy = tmp_path / "m"
+    shutil.copytree(matrix_dir, copy)
+    for f in copy.glob("results.*"):
+        f.unlink()
+    c = collect(copy)
+    assert c.kind == "matrix" and c.meta["aggregates_from"] == "run directories"
+    agg = {a["techniques"]: a for a in _results(matrix_dir)["aggregate"]}
+    for g in c.groups:
+        a = agg[g.techniques]
+        assert g.n == a["n"] == 2
+        assert g.acc_mean == pytest.approx(a["test_accuracy_mean"])
+        assert g.acc_std == pytest.approx(a["test_accuracy_std"])
+        if a["delta_mean"] is not None:
+            assert g.delta_mean == pytest.approx(a["delta_mean"])
+            assert g.delta_std == pytest.approx(a["delta_std"])
+            assert g.within_noise == a["within_noise"]
+        assert g.paper == PAPER[g.techniques]
+    assert c.reference == "baseline" and c.best is not None
+
+
+def test_directory_of_runs_and_single_run(matrix_dir: Path, tmp_path: Path,
+                                          capsys: pytest.CaptureFixture[str]) -> None:
+    c = collect(matrix_dir / "cells")  # the cells' run dirs, found recursively
+    assert c.kind == "runs" and len(c.runs) == 4
+    groups = {g.techniques: g for g in c.groups}
+    assert set(groups) == {"baseline", "cutout"} and c.reference == "baseline"
+    assert all(g.n == 2 for g in groups.values())
+    # each run records the base recipe's reference (the baseline's figure): it is the paper's
+    # figure for the baseline cell only, never for the cutout cell
+    assert groups["baseline"].paper == PAPER["baseline"] and groups["cutout"].paper is None
+    run_dir = matrix_dir / "cells" / "cutout__s0" / "cutout__s0"
+    out = tmp_path / "one"
+    assert main([str(run_dir), "--out", str(out)]) == 0
+    md = (out / "report.md").read_text()
+    assert md.startswith("# Run cutout__s0") and "report_val_curves.png" in md
+    assert not (out / "report_delta_vs_baseline.png").exists()
+    assert "_Not drawn: no baseline among these runs, so no deltas._" in md
+    assert "report: " in capsys.readouterr().out
+
+
+def test_paper_figure_of_a_matrix_cell_is_looked_up_by_its_techniques() -> None:
+    """A cell inheriting the base recipe's reference (setting baseline) gets the paper's figure
+    for its own techniques from effrecipes.reference."""
+    from effrecipes import reference
+
+    ref = {"paper": "004", "table": "4", "metric": "val_accuracy", "value": 79.9,
+           "setting": "baseline"}
+    run = Run(Path("/nonexistent"), {"dataset": "cifar10", "reference": ref}, [], None)
+    value, source = report_load._paper_for_group(Group("cutout", runs=[run]), in_matrix=True)
+    assert value == reference.lookup(paper="004", table="4", metric="val_accuracy",
+                                     dataset="cifar10", setting="cutout") is not None
+    assert source == "paper 004 Table 4 (val_accuracy)"
+    value, _ = report_load._paper_for_group(Group("baseline", runs=[run]), in_matrix=True)
+    assert value == 79.9
+    value, _ = report_load._paper_for_group(Group("nothing_like_it", runs=[run]), in_matrix=True)
+    assert value is None
+
+
+def test_pareto_front() -> None:
+    pts = [(1.0, 50.0), (2.0, 60.0), (2.0, 55.0), (3.0, 58.0), (4.0, 70.0), (0.5, 40.0)]
+    assert pareto(pts) == [5, 0, 1, 4]
+
+
+# --------------------------------------------------------------------------- errors
+
+def _cli(*args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "WANDB_MODE": "disabled"}
+    return subprocess.run([*REPORT, *args], capture_output=True, text=True, env=env, timeout=120)
+
+
+def test_errors_are_one_line_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "file.txt").write_text("x")
+    half = tmp_path / "half"  # a matrix that has not finished a cell
+    half.mkdir()
+    (half / "matrix.json").write_text(json.dumps({"name": "half", "grid": [], "cells": []}))
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "metrics.json").write_text("{not json")
+    cases = [
+        (tmp_path / "empty", "empty: no runs found (no metrics.json under this directory)"),
+        (tmp_path / "missing", "missing: no such directory"),
+        (tmp_path / "file.txt", "file.txt: not a directory"),
+        (half, "half: matrix 'half' has no finished cells yet"),
+        (bad, "metrics.json: metrics.json is missing or unreadable"),
+    ]
+    for path, fragment in cases:
+        assert main([str(path)]) == 2
+        out, err = capsys.readouterr()
+        assert err.startswith("error: ") and fragment in err and err.count("\n") == 1, err
+    proc = _cli(str(tmp_path / "empty"))  # the console script: same line, no traceback
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
+
+
+# --------------------------------------------------------------------------- W&B report
+
+def test_wandb_report_offline_build(matrix_dir: Path, tmp_path: Path, no_wandb_key: None,
+                                    monkeypatch: pytest.MonkeyPatch,
+                                    capsys: pytest.CaptureFixture[str]) -> None:
+    import wandb_workspaces.reports.v2 as wr
+
+    from effrecipes.report.wandb_report import FLOPS_METRIC, VAL_METRIC, build_report
+
+    def no_save(self: Any, *a: Any, **k: Any) -> None:
+        raise AssertionError("save() called offline")
+
+    monkeypatch.setattr(wr.Report, "save", no_save)
+    out = tmp_path / "out"
+    assert main([str(matrix_dir), "--out", str(out), "--wandb"]) == 0
+    stdout = capsys.readouterr().out
+    assert "W&B report not uploaded: no W&B API key" in stdout
+    summary = json.loads((out / "wandb_report.json").read_text())
+    assert summary["uploaded"] is False and summary["group"] == "m"
+    assert summary["runset"]["groupby"] == ["config.algorithms"]
+
+    report, _ = build_report(collect(matrix_dir), "T")
+    kinds = [type(b).__name__ for b in report.blocks]
+    assert kinds == ["P", "H2", "MarkdownBlock", "H2", "PanelGrid"]
+    table = report.blocks[2].text
+    assert table.startswith("| cell |") and "cutout" in table and "ours − paper" in table
+    grid = report.blocks[4]
+    (runset,) = grid.runsets
+    assert runset.filters == "Metric(\"Group\") == 'm'" and runset.project == "effrecipes"
+    panels = [type(p).__name__ for p in grid.panels]
+    assert panels == ["ScatterPlot", "LinePlot", "LinePlot", "BarPlot"]
+    scatter, val_curve, _, bars = grid.panels
+    assert (scatter.x.name, scatter.y.name) == (FLOPS_METRIC, VAL_METRIC)
+    assert val_curve.x == FLOPS_METRIC and val_curve.y == [VAL_METRIC]
+    base = summary["baseline_final_val_accuracy"]
+    assert bars.custom_expressions == [f"${{{VAL_METRIC}}} * 100 - {base:.4f}"]
+    assert bars.groupby_aggfunc == "mean" and bars.groupby_rangefunc == "stddev"
+    for p in grid.panels:  # every panel serialises to W&B's spec without the network
+        assert p._to_model().model_dump(by_alias=True)["viewType"]
+
+
+def test_wandb_report_saved_only_online(matrix_dir: Path, tmp_path: Path,
+                                        monkeypatch: pytest.MonkeyPatch,
+                                        capsys: pytest.CaptureFixture[str]) -> None:
+    import wandb_workspaces.reports.v2 as wr
+    import wandb_workspaces.reports.v2.interface as wri
+
+    saved: list[tuple[str, str, str]] = []
+
+    def fake_save(self: Any, *a: Any, **k: Any) -> Any:
+        saved.append((self.title, self.entity, self.blocks[4].runsets[0].entity))
+        object.__setattr__(self, "id", "abc")
+        return self
+
+    class FakeApi:
+        default_entity = "someone"
+
+    monkeypatch.setattr(wr.Report, "save", fake_save)
+    monkeypatch.setattr(wr.Report, "url", property(lambda self: "wandb-report-url"), raising=False)
+    monkeypatch.setattr(wri, "_get_api", lambda: FakeApi())
+    monkeypatch.setenv("WANDB_API_KEY", "x" * 40)
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    out = tmp_path / "out"
+    assert main([str(matrix_dir), "--out", str(out), "--wandb", "--title", "Online"]) == 0
+    assert saved == [("Online", "someone", "someone")]  # W&B's default entity, for the runset too
+    assert "W&B report uploaded: wandb-report-url" in capsys.readouterr().out
+    assert json.loads((out / "wandb_report.json").read_text())["uploaded"] is True
+    monkeypatch.setenv("WANDB_MODE", "offline")  # an API key but offline: not saved
+    assert main([str(matrix_dir), "--out", str(out), "--wandb"]) == 0
+    assert len(saved) == 1 and "not uploaded: WANDB_MODE=offline" in capsys.readouterr().out
+
+
+def test_api_key_rule_matches_the_logger(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from effrecipes.report import wandb_logging, wandb_report
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    assert wandb_report.has_api_key() is wandb_logging.has_api_key() is False
+    (tmp_path / ".netrc").write_text("machine api.wandb.ai\n  login user\n  password k\n")
+    assert wandb_report.has_api_key() is wandb_logging.has_api_key() is True
+    (tmp_path / ".netrc").unlink()
+    monkeypatch.setenv("WANDB_API_KEY", "k")
+    assert wandb_report.has_api_key() is wandb_logging.has_api_key() is True
+
+
+# --------------------------------------------------------------------------- headless browser
+
+@pytest.fixture(scope="module")
+def chromium() -> str:
+    exe = shutil.which("chromium") or shutil.which("chromium-browser")
+    if exe is None and shutil.which("apt-get") and hasattr(os, "geteuid") and os.geteuid() == 0:
+        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+        for cmd in (["apt-get", "install", "-y", "-q", "chromium"], ["apt-get", "update", "-q"],
+                    ["apt-get", "install", "-y", "-q", "chromium"]):
+            if shutil.which("chromium"):
+                break
+            try:
+                subprocess.run(cmd, capture_output=True, timeout=600, env=env)
+            except (OSError, subprocess.TimeoutExpired):
+                break
+        exe = shutil.which("chromium")
+    if exe is None:
+        pytest.skip("chromium is not installed and `apt-get install -y chromium` was not possible "
+                    "(needs root and the Debian archive)")
+    return exe
+
+
+def _browse(chromium: str, url: str, tmp: Path, *extra: str) -> tuple[subprocess.CompletedProcess[str], Path]:
+    profile, netlog = tmp / "profile", tmp / "netlog.json"
+    args = [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+            "--no-first-run", "--disable-background-networking", "--disable-component-update",
+            "--disable-sync", f"--user-data-dir={profile}", "--hide-scrollbars",
+            f"--log-net-log={netlog}", "--net-log-capture-mode=Everything", *extra, url]
+    proc = subprocess.run(args, capture_output=True, text=True, timeout=120)
+    return proc, netlog
+
+
+def page_requests(netlog: Path) -> list[str]:
+    """URLs the page asked the network stack for. Chromium's own background requests (component
+    updater, accounts) are keyed by no site; requests a file:// page makes are keyed by the
+    page's top-frame site, file://."""
+    log = json.loads(netlog.read_text())
+    names = {v: k for k, v in log["constants"]["logEventTypes"].items()}
+    urls = []
+    for e in log["events"]:
+        p = e.get("params") or {}
+        if names.get(e["type"]) == "URL_REQUEST_START_JOB" and "file://" in str(
+                p.get("network_isolation_key", "")) and not str(p.get("url", "")).startswith(
+                ("file:", "data:")):
+            urls.append(p["url"])
+    return urls
+
+
+def test_html_in_headless_chromium(chromium: str, report: Path, tmp_path: Path) -> None:
+    from PIL import Image
+
+    # the detector really sees a page's requests (negative check)
+    probe = tmp_path / "probe.html"
+    probe.write_text('<!DOCTYPE html><p>probe</p><img src="http://127.0.0.1:9/x.png">'
+                     '<link rel="stylesheet" href="https://example.invalid/a.css">')
+    (tmp_path / "neg").mkdir()
+    _, netlog = _browse(chromium, probe.as_uri(), tmp_path / "neg", "--screenshot=" + str(tmp_path / "neg.png"))
+    assert sorted(page_requests(netlog)) == ["http://127.0.0.1:9/x.png", "https://example.invalid/a.css"]
+
+    shot = tmp_path / "report.png"
+    (tmp_path / "pos").mkdir()
+    proc, netlog = _browse(chromium, (report / "report.html").as_uri(), tmp_path / "pos",
+                           f"--screenshot={shot}", "--window-size=1280,2000")
+    assert shot.exists(), proc.stderr[-2000:]
+    assert page_requests(netlog) == []
+    img = Image.open(shot).convert("RGB")
+    assert img.size == (1280, 2000)
+    colours = img.getcolors(maxcolors=1_000_000)
+    assert colours is not None and len(colours) > 50  # not a single colour: text, tables, plots
+    shutil.copy(shot, report / "screenshot.png")
+
+    # the table sorts in the browser: #sort=-2 (test accuracy, descending) puts the best first
+    def rows(fragment: str) -> list[str]:
+        (tmp_path / fragment).mkdir()
+        proc, _ = _browse(chromium, (report / "report.html").as_uri() + "#sort=" + fragment,
+                          tmp_path / fragment, "--dump-dom")
+        table = proc.stdout.split('<table id="results"', 1)[1].split("</table>", 1)[0]
+        assert 'aria-sort="' in table
+        return re.findall(r"<tr[^>]*><td[^>]*>([^<]+)</td>", table)
+
+    desc, asc = rows("-2"), rows("2")
+    assert desc[0].endswith("★") and asc == desc[::-1]
