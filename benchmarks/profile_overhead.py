@@ -120,8 +120,12 @@ def _targets() -> list[tuple[str, Any, str, str]]:
 
 
 def in_situ(name: str, shape: tuple[int, ...], batch: int, total: int, warmup: int, threads: int,
-            workdir: Path, algorithms: Optional[list[dict[str, Any]]] = None) -> dict[str, Any]:
+            workdir: Path, algorithms: Optional[list[dict[str, Any]]] = None,
+            extra_callbacks: int = 0) -> dict[str, Any]:
+    """`extra_callbacks` no-op callbacks are added too (to price one more callback per batch)."""
     from composer.core import Callback
+
+    from effrecipes import runner
 
     from effrecipes.data.loader import BatchLoader
 
@@ -143,7 +147,15 @@ def in_situ(name: str, shape: tuple[int, ...], batch: int, total: int, warmup: i
 
     switch = Switch()
     targets = _targets()
+    real_trainer = runner.Trainer
+
+    def with_noops(*a: Any, **k: Any) -> Any:
+        k["callbacks"] = list(k.get("callbacks") or []) + [Callback() for _ in range(extra_callbacks)]
+        return real_trainer(*a, **k)
+
     with contextlib.ExitStack() as stack:
+        if extra_callbacks:
+            stack.enter_context(patched(runner, "Trainer", with_noops))
         for label, obj, attr, _ in targets:
             stack.enter_context(patched(obj, attr, _timed(getattr(obj, attr), tally, label)))
         stack.enter_context(patched(BatchLoader, "_batches",
@@ -220,6 +232,10 @@ def micro(name: str, shape: tuple[int, ...], batch: int, calls: int) -> dict[str
     out["BatchLoader: to(float32).mul_().sub_()"] = _us(
         lambda: xb.to(torch.float32).mul_(loader._scale).sub_(loader._shift), calls)
     out["BatchLoader: one next() (whole batch)"] = _us(_next_batch(loader), calls)
+    from torch.utils.data import DataLoader, TensorDataset
+    dl = DataLoader(TensorDataset(images.float(), labels), batch_size=batch, shuffle=True,
+                    drop_last=True)
+    out["torch DataLoader(TensorDataset) next() (plain Composer path)"] = _us(_next_batch(dl), calls)
     xf = xb.to(torch.float32)
     out["x.contiguous(channels_last)"] = _us(
         lambda: xf.contiguous(memory_format=torch.channels_last), calls)
@@ -333,6 +349,8 @@ def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
     ap.add_argument("--variants", default=",".join(VARIANTS))
     ap.add_argument("--micro-calls", type=int, default=200)
     ap.add_argument("--op-steps", type=int, default=10, help="steps in the torch.profiler section")
+    ap.add_argument("--extra-callbacks", type=int, default=10,
+                    help="no-op callbacks added in a second in-situ run (0: skip)")
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
     name, shape, bs = args.model, tp.MODELS[args.model]["shape"], args.batch_size
@@ -353,6 +371,19 @@ def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
         print(f"\n## 1. in-situ, effrecipes path: {situ['step_us']:,.0f} us per batch "
               f"({situ['samples_per_second']:,.0f} samples/s) over {situ['batches']} batches")
         print(t1)
+
+        # 1b. price of one more callback: the same run with 10 no-op callbacks added
+        if args.extra_callbacks:
+            more = in_situ(name, shape, bs, total, warmup, args.threads, workdir,
+                           extra_callbacks=args.extra_callbacks)
+            key = "Engine.run_event (all events)"
+            per_cb = (more["per_batch_us"][key] - situ["per_batch_us"][key]) / args.extra_callbacks
+            situ["per_callback_us_per_batch"] = per_cb
+            situ["with_extra_callbacks"] = more
+            print(f"\nEngine.run_event with {args.extra_callbacks} extra no-op callbacks: "
+                  f"{more['per_batch_us'][key]:,.0f} us/batch vs {situ['per_batch_us'][key]:,.0f}: "
+                  f"{per_cb:,.1f} us per callback per batch (effrecipes registers 4: RunGuard, "
+                  "FlopBudget, History, EpochSync)")
 
         # 2. micro
         torch.set_num_threads(args.threads)

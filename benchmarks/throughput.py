@@ -26,6 +26,7 @@ fp32 2048x2048 matmul GFLOP/s on the same thread count.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import json
 import os
@@ -34,7 +35,7 @@ import tempfile
 import time
 import warnings
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
 os.environ.setdefault("WANDB_MODE", "disabled")
 os.environ.setdefault("WANDB_SILENT", "true")
@@ -181,6 +182,37 @@ def run_effrecipes(name: str, shape: tuple[int, ...], batch: int, total: int, wa
     return out
 
 
+@contextlib.contextmanager
+def proposed_changes() -> Iterator[None]:
+    """The changes proposed in benchmarks/README.md, applied by monkeypatching effrecipes.runner
+    (effrecipes/** itself is not edited here):
+
+    1. `prepare`: build the model in channels_last memory format
+       (`module = build_model(...).to(memory_format=torch.channels_last)`);
+    2. `prepare`: `ComposerClassifier(module, num_classes=..., train_metrics=MetricCollection([]))`
+       so Composer does not update and compute MulticlassAccuracy on every training batch.
+    """
+    from composer.models import ComposerClassifier
+    from torchmetrics import MetricCollection
+
+    from effrecipes import runner
+
+    real_build, real_cc = runner.build_model, runner.ComposerClassifier
+
+    def build_model(*a: Any, **k: Any) -> Any:
+        return real_build(*a, **k).to(memory_format=torch.channels_last)
+
+    def composer_classifier(module: Any, num_classes: Optional[int] = None, **kw: Any) -> Any:
+        kw.setdefault("train_metrics", MetricCollection([]))
+        return ComposerClassifier(module, num_classes=num_classes, **kw)
+
+    runner.build_model, runner.ComposerClassifier = build_model, composer_classifier
+    try:
+        yield
+    finally:
+        runner.build_model, runner.ComposerClassifier = real_build, real_cc
+
+
 # --------------------------------------------------------------------------- driver
 
 def train_flops_per_sample(name: str, shape: tuple[int, ...], batch: int) -> float:
@@ -197,15 +229,28 @@ def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
     ap.add_argument("--models", default=",".join(MODELS), help="comma-separated")
     ap.add_argument("--batches", type=int, default=None,
                     help="timed batches per path (default: 60 for gap_143k, 300 for gap_1p5k_dw)")
+    ap.add_argument("--batches-multithread", type=int, default=None,
+                    help="timed batches when threads > 1 (default: as --batches). On a loaded "
+                    "2-core machine a 2-thread step can take 10x longer; all paths still train "
+                    "the same batches")
     ap.add_argument("--warmup", type=int, default=5, help="untimed batches first (>= 1)")
     ap.add_argument("--batch-size", type=int, default=128)
+    ap.add_argument("--shape", default="", help="override input shapes, e.g. gap_1p5k_dw=1x8x8")
     ap.add_argument("--threads", default="1,2", help="comma-separated intra-op thread counts")
     ap.add_argument("--repeats", type=int, default=3, help="interleaved repeats; medians reported")
-    ap.add_argument("--paths", default="hand,composer,effrecipes")
+    ap.add_argument("--paths", default="hand,composer,effrecipes,proposed",
+                    help="hand, composer, effrecipes, and `proposed`: effrecipes with the changes "
+                    "proposed in benchmarks/README.md monkeypatched in (channels_last model, no "
+                    "per-batch train metrics)")
+    ap.add_argument("--peak-n", type=int, default=2048, help="matmul size for the peak")
+    ap.add_argument("--peak-tries", type=int, default=8)
     ap.add_argument("--out", default=None, help="JSON path (default benchmarks/results/"
                     "throughput-<date>.json)")
     args = ap.parse_args(argv)
     models = [m for m in args.models.split(",") if m]
+    for item in (x for x in args.shape.split(",") if x):
+        key, _, dims = item.partition("=")
+        MODELS[key] = {**MODELS.get(key, {"batches": 100}), "shape": tuple(int(d) for d in dims.split("x"))}
     threads_list = [int(t) for t in args.threads.split(",") if t]
     paths = [p for p in args.paths.split(",") if p]
     warmup = max(1, args.warmup)
@@ -214,8 +259,8 @@ def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
     info = machine()
     print(f"# throughput  {info['cpu_model']}  nproc={info['nproc']}  load={info['loadavg_start']}  "
           f"torch {info['torch']}  composer {info['composer']}")
-    p0 = {t: matmul_peak(t) for t in threads_list}
-    print("matmul peak (fp32 2048^3, best of 8): " +
+    p0 = {t: matmul_peak(t, args.peak_n, args.peak_tries) for t in threads_list}
+    print(f"matmul peak (fp32 {args.peak_n}^3, best of {args.peak_tries}): " +
           ", ".join(f"{t} thread(s) {g['wall']:.1f} GFLOP/s wall, {g['cpu']:.1f} per CPU-s"
                     for t, g in p0.items()))
 
@@ -227,10 +272,11 @@ def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
         for rep in range(args.repeats):
             for m in models:
                 shape = MODELS[m]["shape"]
-                n = args.batches or MODELS[m]["batches"]
-                total = warmup + n
-                data = _data(total * bs, shape)
                 for t in threads_list:
+                    n = (args.batches_multithread if t > 1 and args.batches_multithread
+                         else args.batches or MODELS[m]["batches"])
+                    total = warmup + n
+                    data = _data(total * bs, shape)
                     order = paths[rep % len(paths):] + paths[:rep % len(paths)]  # rotate per repeat
                     for p in order:
                         torch.set_num_threads(t)
@@ -241,9 +287,12 @@ def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
                             r = run_composer(m, shape, bs, total, warmup, data)
                         elif p == "effrecipes":
                             r = run_effrecipes(m, shape, bs, total, warmup, workdir, t)
+                        elif p == "proposed":
+                            with proposed_changes():
+                                r = run_effrecipes(m, shape, bs, total, warmup, workdir, t)
                         else:
                             raise SystemExit(f"unknown path {p!r}")
-                        r.update({"model": m, "threads": t, "path": p, "repeat": rep,
+                        r.update({"model": m, "threads": t, "path": p, "repeat": rep, "timed": n,
                                   "loadavg": la})
                         raw.append(r)
                         print(f"  rep {rep} {m:12s} t={t} {p:10s} {r['samples_per_second']:9,.0f} "
@@ -251,7 +300,7 @@ def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
                               flush=True)
                 del data
 
-    p1 = {t: matmul_peak(t) for t in threads_list}
+    p1 = {t: matmul_peak(t, args.peak_n, args.peak_tries) for t in threads_list}
     # best = least disturbed by other jobs
     peaks = {t: max(p0[t]["wall"], p1[t]["wall"]) for t in threads_list}
     peaks_cpu = {t: max(p0[t]["cpu"], p1[t]["cpu"]) for t in threads_list}
@@ -263,7 +312,10 @@ def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
     for m in models:
         for t in threads_list:
             row: dict[str, Any] = {"model": m, "threads": t, "batch_size": bs,
-                                   "timed_batches": args.batches or MODELS[m]["batches"],
+                                   "input": "x".join(str(d) for d in MODELS[m]["shape"]),
+                                   "timed_batches": (args.batches_multithread if t > 1 and
+                                                     args.batches_multithread else
+                                                     args.batches or MODELS[m]["batches"]),
                                    "train_flops_per_sample": flops[m],
                                    "matmul_peak_gflops": peaks[t],
                                    "matmul_peak_gflops_per_cpu_s": peaks_cpu[t]}
@@ -289,6 +341,12 @@ def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
             if "composer" in paths and "effrecipes" in paths:
                 row["eff_over_composer"] = row["effrecipes_sps"] / row["composer_sps"]
                 row["eff_over_composer_cpu"] = row["effrecipes_sps_cpu"] / row["composer_sps_cpu"]
+            if "proposed" in paths and "hand" in paths:
+                row["proposed_over_hand"] = row["proposed_sps"] / row["hand_sps"]
+                row["proposed_over_hand_cpu"] = row["proposed_sps_cpu"] / row["hand_sps_cpu"]
+            if "proposed" in paths and "composer" in paths:
+                row["proposed_over_composer"] = row["proposed_sps"] / row["composer_sps"]
+                row["proposed_over_composer_cpu"] = row["proposed_sps_cpu"] / row["composer_sps_cpu"]
             summary.append(row)
 
     headers = ["model", "threads"]
@@ -305,11 +363,17 @@ def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
     if "composer" in paths and "effrecipes" in paths:
         headers.append("eff/composer")
         cols.append("eff_over_composer")
+    if "proposed" in paths and "hand" in paths:
+        headers.append("proposed/hand")
+        cols.append("proposed_over_hand")
+    if "proposed" in paths and "composer" in paths:
+        headers.append("proposed/composer")
+        cols.append("proposed_over_composer")
     for p in paths:
         headers.append(f"{p} GFLOP/s (MFU)")
     rows = []
     for s in summary:
-        row = [s["model"], s["threads"]] + [s.get(c) for c in cols]
+        row = [f"{s['model']} {s['input']}", s["threads"]] + [s.get(c) for c in cols]
         row += [f"{s[f'{p}_gflops']:.1f} ({100 * s[f'{p}_mfu']:.0f}%)" for p in paths]
         rows.append(row)
     table = md_table(headers, rows)
@@ -321,8 +385,14 @@ def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
     if "composer" in paths and "effrecipes" in paths:
         cheaders.append("eff/composer")
         ccols.append("eff_over_composer_cpu")
+    if "proposed" in paths and "hand" in paths:
+        cheaders.append("proposed/hand")
+        ccols.append("proposed_over_hand_cpu")
+    if "proposed" in paths and "composer" in paths:
+        cheaders.append("proposed/composer")
+        ccols.append("proposed_over_composer_cpu")
     cheaders += [f"{p} MFU (CPU-time)" for p in paths]
-    ctable = md_table(cheaders, [[s["model"], s["threads"]] + [s.get(c) for c in ccols] +
+    ctable = md_table(cheaders, [[f"{s['model']} {s['input']}", s["threads"]] + [s.get(c) for c in ccols] +
                                  [f"{100 * s[f'{p}_mfu_cpu']:.0f}%" for p in paths] for s in summary])
     print()
     print(f"median of {args.repeats} repeat(s); {warmup} warm-up batches then the timed batches; "

@@ -1,0 +1,84 @@
+"""The benchmark scripts run end to end with tiny arguments and print their tables.
+
+No timing assertions: these only prove the scripts work (a few batches each, small batches).
+They run in this process through each script's `main(argv)` (what `python benchmarks/X.py argv`
+calls), so Composer is imported once for all three.
+"""
+from __future__ import annotations
+
+import importlib.util
+import os
+import sys
+from pathlib import Path
+from types import ModuleType
+from typing import Any, Iterator
+
+import pytest
+import torch
+
+# ~2 minutes of real training on 2 cores: run in CI's slow pass (`pytest -m slow`)
+pytestmark = pytest.mark.slow
+
+REPO = Path(__file__).resolve().parents[1]
+BENCH = REPO / "benchmarks"
+
+
+def _load(script: str) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(f"bench_{script}", BENCH / f"{script}.py")
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.fixture(autouse=True)
+def _restore_threads() -> Iterator[None]:
+    os.environ.setdefault("WANDB_MODE", "disabled")
+    threads = torch.get_num_threads()
+    path = list(sys.path)
+    yield
+    torch.set_num_threads(threads)
+    sys.path[:] = path
+
+
+def test_throughput_smoke(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out: Any = _load("throughput").main([
+        "--models", "gap_1p5k_dw,gap_143k", "--batches", "2", "--warmup", "1", "--repeats", "1",
+        "--threads", "1", "--batch-size", "4", "--peak-n", "128", "--peak-tries", "2",
+        "--out", str(tmp_path / "t.json")])
+    stdout = capsys.readouterr().out
+    assert "| model | threads | hand samples/s | composer samples/s | effrecipes samples/s" in stdout
+    assert "eff/hand" in stdout and "MFU" in stdout and "samples/CPU-s" in stdout
+    assert (tmp_path / "t.json").exists()
+    assert {r["model"] for r in out["summary"]} == {"gap_1p5k_dw", "gap_143k"}
+    for row in out["summary"]:
+        for p in ("hand", "composer", "effrecipes", "proposed"):
+            assert row[f"{p}_sps"] > 0
+        assert row["train_flops_per_sample"] > 0
+
+
+def test_budget_accuracy_smoke(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out: Any = _load("budget_accuracy").main([
+        "--models", "gap_1p5k_dw", "--batch-size", "2", "--out", str(tmp_path / "b.json")])
+    stdout = capsys.readouterr().out
+    assert "| model | input | charged MFLOP/sample" in stdout
+    assert "Disagreements above 1%" in stdout
+    rows = {(r["model"], r["variant"]): r for r in out["rows"]}
+    assert set(rows) == {("gap_1p5k_dw", "plain"), ("gap_1p5k_dw", "blurpool")}
+    for r in rows.values():
+        assert "error" not in r, r
+        assert r["full_step"] == pytest.approx(r["charged"])  # the optimizer adds no counted FLOPs
+        assert r["explanations"]
+
+
+def test_profile_overhead_smoke(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out: Any = _load("profile_overhead").main([
+        "--batches", "2", "--warmup", "1", "--repeats", "1", "--micro-calls", "2",
+        "--batch-size", "4", "--op-steps", "1", "--extra-callbacks", "2",
+        "--variants", "hand,composer,effrecipes,effrecipes no train metrics",
+        "--out", str(tmp_path / "p.json")])
+    stdout = capsys.readouterr().out
+    for section in ("## 1. in-situ", "## 2. micro-benchmarks", "## 4. torch.profiler", "## 3. A/B"):
+        assert section in stdout
+    assert "FlopBudget.batch_end" in out["in_situ"]["per_batch_us"]
+    assert set(out["ab_summary"]) == {"hand", "composer", "effrecipes", "effrecipes no train metrics"}
