@@ -415,4 +415,8 @@ def _train_and_evaluate(prepared: Prepared, out: Path, *, quiet: bool, guard: Ru
     }
     if recipe.eval.per_class:
         metrics["per_class"] = test["per_class"]
+    if recipe.loggers.wandb.enabled:
+        from effrecipes.report.wandb_logging import log_summary
+        log_summary(metrics)
+    trainer.close()  # flushes and closes the loggers (W&B finishes its run here)
     return metrics

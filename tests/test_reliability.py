@@ -174,6 +174,9 @@ def test_wandb_api_key_never_written(tmp_path: Path) -> None:
     wandb_files = list((tmp_path / "wandb").rglob("*"))
     assert any(p.suffix == ".wandb" for p in wandb_files), "W&B wrote no offline run"
     assert "wandb sync" in proc.stdout
+    # per-batch FLOPs spent and the final metrics (summary) are in the offline run's record
+    record = next(p for p in wandb_files if p.suffix == ".wandb").read_bytes()
+    assert b"budget/flops_used" in record and b"test_accuracy" in record
     for p in [*tmp_path.rglob("*")]:
         if p.is_file():
             assert secret.encode() not in p.read_bytes(), p

@@ -78,3 +78,19 @@ def build_wandb_logger(recipe: Recipe, group: str | None = None) -> WandBLogger:
     }
     return SafeWandBLogger(project=cfg.project, entity=cfg.entity, group=group or cfg.group,
                            name=recipe.run_name, tags=tags, init_kwargs=init_kwargs)
+
+
+SUMMARY_KEYS = ("test_accuracy", "best_val_accuracy", "final_val_accuracy", "flops_used", "flops_cap",
+                "stop_reason", "params", "model_size_bytes", "cpu_latency_ms_per_image",
+                "train_flops_per_sample", "inference_flops_per_sample", "epochs", "train_seconds",
+                "samples_per_second")
+
+
+def log_summary(metrics: dict[str, Any]) -> None:
+    """Final metrics as the W&B run summary (never fatal)."""
+    try:
+        import wandb
+        if wandb.run is not None:
+            wandb.run.summary.update({k: metrics[k] for k in SUMMARY_KEYS if k in metrics})
+    except Exception as e:  # noqa: BLE001 - W&B must never take a run down
+        log.warning("W&B summary not written: %s", type(e).__name__)
