@@ -11,6 +11,7 @@ import io
 import math
 from typing import Any, Optional
 
+from effrecipes.stats import mean_std, num as _num
 from effrecipes.matrix.cells import Matrix, combo_label, fmt_value
 from effrecipes.matrix.state import (DIVERGED, DONE, FAILED, FINISHED, INTERRUPTED, PENDING,
                                      RUNNING, atomic_write_json, atomic_write_text, failure,
@@ -30,25 +31,6 @@ VIEW_TEXT = {
     "equal_epochs": "every cell trains the same number of epochs (budget.flops "
                     "removed, as in the paper); FLOPs used differ per cell",
 }
-
-
-def _num(v: Any) -> Optional[float]:
-    if isinstance(v, bool) or v is None:
-        return None
-    try:
-        x = float(v)
-    except (TypeError, ValueError):
-        return None
-    return x if math.isfinite(x) else None
-
-
-def mean_std(xs: list[float]) -> tuple[Optional[float], Optional[float]]:
-    if not xs:
-        return None, None
-    m = sum(xs) / len(xs)
-    if len(xs) < 2:
-        return m, None
-    return m, math.sqrt(sum((x - m) ** 2 for x in xs) / (len(xs) - 1))
 
 
 def cell_rows(matrix: Matrix, running: frozenset[str] = frozenset()) -> list[dict[str, Any]]:

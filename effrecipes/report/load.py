@@ -20,6 +20,7 @@ from typing import Any, Optional
 
 import yaml
 
+from effrecipes.stats import mean_std, num
 from effrecipes.errors import UserError
 
 FINISHED = ("done", "diverged")
@@ -31,27 +32,6 @@ _CELL_COLUMNS = {"cell_id", "techniques", "seed", "status", "hash", "error", "te
                  "best_val_accuracy", "flops_used", "flops_cap", "stop_reason", "epochs", "params",
                  "model_size_bytes", "cpu_latency_ms_per_image", "wall_seconds", "train_seconds",
                  "samples_per_second"}
-
-
-def num(v: Any) -> Optional[float]:
-    """A finite float, or None (bools, blanks, NaN and junk are None)."""
-    if v is None or isinstance(v, bool):
-        return None
-    try:
-        x = float(v)
-    except (TypeError, ValueError):
-        return None
-    return x if math.isfinite(x) else None
-
-
-def mean_std(xs: list[float]) -> tuple[Optional[float], Optional[float]]:
-    """Mean and sample standard deviation (ddof=1; None for fewer than 2 values)."""
-    if not xs:
-        return None, None
-    m = sum(xs) / len(xs)
-    if len(xs) < 2:
-        return m, None
-    return m, math.sqrt(sum((x - m) ** 2 for x in xs) / (len(xs) - 1))
 
 
 @dataclass
