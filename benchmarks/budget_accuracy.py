@@ -31,7 +31,6 @@ import datetime
 import json
 import sys
 import warnings
-from collections import defaultdict
 from pathlib import Path
 from typing import Any, Optional
 

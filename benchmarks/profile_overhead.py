@@ -35,7 +35,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import throughput as tp  # noqa: E402
-from _common import RESULTS, loadavg, machine, md_table, median, steady_rate  # noqa: E402
+from _common import RESULTS, loadavg, machine, md_table, median  # noqa: E402
 
 
 # --------------------------------------------------------------------------- 1. in-situ tally
@@ -344,6 +344,8 @@ def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
     ap.add_argument("--batches", type=int, default=150)
     ap.add_argument("--warmup", type=int, default=5)
     ap.add_argument("--batch-size", type=int, default=128)
+    ap.add_argument("--shape", default=None, help="input CxHxW instead of the model's default, "
+                    "e.g. 1x8x8 (the quickstart's digits)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--variants", default=",".join(VARIANTS))
@@ -354,6 +356,8 @@ def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
     name, shape, bs = args.model, tp.MODELS[args.model]["shape"], args.batch_size
+    if args.shape:
+        shape = tuple(int(d) for d in args.shape.split("x"))
     warmup, total = max(1, args.warmup), max(1, args.warmup) + args.batches
     variants = [v for v in args.variants.split(",") if v]
     info = machine()
@@ -446,10 +450,11 @@ def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
     info["loadavg_end"] = loadavg()
     out = {"benchmark": "profile_overhead", "date": datetime.datetime.now().isoformat(timespec="seconds"),
            "argv": sys.argv[1:] if argv is None else argv, "machine": info, "model": name,
-           "threads": args.threads, "batch_size": bs, "in_situ": situ, "micro_us": mic,
+           "threads": args.threads, "batch_size": bs, "input": "x".join(map(str, shape)), "in_situ": situ, "micro_us": mic,
            "ab_summary": summary, "ab_raw": raw, "op_profile": ops,
            "tables_markdown": {"in_situ": t1, "micro": t2, "ab": t3, "ops": t4}}
-    path = Path(args.out) if args.out else RESULTS / f"profile_overhead-{name}-t{args.threads}-{datetime.date.today()}.json"
+    tag = f"-{args.shape}-b{bs}" if args.shape else ""
+    path = Path(args.out) if args.out else RESULTS / f"profile_overhead-{name}{tag}-t{args.threads}-{datetime.date.today()}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(out, indent=2, default=str))
     print(f"\nwrote {path}")

@@ -144,7 +144,7 @@ class Reference(Section):
 
 class Recipe(Section):
     name: str = Field(description="recipe name")
-    seed: int = Field(0, ge=0, description="seed for data split, init and augmentation")
+    seed: int = Field(0, ge=0, le=2**32 - 1, description="seed for data split, init and augmentation")
     data: DataConfig
     model: ModelConfig
     optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig)

@@ -29,6 +29,7 @@ from composer.core import Algorithm
 from composer.models import ComposerClassifier
 from composer.utils import dist, reproducibility
 from torch import nn
+from torchmetrics import MetricCollection
 
 from effrecipes import algorithms as algos
 from effrecipes.budget import (BudgetLedger, BudgetPlan, FlopBudget, forward_flops_per_sample,
@@ -116,7 +117,11 @@ def prepare(recipe: Recipe) -> Prepared:
         raise RecipeError(f"changes nothing: {reason} (strict: true)", field=f"algorithms.{name}")
     notes = [f"algorithm {n} changes nothing: {reason}" for n, reason in noops.items()]
 
-    model = ComposerClassifier(module, num_classes=data.num_classes)
+    # Composer computes train accuracy every batch (1.1-1.2 ms/batch measured, benchmarks/README.md);
+    # nothing here reads it, so it is kept only for W&B dashboards.
+    model = ComposerClassifier(module, num_classes=data.num_classes,
+                               train_metrics=None if recipe.loggers.wandb.enabled
+                               else MetricCollection([]))
     algorithm_objs = algos.build_algorithms(recipe.algorithms)
 
     # Apply model surgery to a copy exactly as the Trainer will, and measure a real step on it.

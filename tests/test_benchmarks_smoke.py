@@ -16,7 +16,8 @@ from typing import Any, Iterator
 import pytest
 import torch
 
-# ~2 minutes of real training on 2 cores: run in CI's slow pass (`pytest -m slow`)
+# ~16-21 s on the loaded 2-core machine (three tiny benchmark runs in this process): run in
+# the slow pass (`pytest -m slow`)
 pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[1]

@@ -85,6 +85,7 @@ BAD_CASES: list[tuple[str, Any, str]] = [
     ("data.batch_size", 10**9, "data.batch_size: Input should be less than or equal to 65536"),
     ("output.run_name", "../escape", "output.run_name: use letters, digits"),
     ("seed", "x", "seed: Input should be a valid integer"),
+    ("seed", 2**32, "seed: Input should be less than or equal to 4294967295"),  # found by hypothesis
     ("extra_section", 1, "extra_section: unknown key; valid keys (closest first)"),
 ]
 
