@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import copy
 import datetime
-import json
 import sys
 import warnings
 from pathlib import Path
@@ -40,7 +39,7 @@ from torch.utils import flop_counter
 from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import RESULTS, machine, md_table  # noqa: E402
+from _common import RESULTS, machine, md_table, write_result  # noqa: E402
 
 NUM_CLASSES = 10
 _raw_conv_bwd = flop_counter.conv_backward_flop.__wrapped__  # torch's formula, shapes in
@@ -302,9 +301,7 @@ def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
            "argv": sys.argv[1:] if argv is None else argv, "machine": machine(),
            "batch_size": args.batch_size, "rows": rows, "table_markdown": table, "notes": notes}
     path = Path(args.out) if args.out else RESULTS / f"budget_accuracy-{datetime.date.today()}.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(out, indent=2, default=str))
-    print(f"\nwrote {path}")
+    write_result(out, path)
     return out
 
 

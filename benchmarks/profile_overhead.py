@@ -22,7 +22,6 @@ import contextlib
 import copy
 import datetime
 import functools
-import json
 import statistics
 import sys
 import tempfile
@@ -35,7 +34,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import throughput as tp  # noqa: E402
-from _common import RESULTS, loadavg, machine, md_table, median  # noqa: E402
+from _common import RESULTS, loadavg, machine, md_table, median, write_result  # noqa: E402
 
 
 # --------------------------------------------------------------------------- 1. in-situ tally
@@ -455,9 +454,7 @@ def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
            "tables_markdown": {"in_situ": t1, "micro": t2, "ab": t3, "ops": t4}}
     tag = f"-{args.shape}-b{bs}" if args.shape else ""
     path = Path(args.out) if args.out else RESULTS / f"profile_overhead-{name}{tag}-t{args.threads}-{datetime.date.today()}.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(out, indent=2, default=str))
-    print(f"\nwrote {path}")
+    write_result(out, path)
     return out
 
 

@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime
-import json
 import os
 import sys
 import tempfile
@@ -46,7 +45,7 @@ import yaml  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import (RESULTS, loadavg, machine, matmul_peak, md_table, median,  # noqa: E402
-                     steady_rate)
+                     steady_rate, write_result)
 
 MODELS: dict[str, dict[str, Any]] = {
     "gap_143k": {"shape": (3, 32, 32), "batches": 60},
@@ -413,9 +412,7 @@ def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
            "train_flops_per_sample": flops, "warmup": warmup, "summary": summary, "raw": raw,
            "table_markdown": table, "cpu_table_markdown": ctable}
     path = Path(args.out) if args.out else RESULTS / f"throughput-{datetime.date.today()}.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(out, indent=2, default=str))
-    print(f"\nwrote {path}")
+    write_result(out, path)
     return out
 
 
