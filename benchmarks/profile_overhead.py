@@ -8,9 +8,9 @@ Three measurements for one model (default the 1.5K-DW MNIST GAP CNN, random 1x28
    callbacks FlopBudget / RunGuard / EpochSync, the BatchLoader's `next()`), plus forward and
    backward for scale. Only batches after the warm-up are tallied. Microseconds per batch.
 2. Micro-benchmarks of the same pieces in isolation (median of many calls).
-3. A/B of proposed changes, applied by monkeypatching or recipe options only (effrecipes/** is
-   not edited), interleaved with the hand-written loop and plain Composer in one process:
-   steady-state samples/s, median over repeats.
+3. A/B of the speed choices (NCHW vs channels_last, train metrics on/off), by recipe options,
+   interleaved with the hand-written loop and plain Composer in one process: steady-state
+   samples/s, median over repeats.
 
     .venv/bin/python benchmarks/profile_overhead.py
     .venv/bin/python benchmarks/profile_overhead.py --batches 3 --warmup 1 --repeats 1 --micro-calls 5
@@ -291,32 +291,13 @@ def op_profile(name: str, shape: tuple[int, ...], batch: int, steps: int, thread
 
 # --------------------------------------------------------------------------- 3. A/B variants
 
-@contextlib.contextmanager
-def no_train_metrics() -> Iterator[None]:
-    """The proposed runner change: ComposerClassifier(..., train_metrics=MetricCollection([]))."""
-    from composer.models import ComposerClassifier
-    from torchmetrics import MetricCollection
-
-    from effrecipes import runner
-
-    def build(module: Any, num_classes: Optional[int] = None, **kw: Any) -> Any:
-        kw.setdefault("train_metrics", MetricCollection([]))
-        return ComposerClassifier(module, num_classes=num_classes, **kw)
-
-    with patched(runner, "ComposerClassifier", build):
-        yield
-
-
 VARIANTS: dict[str, dict[str, Any]] = {
     "hand": {"path": "hand"},
     "hand channels_last": {"path": "hand", "channels_last": True},
     "composer": {"path": "composer"},
     "composer no train metrics": {"path": "composer", "train_metrics": False},
-    "effrecipes": {"path": "effrecipes"},
-    "effrecipes no train metrics": {"path": "effrecipes", "patch": no_train_metrics},
-    "effrecipes channels_last": {"path": "effrecipes", "algorithms": [{"channels_last": {}}]},
-    "effrecipes no train metrics + channels_last": {"path": "effrecipes", "patch": no_train_metrics,
-                                                    "algorithms": [{"channels_last": {}}]},
+    "effrecipes": {"path": "effrecipes"},  # defaults: channels_last model, no train metrics
+    "effrecipes NCHW": {"path": "effrecipes", "channels_last": False},  # model.channels_last: false
 }
 
 
@@ -329,10 +310,8 @@ def run_variant(v: dict[str, Any], name: str, shape: tuple[int, ...], batch: int
     if v["path"] == "composer":
         return tp.run_composer(name, shape, batch, total, warmup, data,
                                train_metrics=v.get("train_metrics", True))
-    ctx = v["patch"]() if v.get("patch") else contextlib.nullcontext()
-    with ctx:
-        return tp.run_effrecipes(name, shape, batch, total, warmup, workdir, threads,
-                                 algorithms=v.get("algorithms"))
+    return tp.run_effrecipes(name, shape, batch, total, warmup, workdir, threads,
+                             algorithms=v.get("algorithms"), channels_last=v.get("channels_last", True))
 
 
 # --------------------------------------------------------------------------- driver

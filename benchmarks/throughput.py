@@ -3,10 +3,12 @@
 For each model (default: the 143K CIFAR GAP CNN on random 3x32x32 and the 1.5K-DW MNIST GAP CNN
 on random 1x28x28, 10 classes, batch 128) and each intra-op thread count, in one process and
 interleaved (so load from other jobs hits every path alike), it trains `warmup + batches` batches
-three ways and times the last `batches`:
+four ways and times the last `batches`:
 
   hand       a PyTorch loop over an in-memory float tensor (SGD momentum 0.9, wd 5e-4,
-             cross-entropy), the same model builder and thread count;
+             cross-entropy), the same model builder and thread count, default NCHW format;
+  hand_cl    the same loop with the model and batches in channels_last (what effrecipes does
+             by default, `model.channels_last: true`): the fastest hand loop we know here;
   composer   plain Composer `Trainer` + `ComposerClassifier` over a torchvision-style
              `DataLoader(TensorDataset, shuffle=True)` (progress bar off, no eval);
   effrecipes `effrecipes.runner.run(load_recipe(path))` on a recipe written here (dataset
@@ -26,7 +28,6 @@ fp32 2048x2048 matmul GFLOP/s on the same thread count.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import datetime
 import os
 import sys
@@ -34,7 +35,7 @@ import tempfile
 import time
 import warnings
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any, Optional
 
 os.environ.setdefault("WANDB_MODE", "disabled")
 os.environ.setdefault("WANDB_SILENT", "true")
@@ -132,9 +133,10 @@ def run_composer(name: str, shape: tuple[int, ...], batch: int, total: int, warm
 
 def run_effrecipes(name: str, shape: tuple[int, ...], batch: int, total: int, warmup: int,
                    workdir: Path, threads: int, algorithms: Optional[list[dict[str, Any]]] = None,
-                   timer: Any = None) -> dict[str, Any]:
+                   timer: Any = None, channels_last: bool = True) -> dict[str, Any]:
     """effrecipes' real path on a recipe written to `workdir`; `timer` (a Composer callback with
-    `.ends`) is appended to the trainer's callbacks (a fresh one when None)."""
+    `.ends`) is appended to the trainer's callbacks (a fresh one when None); `channels_last` is
+    the recipe's `model.channels_last` (default true, as in a recipe)."""
     from effrecipes import runner
     from effrecipes.recipe import load_recipe
 
@@ -145,7 +147,7 @@ def run_effrecipes(name: str, shape: tuple[int, ...], batch: int, total: int, wa
                  "eval_batch_size": batch,
                  "kwargs": {"num_train": total * batch, "num_test": batch, "channels": shape[0],
                             "image_size": shape[1], "num_classes": NUM_CLASSES}},
-        "model": {"name": name},
+        "model": {"name": name, "channels_last": channels_last},
         "optimizer": {"name": "sgd", "lr": LR, "momentum": MOMENTUM, "weight_decay": WD},
         "scheduler": {"name": "constant"},
         "algorithms": algorithms or [],
@@ -181,37 +183,6 @@ def run_effrecipes(name: str, shape: tuple[int, ...], batch: int, total: int, wa
     return out
 
 
-@contextlib.contextmanager
-def proposed_changes() -> Iterator[None]:
-    """The changes proposed in benchmarks/README.md, applied by monkeypatching effrecipes.runner
-    (effrecipes/** itself is not edited here):
-
-    1. `prepare`: build the model in channels_last memory format
-       (`module = build_model(...).to(memory_format=torch.channels_last)`);
-    2. `prepare`: `ComposerClassifier(module, num_classes=..., train_metrics=MetricCollection([]))`
-       so Composer does not update and compute MulticlassAccuracy on every training batch.
-    """
-    from composer.models import ComposerClassifier
-    from torchmetrics import MetricCollection
-
-    from effrecipes import runner
-
-    real_build, real_cc = runner.build_model, runner.ComposerClassifier
-
-    def build_model(*a: Any, **k: Any) -> Any:
-        return real_build(*a, **k).to(memory_format=torch.channels_last)
-
-    def composer_classifier(module: Any, num_classes: Optional[int] = None, **kw: Any) -> Any:
-        kw.setdefault("train_metrics", MetricCollection([]))
-        return ComposerClassifier(module, num_classes=num_classes, **kw)
-
-    runner.build_model, runner.ComposerClassifier = build_model, composer_classifier
-    try:
-        yield
-    finally:
-        runner.build_model, runner.ComposerClassifier = real_build, real_cc
-
-
 # --------------------------------------------------------------------------- driver
 
 def train_flops_per_sample(name: str, shape: tuple[int, ...], batch: int) -> float:
@@ -237,10 +208,9 @@ def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
     ap.add_argument("--shape", default="", help="override input shapes, e.g. gap_1p5k_dw=1x8x8")
     ap.add_argument("--threads", default="1,2", help="comma-separated intra-op thread counts")
     ap.add_argument("--repeats", type=int, default=3, help="interleaved repeats; medians reported")
-    ap.add_argument("--paths", default="hand,composer,effrecipes,proposed",
-                    help="hand, composer, effrecipes, and `proposed`: effrecipes with the changes "
-                    "proposed in benchmarks/README.md monkeypatched in (channels_last model, no "
-                    "per-batch train metrics)")
+    ap.add_argument("--paths", default="hand,hand_cl,composer,effrecipes",
+                    help="hand (NCHW, the usual loop), hand_cl (the same loop with a channels_last "
+                    "model), composer (plain Trainer + DataLoader), effrecipes (composer-run's path)")
     ap.add_argument("--peak-n", type=int, default=2048, help="matmul size for the peak")
     ap.add_argument("--peak-tries", type=int, default=8)
     ap.add_argument("--out", default=None, help="JSON path (default benchmarks/results/"
@@ -286,9 +256,8 @@ def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
                             r = run_composer(m, shape, bs, total, warmup, data)
                         elif p == "effrecipes":
                             r = run_effrecipes(m, shape, bs, total, warmup, workdir, t)
-                        elif p == "proposed":
-                            with proposed_changes():
-                                r = run_effrecipes(m, shape, bs, total, warmup, workdir, t)
+                        elif p == "hand_cl":
+                            r = run_hand(m, shape, bs, total, warmup, data, channels_last=True)
                         else:
                             raise SystemExit(f"unknown path {p!r}")
                         r.update({"model": m, "threads": t, "path": p, "repeat": rep, "timed": n,
@@ -334,18 +303,10 @@ def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
                         [r["metrics_samples_per_second"] for r in rs])
                     row["effrecipes_wall_s"] = median([r["outer_wall_seconds"] for r in rs])
                     row["effrecipes_train_s"] = median([r["metrics_train_seconds"] for r in rs])
-            if "hand" in paths and "effrecipes" in paths:
-                row["eff_over_hand"] = row["effrecipes_sps"] / row["hand_sps"]
-                row["eff_over_hand_cpu"] = row["effrecipes_sps_cpu"] / row["hand_sps_cpu"]
-            if "composer" in paths and "effrecipes" in paths:
-                row["eff_over_composer"] = row["effrecipes_sps"] / row["composer_sps"]
-                row["eff_over_composer_cpu"] = row["effrecipes_sps_cpu"] / row["composer_sps_cpu"]
-            if "proposed" in paths and "hand" in paths:
-                row["proposed_over_hand"] = row["proposed_sps"] / row["hand_sps"]
-                row["proposed_over_hand_cpu"] = row["proposed_sps_cpu"] / row["hand_sps_cpu"]
-            if "proposed" in paths and "composer" in paths:
-                row["proposed_over_composer"] = row["proposed_sps"] / row["composer_sps"]
-                row["proposed_over_composer_cpu"] = row["proposed_sps_cpu"] / row["composer_sps_cpu"]
+            for other in (p for p in paths if p != "effrecipes" and "effrecipes" in paths):
+                row[f"eff_over_{other}"] = row["effrecipes_sps"] / row[f"{other}_sps"]
+                row[f"eff_over_{other}_cpu"] = (row["effrecipes_sps_cpu"] / row[f"{other}_sps_cpu"]
+                                                if row[f"{other}_sps_cpu"] else None)
             summary.append(row)
 
     headers = ["model", "threads"]
@@ -356,18 +317,9 @@ def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
     if "effrecipes" in paths:
         headers += ["effrecipes samples/s (metrics.json)", "effrecipes wall s"]
         cols += ["effrecipes_metrics_sps", "effrecipes_wall_s"]
-    if "hand" in paths and "effrecipes" in paths:
-        headers.append("eff/hand")
-        cols.append("eff_over_hand")
-    if "composer" in paths and "effrecipes" in paths:
-        headers.append("eff/composer")
-        cols.append("eff_over_composer")
-    if "proposed" in paths and "hand" in paths:
-        headers.append("proposed/hand")
-        cols.append("proposed_over_hand")
-    if "proposed" in paths and "composer" in paths:
-        headers.append("proposed/composer")
-        cols.append("proposed_over_composer")
+    others = [p for p in paths if p != "effrecipes"] if "effrecipes" in paths else []
+    headers += [f"eff/{p}" for p in others]
+    cols += [f"eff_over_{p}" for p in others]
     for p in paths:
         headers.append(f"{p} GFLOP/s (MFU)")
     rows = []
@@ -378,18 +330,8 @@ def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
     table = md_table(headers, rows)
     cheaders = ["model", "threads"] + [f"{p} samples/CPU-s" for p in paths]
     ccols = [f"{p}_sps_cpu" for p in paths]
-    if "hand" in paths and "effrecipes" in paths:
-        cheaders.append("eff/hand")
-        ccols.append("eff_over_hand_cpu")
-    if "composer" in paths and "effrecipes" in paths:
-        cheaders.append("eff/composer")
-        ccols.append("eff_over_composer_cpu")
-    if "proposed" in paths and "hand" in paths:
-        cheaders.append("proposed/hand")
-        ccols.append("proposed_over_hand_cpu")
-    if "proposed" in paths and "composer" in paths:
-        cheaders.append("proposed/composer")
-        ccols.append("proposed_over_composer_cpu")
+    cheaders += [f"eff/{p}" for p in others]
+    ccols += [f"eff_over_{p}_cpu" for p in others]
     cheaders += [f"{p} MFU (CPU-time)" for p in paths]
     ctable = md_table(cheaders, [[f"{s['model']} {s['input']}", s["threads"]] + [s.get(c) for c in ccols] +
                                  [f"{100 * s[f'{p}_mfu_cpu']:.0f}%" for p in paths] for s in summary])

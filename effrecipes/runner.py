@@ -25,6 +25,7 @@ from typing import Any, Iterator, Optional
 
 import torch
 from composer import Trainer
+from composer.algorithms import ChannelsLast
 from composer.core import Algorithm
 from composer.models import ComposerClassifier
 from composer.utils import dist, reproducibility
@@ -123,6 +124,10 @@ def prepare(recipe: Recipe) -> Prepared:
                                train_metrics=None if recipe.loggers.wandb.enabled
                                else MetricCollection([]))
     algorithm_objs = algos.build_algorithms(recipe.algorithms)
+    if recipe.model.channels_last and "channels_last" not in names:
+        # Last in the list: Composer runs INIT algorithms in order, so layers added by surgery
+        # (BlurPool, SqueezeExcite) are converted too.
+        algorithm_objs.append(ChannelsLast())
 
     # Apply model surgery to a copy exactly as the Trainer will, and measure a real step on it.
     surgered = algos.apply_surgery(copy.deepcopy(module), recipe.algorithms)

@@ -48,14 +48,16 @@ def test_throughput_smoke(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
         "--threads", "1", "--batch-size", "4", "--peak-n", "128", "--peak-tries", "2",
         "--out", str(tmp_path / "t.json")])
     stdout = capsys.readouterr().out
-    assert "| model | threads | hand samples/s | composer samples/s | effrecipes samples/s" in stdout
-    assert "eff/hand" in stdout and "MFU" in stdout and "samples/CPU-s" in stdout
+    assert ("| model | threads | hand samples/s | hand_cl samples/s | composer samples/s | "
+            "effrecipes samples/s") in stdout
+    assert "eff/hand" in stdout and "eff/hand_cl" in stdout and "MFU" in stdout and "samples/CPU-s" in stdout
     assert (tmp_path / "t.json").exists()
     assert {r["model"] for r in out["summary"]} == {"gap_1p5k_dw", "gap_143k"}
     for row in out["summary"]:
-        for p in ("hand", "composer", "effrecipes", "proposed"):
+        for p in ("hand", "hand_cl", "composer", "effrecipes"):
             assert row[f"{p}_sps"] > 0
         assert row["train_flops_per_sample"] > 0
+        assert row["eff_over_hand"] == pytest.approx(row["effrecipes_sps"] / row["hand_sps"])
 
 
 def test_budget_accuracy_smoke(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -76,10 +78,10 @@ def test_profile_overhead_smoke(tmp_path: Path, capsys: pytest.CaptureFixture[st
     out: Any = _load("profile_overhead").main([
         "--batches", "2", "--warmup", "1", "--repeats", "1", "--micro-calls", "2",
         "--batch-size", "4", "--op-steps", "1", "--extra-callbacks", "2",
-        "--variants", "hand,composer,effrecipes,effrecipes no train metrics",
+        "--variants", "hand,composer,effrecipes,effrecipes NCHW",
         "--out", str(tmp_path / "p.json")])
     stdout = capsys.readouterr().out
     for section in ("## 1. in-situ", "## 2. micro-benchmarks", "## 4. torch.profiler", "## 3. A/B"):
         assert section in stdout
     assert "FlopBudget.batch_end" in out["in_situ"]["per_batch_us"]
-    assert set(out["ab_summary"]) == {"hand", "composer", "effrecipes", "effrecipes no train metrics"}
+    assert set(out["ab_summary"]) == {"hand", "composer", "effrecipes", "effrecipes NCHW"}

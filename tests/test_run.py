@@ -166,3 +166,36 @@ def test_same_seed_same_result(tmp_path: Path) -> None:
     a = run_cli(tmp_path, tiny_recipe(tmp_path, **{"budget.flops": 5e7, "output.run_name": "a"}))
     b = run_cli(tmp_path, tiny_recipe(tmp_path, **{"budget.flops": 5e7, "output.run_name": "b"}))
     assert a["test_accuracy"] == b["test_accuracy"] and a["flops_used"] == b["flops_used"]
+
+
+@pytest.mark.parametrize("channels_last", [True, False])
+def test_channels_last_by_default_after_surgery(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                 channels_last: bool) -> None:
+    """`model.channels_last` (default true) converts the model after surgery: SqueezeExcite's
+    added 1x1 convs are NHWC too; false leaves every weight NCHW."""
+    import torch
+
+    from effrecipes import runner
+    from effrecipes.recipe import load_recipe
+
+    seen: list[Any] = []
+    real = runner.Trainer
+
+    def capture(*a: Any, **k: Any) -> Any:
+        seen.append(real(*a, **k))
+        return seen[-1]
+
+    monkeypatch.setattr(runner, "Trainer", capture)
+    recipe = tiny_recipe(tmp_path, **{"model.name": "gap_7k", "model.channels_last": channels_last,
+                                      "budget.flops": 1e9, "algorithms": [
+                                          {"squeeze_excite": {"min_channels": 8, "latent_channels": 0.5}}]})
+    runner.run(load_recipe(write_recipe(tmp_path, recipe)), quiet=True)
+    module = seen[0].state.model.module
+    # weights whose two layouts differ in memory (not 1x1 kernels, not single-channel)
+    weights = {n: p for n, p in module.named_parameters()
+               if p.dim() == 4 and p.is_contiguous() != p.is_contiguous(memory_format=torch.channels_last)
+               or p.dim() == 4 and not p.is_contiguous()}
+    assert any(n.endswith(".conv.weight") for n in weights), list(weights)  # wrapped by SE surgery
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    for n, p in weights.items():
+        assert p.is_contiguous(memory_format=fmt), n
