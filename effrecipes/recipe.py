@@ -403,11 +403,33 @@ def _check_names(recipe: Recipe, file: str) -> None:
     from effrecipes import algorithms, registry
 
     registry.datasets.entry(recipe.data.name, field_path="data.name", file=file)
-    registry.models.entry(recipe.model.name, field_path="model.name", file=file)
+    builder = registry.models.get(recipe.model.name, field_path="model.name", file=file)
+    check_builder_kwargs(builder, recipe.model.kwargs, field="model.kwargs", file=file,
+                         fixed=("in_channels", "num_classes", "image_size"))
     for algo in recipe.algorithms:
         name, kwargs = next(iter(algo.items()))
         algorithms.check_algorithm(name, kwargs, file=file)
     algorithms.check_algorithm_conflicts(recipe.algorithm_names, file=file)
+
+
+def check_builder_kwargs(builder: Any, kwargs: dict[str, Any], *, field: str, file: str,
+                         fixed: tuple[str, ...] = ()) -> None:
+    """Unknown or missing keyword arguments of a builder, as a one-line RecipeError.
+    Builders that take **kwargs (forwarding to torchvision) are checked when built."""
+    import inspect
+
+    params = inspect.signature(builder).parameters
+    if any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        return
+    accepted = [n for n in params if n not in fixed]
+    for key in kwargs:
+        if key not in accepted:
+            raise RecipeError(f"unknown argument {key!r}", file=file, field=f"{field}.{key}",
+                              hint=f"accepted: {', '.join(closest_first(key, accepted)) or 'none'}")
+    for name, p in params.items():
+        if name not in fixed and p.default is p.empty and name not in kwargs:
+            raise RecipeError(f"required argument {name!r} is missing", file=file,
+                              field=f"{field}.{name}")
 
 
 def deep_merge(base: dict[str, Any], child: dict[str, Any]) -> dict[str, Any]:

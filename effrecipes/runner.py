@@ -107,8 +107,11 @@ def prepare(recipe: Recipe) -> Prepared:
     names = recipe.algorithm_names
     per_sample = any(algos.info(n).dataset_transform for n in names)
     data = build_data(recipe.data, recipe.seed, per_sample=per_sample)
-    module = build_model(recipe.model.name, data.in_channels, data.num_classes, data.image_size,
-                         **recipe.model.kwargs)
+    try:
+        module = build_model(recipe.model.name, data.in_channels, data.num_classes,
+                             data.image_size, **recipe.model.kwargs)
+    except (TypeError, ValueError) as e:  # a builder's argument check (e.g. a torchvision kwarg)
+        raise RecipeError(f"cannot build {recipe.model.name}: {e}", field="model.kwargs") from None
     shape = (data.in_channels, data.image_size, data.image_size)
     sample = next(iter(data.train))
     effects = algos.describe_effects(module, recipe.algorithms, sample)

@@ -23,3 +23,22 @@ def test_registered_and_listed() -> None:
 def test_any_input_size_and_classes() -> None:
     model = build_model("gap_1p5k_dw", 3, 7, 8)
     assert model(torch.zeros(1, 3, 8, 8)).shape == (1, 7)
+
+
+def test_gap_custom_from_layer_tokens() -> None:
+    """A recipe describes a GapCNN as data; strides shrink the map; counts follow the layers."""
+    from effrecipes.models.gap_cnn import parse_layers
+
+    model = build_model("gap_custom", 1, 10, 28, layers=["c16/2", "dw32", "m", "dw64", "tb12"])
+    feats = model.features(torch.zeros(1, 1, 28, 28))
+    assert feats.shape == (1, 12, 7, 7)  # 28 -> 14 (stride) -> 7 (pool)
+    # 3x3 conv 1->16 (144) + BN 32 | dw 16*9 + pw 16*32 + BN 64 | dw 32*9 + pw 32*64 + BN 128
+    # | tb 64*12 | classifier 12*10
+    assert sum(p.numel() for p in model.parameters()) == (
+        144 + 32 + 144 + 512 + 64 + 288 + 2048 + 128 + 768 + 120)
+    same = build_model("gap_custom", 1, 10, 28, layers=["c8", "dw12", "tb8", "m", "dw12", "dw16",
+                                                         "tb12", "m", "dw15"])
+    assert sum(p.numel() for p in same.parameters()) == PAPER_PARAMS["gap_1p5k_dw"]
+    for bad in (["c8", "dw"], ["tb8/2"], "c8", [], ["c0"]):
+        with pytest.raises(ValueError):
+            parse_layers(bad)  # type: ignore[arg-type]

@@ -87,6 +87,11 @@ BAD_CASES: list[tuple[str, Any, str]] = [
     ("seed", "x", "seed: Input should be a valid integer"),
     ("seed", 2**32, "seed: Input should be less than or equal to 4294967295"),  # found by hypothesis
     ("extra_section", 1, "extra_section: unknown key; valid keys (closest first)"),
+    ("model.kwargs", {"dropuot": 0.1}, "model.kwargs.dropuot: unknown argument 'dropuot' (accepted: dropout"),
+    ("model", {"name": "gap_custom"}, "model.kwargs.layers: required argument 'layers' is missing"),
+    ("model", {"name": "gap_custom", "kwargs": {"layers": ["c8", "x3"]}},
+     "model.kwargs: cannot build gap_custom: layer 'x3' is not c<N>"),
+    ("model", {"name": "resnet18", "kwargs": {"widht": 2}}, "model.kwargs: cannot build resnet18:"),
 ]
 
 

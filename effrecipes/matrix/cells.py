@@ -133,6 +133,8 @@ def fmt_value(v: Any) -> str:
         return g if float(g) == v else repr(v)
     if isinstance(v, str):
         return fmt_value(float(v)) if _NUMERIC.fullmatch(v.strip()) else v
+    if isinstance(v, (list, tuple)) and all(isinstance(x, (str, int, float)) for x in v):
+        return "-".join(fmt_value(x) for x in v)  # layers [c16, m, dw32/2] -> c16-m-dw32/2
     return json.dumps(v, separators=(",", ":"), sort_keys=True, default=str)
 
 

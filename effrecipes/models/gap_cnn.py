@@ -13,14 +13,16 @@ input size (28x28, 32x32, larger) and the final feature map is never empty.
 """
 from __future__ import annotations
 
-from typing import Sequence, Union
+import re
+from typing import Any, Sequence, Union
 
 import torch
 from torch import nn
 
 # A layer spec: ("c", out) 3x3 conv block, ("dw", out) depthwise-separable block,
-# ("tb", out) 1x1 transition conv, ("m",) 2x2 max-pool.
-Spec = Sequence[Union[tuple[str, int], tuple[str]]]
+# ("tb", out) 1x1 transition conv, ("m",) 2x2 max-pool; an optional third item is the 3x3
+# conv's stride (("c", 16, 2) halves the resolution for a quarter of the next layers' cost).
+Spec = Sequence[Union[tuple[str, int], tuple[str, int, int], tuple[str]]]
 
 
 class GapCNN(nn.Module):
@@ -37,11 +39,12 @@ class GapCNN(nn.Module):
                 layers.append(nn.MaxPool2d(2))
                 continue
             out = int(item[1])  # type: ignore[misc]
+            stride = int(item[2]) if len(item) > 2 else 1  # type: ignore[misc]
             if kind == "c":
-                layers += [nn.Conv2d(c, out, 3, padding=1, bias=bias), nn.ReLU(inplace=True),
-                           nn.BatchNorm2d(out)]
+                layers += [nn.Conv2d(c, out, 3, stride=stride, padding=1, bias=bias),
+                           nn.ReLU(inplace=True), nn.BatchNorm2d(out)]
             elif kind == "dw":
-                layers += [nn.Conv2d(c, c, 3, padding=1, groups=c, bias=bias),
+                layers += [nn.Conv2d(c, c, 3, stride=stride, padding=1, groups=c, bias=bias),
                            nn.Conv2d(c, out, 1, bias=bias), nn.ReLU(inplace=True),
                            nn.BatchNorm2d(out)]
             elif kind == "tb":
@@ -87,3 +90,27 @@ PAPER_PARAMS: dict[str, int] = {
     "gap_25k": 25_144, "gap_7k": 7_767, "gap_7k_dw": 7_611, "gap_5k": 5_712,
     "gap_5k_dw": 5_616, "gap_1p5k_dw": 1_560, "gap_143k": 143_208, "gap_143k_dw": 143_396,
 }
+
+
+_TOKEN = re.compile(r"^(c|dw|tb)(\d+)(?:/(\d+))?$|^m$")
+
+
+def parse_layers(tokens: Sequence[str]) -> list[tuple[Any, ...]]:
+    """`["c16", "m", "dw32/2", "tb12"]` -> a Spec. Recipes describe a GapCNN as data: `c<N>` 3x3
+    conv block, `dw<N>` depthwise-separable block, `tb<N>` 1x1 transition, `m` 2x2 max-pool,
+    `/2` a stride on the 3x3 conv. Raises ValueError naming the bad token."""
+    if isinstance(tokens, str) or not tokens:
+        raise ValueError("layers must be a non-empty list such as [c16, m, dw32, dw64]")
+    spec: list[tuple[Any, ...]] = []
+    for tok in tokens:
+        m = _TOKEN.match(str(tok).strip())
+        if not m:
+            raise ValueError(f"layer {tok!r} is not c<N>, dw<N>, tb<N> (optionally /<stride>) or m")
+        if tok == "m":
+            spec.append(("m",))
+            continue
+        kind, width, stride = m.group(1), int(m.group(2)), int(m.group(3) or 1)
+        if width < 1 or stride < 1 or (stride > 1 and kind == "tb"):
+            raise ValueError(f"layer {tok!r}: width and stride must be >= 1; tb takes no stride")
+        spec.append((kind, width, stride))
+    return spec

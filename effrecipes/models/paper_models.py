@@ -5,13 +5,13 @@ from typing import Any
 
 from torch import nn
 
-from effrecipes.models.gap_cnn import CIFAR_SPECS, MNIST_SPECS, PAPER_PARAMS, GapCNN
+from effrecipes.models.gap_cnn import CIFAR_SPECS, MNIST_SPECS, PAPER_PARAMS, GapCNN, parse_layers
 from effrecipes.registry import models
 
 
 def _register(name: str, spec: Any, bias: bool, table: str, default_input: str) -> None:
-    def build(in_channels: int, num_classes: int, image_size: int = 0, dropout: float = 0.0,
-              **_: Any) -> nn.Module:
+    def build(in_channels: int, num_classes: int, image_size: int = 0,
+              dropout: float = 0.0) -> nn.Module:
         return GapCNN(spec, in_channels, num_classes, bias=bias, dropout=dropout)
 
     build.__doc__ = f"GAP CNN of paper 004 Table {table} ({PAPER_PARAMS[name]:,} params)"
@@ -23,3 +23,12 @@ for _name, _spec in MNIST_SPECS.items():
     _register(_name, _spec, bias=False, table="1", default_input="1x28x28")
 for _name, _spec in CIFAR_SPECS.items():
     _register(_name, _spec, bias=True, table="2", default_input="3x32x32")
+
+
+def gap_custom(in_channels: int, num_classes: int, image_size: int = 0, *,
+               layers: list[str], bias: bool = False, dropout: float = 0.0) -> nn.Module:
+    """GAP CNN built from a recipe's layer list (model.kwargs.layers: [c16, m, dw32/2, ...])"""
+    return GapCNN(parse_layers(layers), in_channels, num_classes, bias=bias, dropout=dropout)
+
+
+models.add("gap_custom", gap_custom, family="paper004", default_input="any")

@@ -1,0 +1,206 @@
+"""The Fashion-MNIST study of docs/results.md: paper 004's Tables 3-4 at equal epochs and at an
+equal FLOP cap, the best combination at 1e12 FLOPs, and the <= 10K-parameter search.
+
+Every matrix is a spec in `recipes/ablations/` run by `composer-ablate` (resumable: re-running
+continues where it stopped). This script runs them in order and rewrites the generated tables
+of `docs/results.md` (between `<!-- BEGIN name -->` / `<!-- END name -->` markers) from the
+matrices' `results.json`, so every number in the document comes from a run on this machine.
+
+    apt-get install -y dataset-fashion-mnist
+    .venv/bin/python benchmarks/fashion_mnist_study.py --run          # all matrices (~2 h on 2 cores)
+    .venv/bin/python benchmarks/fashion_mnist_study.py                # tables only, from results
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from effrecipes.reference import lookup  # noqa: E402
+
+# Run order: Table 4 at 1e12 first (the best combination builds on it), then the rest.
+SPECS = ["fashion_mnist_table4", "fashion_mnist_10k_search", "fashion_mnist_best",
+         "fashion_mnist_table3", "fashion_mnist_table4_epochs"]
+TECHNIQUES = ["baseline", "blurpool", "squeeze_excite", "swa", "sam", "mixup", "cutout",
+              "label_smoothing", "one_cycle"]
+PAPER_SETTING = {"one_cycle": "one_cycle_lr"}  # our name -> seed_results.csv's
+
+
+def load(results: Path, name: str) -> Optional[dict[str, Any]]:
+    path = results / name / "results.json"
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def overrides(results: Path, name: str) -> dict[str, dict[str, str]]:
+    """cell id -> {dotted key: value text} from the matrix's matrix.json."""
+    path = results / name / "matrix.json"
+    if not path.exists():
+        return {}
+    cells = json.loads(path.read_text())["cells"]
+    return {c["cell_id"]: dict(o.split("=", 1) for o in c["overrides"]) for c in cells}
+
+
+def pm(mean: Optional[float], std: Optional[float], digits: int = 2) -> str:
+    if mean is None:
+        return "-"
+    return f"{mean:.{digits}f}" if std is None else f"{mean:.{digits}f} ± {std:.{digits}f}"
+
+
+def signed(mean: Optional[float], std: Optional[float]) -> str:
+    if mean is None:
+        return "-"
+    return f"{mean:+.2f}" if std is None else f"{mean:+.2f} ± {std:.2f}"
+
+
+def table(headers: list[str], rows: list[list[Any]]) -> str:
+    out = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    out += ["| " + " | ".join("-" if v is None else str(v) for v in r) + " |" for r in rows]
+    return "\n".join(out)
+
+
+def done(cells: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [c for c in cells if c["status"] == "done"]
+
+
+def epochs_of(data: dict[str, Any], techniques: str) -> Optional[float]:
+    eps = [c["epochs"] for c in done(data["cells"]) if c["techniques"] == techniques and c.get("epochs")]
+    return sum(eps) / len(eps) if eps else None
+
+
+def paper_mnist(setting: str, table_no: str = "4") -> Optional[float]:
+    return lookup(paper="004", table=table_no, dataset="mnist", model="gap_1p5k_dw",
+                  metric="val_accuracy", setting=PAPER_SETTING.get(setting, setting))
+
+
+# --------------------------------------------------------------------------- tables
+
+def table4(results: Path) -> str:
+    flops, epochs = load(results, "fashion_mnist_table4"), load(results, "fashion_mnist_table4_epochs")
+    paper_base = paper_mnist("baseline")
+    rows = []
+    for t in TECHNIQUES:
+        row: list[Any] = [t]
+        for data in (flops, epochs):
+            agg = next((a for a in data["aggregate"] if a["techniques"] == t), None) if data else None
+            if not agg or not agg["n"]:
+                row += ["-", "-", "-", "-"]
+                continue
+            row += [f"{pm(agg['test_accuracy_mean'], agg['test_accuracy_std'])} ({agg['n']})",
+                    "(reference)" if t == "baseline" else signed(agg["delta_mean"], agg["delta_std"]),
+                    "-" if agg["within_noise"] is None else ("yes" if agg["within_noise"] else "**no**"),
+                    f"{epochs_of(data, t):.2f} ep" if data is flops else f"{agg['flops_used_mean']:.3g}"]
+        p = paper_mnist(t)
+        row.append(f"{p:.2f}" + ("" if t == "baseline" or p is None or paper_base is None
+                                  else f" ({p - paper_base:+.2f})") if p is not None else "-")
+        rows.append(row)
+    return table(["technique",
+                  "1e12 FLOPs: test acc % (n)", "Δ", "within noise", "epochs bought",
+                  "8 epochs: test acc % (n)", "Δ", "within noise", "FLOPs spent",
+                  "paper 004, MNIST, equal epochs (Δ)"], rows)
+
+
+def table3(results: Path) -> str:
+    data = load(results, "fashion_mnist_table3")
+    if not data:
+        return "_not run yet_"
+    ovr = overrides(results, "fashion_mnist_table3")
+    rows = []
+    for c in done(data["cells"]):
+        model = ovr.get(c["cell_id"], {}).get("model.name", "?")
+        p = lookup(paper="004", table="3", dataset="mnist", model=model, metric="val_accuracy")
+        rows.append([model, f"{c['params']:,}", f"{c['model_size_bytes'] / 1024:.1f}",
+                     f"{c['cpu_latency_ms_per_image']:.3f}", f"{c['test_accuracy']:.2f}",
+                     f"{c['flops_used']:.3g}", f"{c['wall_seconds']:.0f}",
+                     f"{p:.2f}" if p is not None else "-"])
+    return table(["model", "params", "size KiB", "CPU latency ms/image (10,000 test images)",
+                  "test acc %", "training FLOPs", "wall s", "paper 004, MNIST val acc %"], rows)
+
+
+def aggregate_table(results: Path, name: str, extra: Callable[[str], str] = lambda _: "") -> str:
+    data = load(results, name)
+    if not data:
+        return "_not run yet_"
+    rows = []
+    for a in data["aggregate"]:
+        if not a["n"]:
+            continue
+        rows.append([a["techniques"], f"{a['n']}/{a['n_cells']}",
+                     pm(a["test_accuracy_mean"], a["test_accuracy_std"]),
+                     "(reference)" if a["delta_mean"] is None and a["techniques"] == a.get("reference")
+                     else signed(a["delta_mean"], a["delta_std"]),
+                     "-" if a["within_noise"] is None else ("yes" if a["within_noise"] else "**no**"),
+                     f"{epochs_of(data, a['techniques']) or 0:.2f}", f"{a['params']:,}"])
+    return table(["techniques", "seeds", "test acc % (mean ± std)", "Δ vs baseline", "within noise",
+                  "epochs bought", "params"], rows)
+
+
+def search_table(results: Path) -> str:
+    name = "fashion_mnist_10k_search"
+    data = load(results, name)
+    if not data:
+        return "_not run yet_"
+    ovr = overrides(results, name)
+    rows = []
+    for c in sorted(done(data["cells"]), key=lambda c: -c["test_accuracy"]):
+        o = ovr.get(c["cell_id"], {})
+        rows.append([o.get("model.kwargs.layers", "(base)"), o.get("optimizer.lr", "(base)"),
+                     f"{c['params']:,}", f"{c['epochs']:.2f}", f"{c['test_accuracy']:.2f}",
+                     f"{c['best_val_accuracy']:.2f}", f"{c['flops_used']:.3g}"])
+    return table(["layers", "peak lr", "params", "epochs bought", "test acc %", "best val %",
+                  "training FLOPs"], rows)
+
+
+SECTIONS: dict[str, Callable[[Path], str]] = {
+    "table4": table4,
+    "table3": table3,
+    "best": lambda r: aggregate_table(r, "fashion_mnist_best"),
+    "search10k": search_table,
+}
+
+
+def rewrite(doc: Path, results: Path) -> list[str]:
+    """Replace each `<!-- BEGIN x -->...<!-- END x -->` block; returns the sections written."""
+    text = doc.read_text()
+    written = []
+    for key, build in SECTIONS.items():
+        pattern = re.compile(rf"(<!-- BEGIN {key} -->\n).*?(<!-- END {key} -->)", re.S)
+        if pattern.search(text):
+            body = build(results)
+            text = pattern.sub(lambda m: m.group(1) + body + "\n" + m.group(2), text)
+            written.append(key)
+    doc.write_text(text)
+    return written
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--run", action="store_true", help="run (or resume) every matrix first")
+    ap.add_argument("--specs", default=",".join(SPECS), help="matrices to run, in order")
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--results", type=Path, default=REPO / "results" / "matrices")
+    ap.add_argument("--doc", type=Path, default=REPO / "docs" / "results.md")
+    args = ap.parse_args(argv)
+    if args.run:
+        for spec in (s for s in args.specs.split(",") if s):
+            cmd = [sys.executable, "-m", "effrecipes.matrix.cli",
+                   str(REPO / "recipes" / "ablations" / f"{spec}.yaml"),
+                   "--output", str(args.results), "--workers", str(args.workers)]
+            print("$ " + " ".join(cmd), flush=True)
+            code = subprocess.call(cmd)
+            if code:
+                print(f"{spec}: composer-ablate exited {code}; later matrices not started")
+                return code
+    written = rewrite(args.doc, args.results)
+    print(f"{args.doc}: rewrote {', '.join(written) or 'no'} table sections")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
