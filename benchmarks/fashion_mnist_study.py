@@ -142,19 +142,25 @@ def aggregate_table(results: Path, name: str, extra: Callable[[str], str] = lamb
 
 
 def search_table(results: Path) -> str:
-    name = "fashion_mnist_10k_search"
-    data = load(results, name)
-    if not data:
-        return "_not run yet_"
-    ovr = overrides(results, name)
+    """Every <= 10K-parameter cell of both search rounds, best first."""
     rows = []
-    for c in sorted(done(data["cells"]), key=lambda c: -c["test_accuracy"]):
-        o = ovr.get(c["cell_id"], {})
-        rows.append([o.get("model.kwargs.layers", "(base)"), o.get("optimizer.lr", "(base)"),
-                     f"{c['params']:,}", f"{c['epochs']:.2f}", f"{c['test_accuracy']:.2f}",
-                     f"{c['best_val_accuracy']:.2f}", f"{c['flops_used']:.3g}"])
-    return table(["layers", "peak lr", "params", "epochs bought", "test acc %", "best val %",
-                  "training FLOPs"], rows)
+    for name in ("fashion_mnist_10k_search", "fashion_mnist_10k_tune"):
+        data = load(results, name)
+        if not data:
+            continue
+        ovr = overrides(results, name)
+        for c in done(data["cells"]):
+            o = ovr.get(c["cell_id"], {})
+            rows.append((c["test_accuracy"], [
+                name.removeprefix("fashion_mnist_"), o.get("model.kwargs.layers", "(recipe)"),
+                o.get("optimizer.lr", "(recipe)"), o.get("data.batch_size", "(recipe)"),
+                f"{c['params']:,}", f"{c['epochs']:.2f}", f"{c['test_accuracy']:.2f}",
+                f"{c['best_val_accuracy']:.2f}", f"{c['flops_used']:.4g}"]))
+    if not rows:
+        return "_not run yet_"
+    rows.sort(key=lambda r: -r[0])
+    return table(["round", "layers", "peak lr", "batch", "params", "epochs bought", "test acc %",
+                  "best val %", "training FLOPs"], [r for _, r in rows])
 
 
 SECTIONS: dict[str, Callable[[Path], str]] = {

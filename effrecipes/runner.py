@@ -71,19 +71,45 @@ class RunResult:
     metrics: dict[str, Any]
 
 
-# Below this many FLOPs per batch, one intra-op thread is faster than several: measured here,
-# the 1.5K model at batch 32 (10 MFLOPs/batch) trains at 2,815 samples/s on 1 thread and 69 on 2
-# (thread hand-off dominates tiny kernels). See benchmarks/README.md.
-SMALL_STEP_FLOPS = 2e9
+# Below this many FLOPs per batch, one intra-op thread is faster than several: the 1.5K model at
+# batch 32 on 8x8 digits (0.01 GFLOPs per batch) trained at 44 samples/s on 2 threads vs 4,192 on
+# 1 (benchmarks/README.md). Larger steps use the cores that are free: on an idle core 2 threads
+# gave 1.6x (1.5K model, batch 128, 0.3 GFLOPs) and 1.5-1.6x (143K model); on a core busy with
+# another job they were 2.5-15x slower (each OpenMP barrier waits for a descheduled thread).
+SMALL_STEP_FLOPS = 1e8
+
+
+def runnable_others() -> int:
+    """Other runnable tasks right now (Linux /proc/loadavg field 4, minus this process): the
+    median of three samples 20 ms apart, so a passing shell command does not count. 0 elsewhere."""
+    samples = []
+    for i in range(3):
+        try:
+            running = int(Path("/proc/loadavg").read_text().split()[3].split("/")[0])
+        except (OSError, IndexError, ValueError):
+            return 0
+        samples.append(max(0, running - 1))
+        if i < 2:
+            time.sleep(0.02)
+    return sorted(samples)[1]
+
+
+def available_cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
 def set_threads(threads: Optional[int], step_flops: Optional[float] = None) -> int:
-    """Intra-op threads: explicit, else 1 for tiny steps and all cores otherwise, capped by
-    $EFFRECIPES_THREADS (a matrix divides the cores among its workers)."""
-    small = step_flops is not None and step_flops < SMALL_STEP_FLOPS
-    auto = 1 if small else (os.cpu_count() or 1)
-    share = int(os.environ.get("EFFRECIPES_THREADS", 0))  # a matrix worker's share of the cores
-    n = threads or (min(share, auto) if share else auto)
+    """Intra-op threads: explicit; else $EFFRECIPES_THREADS (a matrix divides the cores among its
+    workers); else 1 for tiny steps and the cores not busy with other jobs otherwise."""
+    share = int(os.environ.get("EFFRECIPES_THREADS", 0))
+    if threads:
+        n = threads
+    elif step_flops is not None and step_flops < SMALL_STEP_FLOPS:
+        n = 1
+    elif share:
+        n = share
+    else:
+        n = max(1, available_cores() - runnable_others())
     torch.set_num_threads(max(1, n))
     return n
 

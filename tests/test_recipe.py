@@ -88,7 +88,6 @@ BAD_CASES: list[tuple[str, Any, str]] = [
     ("seed", 2**32, "seed: Input should be less than or equal to 4294967295"),  # found by hypothesis
     ("extra_section", 1, "extra_section: unknown key; valid keys (closest first)"),
     ("model.kwargs", {"dropuot": 0.1}, "model.kwargs.dropuot: unknown argument 'dropuot' (accepted: dropout"),
-    ("model", {"name": "gap_custom"}, "model.kwargs.layers: required argument 'layers' is missing"),
     ("model", {"name": "gap_custom", "kwargs": {"layers": ["c8", "x3"]}},
      "model.kwargs: cannot build gap_custom: layer 'x3' is not c<N>"),
     ("model", {"name": "resnet18", "kwargs": {"widht": 2}}, "model.kwargs: cannot build resnet18:"),
@@ -164,3 +163,19 @@ def test_resolved_recipe_roundtrips(tmp_path: Path) -> None:
     r = load_recipe(write_recipe(tmp_path, tiny_recipe(tmp_path)))
     again = validate_recipe(yaml.safe_load(recipe_to_yaml(r)))
     assert again == r
+
+
+def test_builder_kwargs_check_names_missing_and_unknown() -> None:
+    from effrecipes.recipe import check_builder_kwargs
+
+    def builder(in_channels: int, num_classes: int, image_size: int, *, width: int,
+                depth: int = 2) -> None: ...
+
+    check_builder_kwargs(builder, {"width": 3}, field="model.kwargs", file="r.yaml",
+                         fixed=("in_channels", "num_classes", "image_size"))
+    with pytest.raises(RecipeError, match=r"r.yaml: model.kwargs.width: required argument 'width'"):
+        check_builder_kwargs(builder, {}, field="model.kwargs", file="r.yaml",
+                             fixed=("in_channels", "num_classes", "image_size"))
+    with pytest.raises(RecipeError, match=r"model.kwargs.dpth: unknown argument 'dpth' \(accepted: depth"):
+        check_builder_kwargs(builder, {"width": 1, "dpth": 3}, field="model.kwargs", file="r.yaml",
+                             fixed=("in_channels", "num_classes", "image_size"))

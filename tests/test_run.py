@@ -199,3 +199,34 @@ def test_channels_last_by_default_after_surgery(tmp_path: Path, monkeypatch: pyt
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     for n, p in weights.items():
         assert p.is_contiguous(memory_format=fmt), n
+
+
+def test_auto_threads_use_free_cores(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Explicit > tiny step (1) > a matrix worker's share > cores not busy with other jobs."""
+    import torch
+
+    from effrecipes import runner
+
+    before = torch.get_num_threads()
+    monkeypatch.delenv("EFFRECIPES_THREADS", raising=False)
+    monkeypatch.setattr(runner, "available_cores", lambda: 4)
+    try:
+        monkeypatch.setattr(runner, "runnable_others", lambda: 0)
+        assert runner.set_threads(None, 3e8) == 4 == torch.get_num_threads()
+        assert runner.set_threads(None, 1e6) == 1  # tiny step: thread hand-off dominates
+        assert runner.set_threads(3, 1e6) == 3  # explicit wins
+        monkeypatch.setattr(runner, "runnable_others", lambda: 3)
+        assert runner.set_threads(None, 3e8) == 1  # three other jobs on four cores
+        monkeypatch.setattr(runner, "runnable_others", lambda: 9)
+        assert runner.set_threads(None, 3e8) == 1  # never below 1
+        monkeypatch.setenv("EFFRECIPES_THREADS", "2")
+        assert runner.set_threads(None, 3e8) == 2  # a matrix worker keeps its share
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_runnable_others_reads_proc_loadavg() -> None:
+    from effrecipes import runner
+
+    n = runner.runnable_others()
+    assert isinstance(n, int) and n >= 0
