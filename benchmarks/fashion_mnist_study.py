@@ -26,8 +26,9 @@ sys.path.insert(0, str(REPO))
 from effrecipes.reference import lookup  # noqa: E402
 
 # Run order: Table 4 at 1e12 first (the best combination builds on it), then the rest.
-SPECS = ["fashion_mnist_table4", "fashion_mnist_10k_search", "fashion_mnist_best",
-         "fashion_mnist_table3", "fashion_mnist_table4_epochs"]
+SPECS = ["fashion_mnist_table4", "fashion_mnist_10k_search", "fashion_mnist_10k_tune",
+         "fashion_mnist_best", "fashion_mnist_10k_seeds", "fashion_mnist_table3",
+         "fashion_mnist_table4_epochs"]
 TECHNIQUES = ["baseline", "blurpool", "squeeze_excite", "swa", "sam", "mixup", "cutout",
               "label_smoothing", "one_cycle"]
 PAPER_SETTING = {"one_cycle": "one_cycle_lr"}  # our name -> seed_results.csv's
@@ -168,6 +169,7 @@ SECTIONS: dict[str, Callable[[Path], str]] = {
     "table3": table3,
     "best": lambda r: aggregate_table(r, "fashion_mnist_best"),
     "search10k": search_table,
+    "seeds10k": lambda r: aggregate_table(r, "fashion_mnist_10k_seeds"),
 }
 
 

@@ -10,7 +10,7 @@ from typing import Any, Iterable, Union
 
 import torch
 from composer.optim import (ConstantWithWarmupScheduler, CosineAnnealingWithWarmupScheduler,
-                            DecoupledAdamW, DecoupledSGDW, ExponentialScheduler,
+                            DecoupledAdamW, DecoupledSGDW,
                             LinearWithWarmupScheduler, StepScheduler)
 
 from effrecipes.recipe import OptimizerConfig, SchedulerConfig
@@ -32,7 +32,10 @@ def build_optimizer(cfg: OptimizerConfig, params: Iterable[torch.nn.Parameter]) 
 
 def build_scheduler(cfg: SchedulerConfig, opt_cfg: OptimizerConfig, optimizer: torch.optim.Optimizer,
                     total_batches: int, batches_per_epoch: int) -> tuple[list[Any], bool]:
-    """(schedulers, step_every_batch) for Composer's Trainer."""
+    """(schedulers, step_every_batch) for Composer's Trainer. Always stepped every batch: every
+    schedule here is defined in batches, and Composer's `step_schedulers_every_batch=False` would
+    step even its own schedulers once per epoch (a warm-up would then hold lr at 0 for the whole
+    first epoch)."""
     warm = f"{int(round(cfg.warmup_fraction * total_batches))}ba"
     sched: Union[Any, torch.optim.lr_scheduler.LRScheduler]
     if cfg.name == "one_cycle":
@@ -48,6 +51,6 @@ def build_scheduler(cfg: SchedulerConfig, opt_cfg: OptimizerConfig, optimizer: t
         sched = LinearWithWarmupScheduler(t_warmup=warm, alpha_f=cfg.alpha_f)
     elif cfg.name == "step":
         sched = StepScheduler(step_size=f"{cfg.step_epochs * batches_per_epoch}ba", gamma=cfg.gamma)
-    else:  # exponential: the per-epoch decay of paper 000 (gamma 0.95)
-        sched = ExponentialScheduler(gamma=cfg.gamma, decay_period=f"{batches_per_epoch}ba")
-    return [sched], False
+    else:  # exponential: paper 000's decay by gamma once per epoch (a staircase, as its ExponentialLR)
+        sched = StepScheduler(step_size=f"{max(batches_per_epoch, 1)}ba", gamma=cfg.gamma)
+    return [sched], True

@@ -230,3 +230,65 @@ def test_runnable_others_reads_proc_loadavg() -> None:
 
     n = runner.runnable_others()
     assert isinstance(n, int) and n >= 0
+
+
+def _lr_per_batch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, **overrides: Any) -> list[float]:
+    """Run a tiny recipe and return the learning rate used by every training batch."""
+    from composer.core import Callback
+
+    from effrecipes import runner
+    from effrecipes.recipe import load_recipe
+
+    lrs: list[float] = []
+
+    class Record(Callback):
+        def before_train_batch(self, state: Any, logger: Any) -> None:
+            lrs.append(state.optimizers[0].param_groups[0]["lr"])
+
+    real = runner.Trainer
+
+    def with_record(*a: Any, **k: Any) -> Any:
+        k["callbacks"] = list(k.get("callbacks") or []) + [Record()]
+        return real(*a, **k)
+
+    monkeypatch.setattr(runner, "Trainer", with_record)
+    recipe = tiny_recipe(tmp_path, **{"budget.flops": 1e12, "budget.max_epochs": 3,
+                                      "optimizer.lr": 0.1, **overrides})
+    runner.run(load_recipe(write_recipe(tmp_path, recipe)), quiet=True)
+    return lrs
+
+
+def test_cosine_warmup_steps_every_batch_from_the_first(tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A warm-up must warm up inside the first epoch (stepping once per epoch held lr at 0 for
+    the whole first epoch: that run learned nothing until epoch 2)."""
+    lrs = _lr_per_batch(tmp_path, monkeypatch, **{"scheduler.name": "cosine",
+                                                  "scheduler.warmup_fraction": 0.25})
+    per_epoch = len(lrs) // 3
+    assert len(lrs) == 24 and per_epoch == 8  # 128 training images / batch 16, 3 epochs
+    first = lrs[:per_epoch]
+    assert first[0] == 0.0 and first[-1] > 0.05  # warm-up (6 batches) ends inside epoch 1
+    assert max(lrs) == pytest.approx(0.1, rel=0.05)
+    assert len(set(lrs)) >= 20 and lrs[-1] < 0.01  # a new lr every batch, decayed to ~0
+
+
+@pytest.mark.parametrize("name,expect", [
+    ("linear", "decreasing"), ("constant", "constant"), ("one_cycle", "rise_then_fall"),
+    ("exponential", "staircase"), ("step", "staircase")])
+def test_every_schedule_follows_its_shape(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                          name: str, expect: str) -> None:
+    lrs = _lr_per_batch(tmp_path, monkeypatch, **{"scheduler.name": name, "scheduler.gamma": 0.5})
+    assert len(lrs) == 24
+    # (Composer evaluates a schedule at the finished batch's time, so each lr arrives one batch late)
+    if expect == "decreasing":
+        assert lrs[0] == 0.1 and all(b < a for a, b in zip(lrs[1:], lrs[2:])) and lrs[-1] < 0.01
+    elif expect == "constant":
+        assert set(lrs) == {0.1}
+    elif expect == "rise_then_fall":
+        peak = lrs.index(max(lrs))
+        assert 0 < peak < 23 and lrs[0] < 0.1 / 10 and lrs[-1] < lrs[0]
+    else:  # once per epoch (8 batches), by gamma
+        steps = [round(v, 6) for v in lrs]
+        assert sorted(set(steps), reverse=True) == [0.1, 0.05, 0.025]
+        assert steps == sorted(steps, reverse=True)
+        assert all(7 <= steps.count(v) <= 9 for v in (0.1, 0.05, 0.025))
