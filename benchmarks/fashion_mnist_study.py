@@ -103,7 +103,7 @@ def table4(results: Path) -> str:
         rows.append(row)
     return table(["technique",
                   "1e12 FLOPs: test acc % (n)", "Δ", "within noise", "epochs bought",
-                  "8 epochs: test acc % (n)", "Δ", "within noise", "FLOPs spent",
+                  "4 epochs: test acc % (n)", "Δ", "within noise", "FLOPs spent",
                   "paper 004, MNIST, equal epochs (Δ)"], rows)
 
 
