@@ -60,3 +60,16 @@ def unknown_name_message(kind: str, value: str, choices: Iterable[str]) -> str:
     """'unknown model 'x'; valid: closest, next, ...' with the closest match first."""
     ordered = closest_first(value, choices)
     return f"unknown {kind} {value!r}; valid choices (closest first): {', '.join(ordered)}"
+
+
+def writable_dir(path: "os.PathLike[str] | str", *, field: str, hint: str) -> None:
+    """Create `path` if needed and check it is writable, as one-line UserErrors naming `field`."""
+    import os
+
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"cannot create output directory: {e.strerror}", file=str(path),
+                        field=field) from None
+    if not os.access(path, os.W_OK):
+        raise UserError("output directory is not writable", file=str(path), field=field, hint=hint)

@@ -38,7 +38,7 @@ from effrecipes.budget import (BudgetLedger, BudgetPlan, FlopBudget, forward_flo
                                progressive_resizing_cost_factor, swa_reserve_flops, train_step_flops)
 from effrecipes.callbacks import BestWeights, EpochSync, History, RunGuard
 from effrecipes.data import DataBundle, build_data
-from effrecipes.errors import RecipeError, UserError
+from effrecipes.errors import RecipeError, UserError, writable_dir
 from effrecipes.evaluate import evaluate, measure_latency, model_size_bytes
 from effrecipes.models import build_model, network_of
 from effrecipes.optim import build_optimizer, build_scheduler
@@ -228,14 +228,7 @@ def _check_output(recipe: Recipe) -> Path:
         raise UserError("run directory already exists", field="output.run_name", file=str(final),
                         hint="set output.overwrite=true, choose another output.run_name, "
                         "or use --resume")
-    try:
-        root.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise UserError(f"cannot create output directory: {e.strerror}", file=str(root),
-                        field="output.root") from None
-    if not os.access(root, os.W_OK):
-        raise UserError("output directory is not writable", file=str(root), field="output.root",
-                        hint="choose a writable output.root")
+    writable_dir(root, field="output.root", hint="choose a writable output.root")
     return final
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from effrecipes.cli import _guard
-from effrecipes.errors import UserError
+from effrecipes.errors import UserError, writable_dir
 
 EPILOG = """\
 examples:
@@ -48,14 +48,7 @@ def default_title(kind: str, name: str) -> str:
 
 
 def _outdir(path: Path) -> Path:
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise UserError(f"cannot create the output directory: {e.strerror}", file=str(path),
-                        field="--out") from None
-    if not os.access(path, os.W_OK):
-        raise UserError("output directory is not writable", file=str(path), field="--out",
-                        hint="choose another with --out")
+    writable_dir(path, field="--out", hint="choose another with --out")
     return path
 
 
