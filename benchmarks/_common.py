@@ -4,23 +4,15 @@ from __future__ import annotations
 import os
 import platform
 import statistics
-import time
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
 import torch
 
+# the CPU model name and the matmul peak are shared with effrecipes' MFU (effrecipes/device.py)
+from effrecipes.device import cpu_model, matmul_peak  # noqa: F401  (re-exported to the scripts)
+
 RESULTS = Path(__file__).resolve().parent / "results"
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def loadavg() -> Optional[list[float]]:
@@ -42,31 +34,6 @@ def machine() -> dict[str, Any]:
 def matmul_peak_gflops(threads: int, n: int = 2048, tries: int = 8) -> float:
     """Best-of-`tries` fp32 GFLOP/s (wall clock) of an n x n @ n x n matmul on `threads` threads."""
     return matmul_peak(threads, n, tries)["wall"]
-
-
-def matmul_peak(threads: int, n: int = 2048, tries: int = 8) -> dict[str, float]:
-    """Best-of-`tries` fp32 GFLOP/s of an n x n matmul, by wall clock and per process CPU-second.
-
-    On a machine other jobs are loading, the wall-clock best is depressed when no try runs
-    undisturbed; the CPU-time figure (on one thread) is close to the idle-core peak."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        g = torch.Generator().manual_seed(0)
-        a = torch.randn(n, n, generator=g)
-        b = torch.randn(n, n, generator=g)
-        out = torch.empty(n, n)
-        torch.mm(a, b, out=out)  # warm-up
-        best, best_cpu = float("inf"), float("inf")
-        for _ in range(tries):
-            t0, c0 = time.perf_counter(), time.process_time()
-            torch.mm(a, b, out=out)
-            best = min(best, time.perf_counter() - t0)
-            best_cpu = min(best_cpu, time.process_time() - c0)
-        flops = 2.0 * n ** 3
-        return {"wall": flops / best / 1e9, "cpu": flops / max(best_cpu, 1e-9) / 1e9}
-    finally:
-        torch.set_num_threads(old)
 
 
 def median(xs: Sequence[float]) -> Optional[float]:

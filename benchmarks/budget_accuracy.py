@@ -1,13 +1,23 @@
-"""How accurate is the FLOP budget? Every registered model, three counters, per-op reconciliation.
+"""How accurate is the FLOP budget? The ledger of real capped runs, per algorithm, against an
+independent count; and every registered model under three counters, reconciled per operator.
 
-For each model in `effrecipes.registry.models` (paper GAP CNNs at their natural input: 1x28x28
+Part 1, the ledger (`--algorithms`, default all 22 plus SAM every 2nd step, selective backprop
+keeping 0.9, SWA swapping mid-run, and seven cost-changing algorithms together): each case is a
+real run of `effrecipes.runner.run` (Composer Trainer, synthetic 1x28x28 data of Fashion-MNIST's
+shape, gap_1p5k_dw, batch 32, no validation split) under a FLOP cap, while
+`effrecipes.audit.counting_fit` counts everything `Trainer.fit` does with one outer
+FlopCounterMode. It reports the ledger's `flops_used`, the independent count, their difference,
+the cap left unspent in units of the dearest step, and the stop reason.
+
+Part 2, the per-sample counters: for each model in `effrecipes.registry.models` (paper GAP CNNs at their natural input: 1x28x28
 for the MNIST ones, 3x32x32 for the CIFAR ones; zoo models at 1x28x28; GAP CNNs also with
 BlurPool surgery applied, as in recipes/quickstart.yaml) it compares, per sample:
 
-  charged       what the budget charges: `effrecipes.budget.train_step_flops` on one batch / batch
+  charged       the planning measurement: `effrecipes.budget.train_step_flops` on one batch / batch
                 (forward + loss + backward on a copy of the model, the project's counter)
-  full step     the project's counter around a whole real training step: zero_grad, forward, loss,
-                backward and `optimizer.step()` (SGD momentum + weight decay) on the model itself
+  full step     the same counter around a whole training step including `optimizer.step()` (SGD
+                momentum + weight decay): only shows that the optimizer adds no counted FLOPs
+                (the same counter on both sides; part 1 is the independent check)
   stock step    the same full step under torch's stock `FlopCounterMode` (no custom formulas)
   fvcore x2x3   fvcore forward MACs (eval mode, the number `fvcore_forward_macs_per_sample`
                 reports) x 2 FLOPs/MAC x 3 (the usual "backward = 2 x forward" estimate)
@@ -22,6 +32,7 @@ gradient; torch's stock formula counts a grouped convolution's weight gradient a
 
     .venv/bin/python benchmarks/budget_accuracy.py
     .venv/bin/python benchmarks/budget_accuracy.py --models gap_1p5k_dw,gap_143k --batch-size 2
+    .venv/bin/python benchmarks/budget_accuracy.py --models none --algorithms sam,swa
 """
 from __future__ import annotations
 
@@ -242,11 +253,83 @@ def explain(r: dict[str, Any], tol: float = 0.01) -> list[str]:
     return out
 
 
+# --------------------------------------------------------------------------- part 1: the ledger
+
+AUDIT_BATCH = 32
+AUDIT_STEPS = 60  # the cap buys about this many plain steps
+
+
+def audit_recipe(case: str, algorithms: list[dict[str, Any]], cap: float, root: Path) -> dict[str, Any]:
+    model = "test_bottleneck_net" if any("stochastic_depth" in a for a in algorithms) else "gap_1p5k_dw"
+    return {"name": "audit", "seed": 0,
+            "data": {"name": "synthetic", "batch_size": AUDIT_BATCH, "val_fraction": 0.0,
+                     "kwargs": {"num_train": AUDIT_BATCH * 20, "num_test": 64, "channels": 1,
+                                "image_size": 28, "num_classes": 10}},
+            "model": {"name": model}, "algorithms": algorithms, "budget": {"flops": cap},
+            "eval": {"latency_images": 0}, "loggers": {"progress_bar": False},
+            "output": {"root": str(root), "run_name": case}}
+
+
+def _bottleneck_net(in_channels: int, num_classes: int, image_size: int = 0) -> nn.Module:
+    """Two torchvision ResNet bottlenecks: the block Composer's stochastic depth targets."""
+    from torchvision.models.resnet import Bottleneck
+
+    return nn.Sequential(nn.Conv2d(in_channels, 16, 3, padding=1, bias=False), nn.BatchNorm2d(16),
+                         Bottleneck(16, 4), Bottleneck(16, 4), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                         nn.Linear(16, num_classes))
+
+
+def ledger_audit(pattern: str) -> list[dict[str, Any]]:
+    """Real capped runs per algorithm case: the ledger against `counting_fit`'s count."""
+    import tempfile
+
+    from effrecipes import registry, runner
+    from effrecipes.audit import audit_cases, counting_fit
+    from effrecipes.budget import train_step_flops
+    from effrecipes.models import build_model
+    from effrecipes.recipe import validate_recipe
+
+    if "test_bottleneck_net" not in registry.models:
+        registry.models.add("test_bottleneck_net", _bottleneck_net, description="benchmark only")
+    names = [n for n in registry.algorithms.names() if pattern == "*" or n in pattern.split(",")]
+    cases = [c for c in audit_cases(names) if pattern == "*" or c[0] in names]
+    plain = train_step_flops(build_model("gap_1p5k_dw", 1, 10, 28), nn.functional.cross_entropy,
+                             (torch.zeros(AUDIT_BATCH, 1, 28, 28), torch.zeros(AUDIT_BATCH, dtype=torch.long)))
+    cap = plain * AUDIT_STEPS
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for case, algorithms in cases:
+            recipe = validate_recipe(audit_recipe(case, algorithms, cap, Path(tmp)))
+            with warnings.catch_warnings(), counting_fit() as totals:
+                warnings.simplefilter("ignore")
+                m = runner.run(recipe, quiet=True).metrics
+            dearest = m["train_flops_per_sample"] * AUDIT_BATCH
+            rows.append({"case": case, "cap": cap, "flops_used": m["flops_used"],
+                         "independent": totals[0], "d": totals[0] / m["flops_used"] - 1,
+                         "unspent_steps": (cap - m["flops_used"]) / dearest,
+                         "batches": m["batches"], "planned_batches": m["planned_batches"],
+                         "stop_reason": m["stop_reason"], "extra_train_flops": m["extra_train_flops"]})
+            print(f"  {case}: done", file=sys.stderr, flush=True)
+    return rows
+
+
+def ledger_table(rows: list[dict[str, Any]]) -> str:
+    return md_table(["case", "flops_used / cap", "independent count", "d", "cap unspent (dearest steps)",
+                     "batches (planned)", "stop"],
+                    [[r["case"], f"{r['flops_used'] / r['cap']:.4f}", f"{r['independent']:.4g}",
+                      f"{100 * r['d']:+.3f}%", f"{r['unspent_steps']:.2f}",
+                      f"{r['batches']} ({r['planned_batches']})", r["stop_reason"]] for r in rows])
+
+
 # --------------------------------------------------------------------------- driver
 
 def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--models", default="*", help="comma-separated names or one glob (default all)")
+    ap.add_argument("--models", default="*",
+                    help="comma-separated names or one glob (default all); 'none' skips part 2")
+    ap.add_argument("--algorithms", default="*",
+                    help="comma-separated algorithm names for part 1 ('*': all and the extra "
+                         "cases; 'none' skips it)")
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--no-blurpool", action="store_true", help="skip the GAP CNN + BlurPool rows")
     ap.add_argument("--tolerance", type=float, default=0.01)
@@ -257,8 +340,13 @@ def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
         torch.set_num_threads(args.threads)
     from effrecipes.registry import models
 
-    names = (models.names(args.models) if "," not in args.models and any(c in args.models for c in "*?[")
-             else [m for m in args.models.split(",") if m])
+    names = ([] if args.models == "none" else
+             models.names(args.models) if "," not in args.models and any(c in args.models for c in "*?[")
+             else [m for m in args.models.split(",") if m])  # before part 1 registers its test model
+    audit = [] if args.algorithms == "none" else ledger_audit(args.algorithms)
+    if audit:
+        print("# the ledger of real capped runs vs an independent count of everything Trainer.fit did")
+        print(ledger_table(audit) + "\n")
     rows: list[dict[str, Any]] = []
     for name in names:
         variants = ["plain"]
@@ -285,21 +373,24 @@ def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
                            m(r["stock_step"]), pct(r["d_stock_vs_charged"]), m(r["fvcore_x2x3"]),
                            pct(r["d_fvcore_vs_charged"]), m(r["fwd_flopcounter"]), m(r["fvcore_x2"]),
                            pct(r["d_fvcore_fwd"])])
-    table = md_table(headers, table_rows)
-    print(f"# budget accuracy  per-sample FLOPs (MFLOP), batch {args.batch_size}; d = relative to the "
-          "charged (train) or FlopCounterMode (forward) count")
-    print(table)
-    print("\nDisagreements above {:.0%}:".format(args.tolerance))
-    notes = []
-    for r in rows:
-        for line in r.get("explanations", []):
-            label = r["model"] + (" +blurpool" if r["variant"] == "blurpool" else "")
-            notes.append(f"- {label}: {line}")
-    print("\n".join(notes) if notes else "(none)")
+    table = md_table(headers, table_rows) if table_rows else ""
+    notes: list[str] = []
+    if rows:
+        print(f"# budget accuracy  per-sample FLOPs (MFLOP), batch {args.batch_size}; d = relative to the "
+              "charged (train) or FlopCounterMode (forward) count")
+        print(table)
+        print("\nDisagreements above {:.0%}:".format(args.tolerance))
+        for r in rows:
+            for line in r.get("explanations", []):
+                label = r["model"] + (" +blurpool" if r["variant"] == "blurpool" else "")
+                notes.append(f"- {label}: {line}")
+        print("\n".join(notes) if notes else "(none)")
 
     out = {"benchmark": "budget_accuracy", "date": datetime.datetime.now().isoformat(timespec="seconds"),
            "argv": sys.argv[1:] if argv is None else argv, "machine": machine(),
-           "batch_size": args.batch_size, "rows": rows, "table_markdown": table, "notes": notes}
+           "batch_size": args.batch_size, "ledger_audit": audit,
+           "ledger_table_markdown": ledger_table(audit) if audit else "",
+           "rows": rows, "table_markdown": table, "notes": notes}
     path = Path(args.out) if args.out else RESULTS / f"budget_accuracy-{datetime.date.today()}.json"
     write_result(out, path)
     return out

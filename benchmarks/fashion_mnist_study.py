@@ -26,6 +26,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from effrecipes.reference import lookup  # noqa: E402
+from effrecipes.stats import md_table as table, pm, signed_pm as signed  # noqa: E402
 
 # Run order: Table 4 at 1e12 first (the best combination builds on it), then the rest.
 SPECS = ["fashion_mnist_table4", "fashion_mnist_10k_search", "fashion_mnist_10k_tune",
@@ -48,24 +49,6 @@ def overrides(results: Path, name: str) -> dict[str, dict[str, str]]:
         return {}
     cells = json.loads(path.read_text())["cells"]
     return {c["cell_id"]: dict(o.split("=", 1) for o in c["overrides"]) for c in cells}
-
-
-def pm(mean: Optional[float], std: Optional[float], digits: int = 2) -> str:
-    if mean is None:
-        return "-"
-    return f"{mean:.{digits}f}" if std is None else f"{mean:.{digits}f} ± {std:.{digits}f}"
-
-
-def signed(mean: Optional[float], std: Optional[float]) -> str:
-    if mean is None:
-        return "-"
-    return f"{mean:+.2f}" if std is None else f"{mean:+.2f} ± {std:.2f}"
-
-
-def table(headers: list[str], rows: list[list[Any]]) -> str:
-    out = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
-    out += ["| " + " | ".join("-" if v is None else str(v) for v in r) + " |" for r in rows]
-    return "\n".join(out)
 
 
 def done(cells: list[dict[str, Any]]) -> list[dict[str, Any]]:

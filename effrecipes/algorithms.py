@@ -23,10 +23,13 @@ from composer.algorithms import (EMA, SAM, SWA, AugMix, BlurPool, ChannelsLast, 
                                  LabelSmoothing, LayerFreezing, MixUp, ProgressiveResizing,
                                  RandAugment, SelectiveBackprop, SqueezeExcite, StochasticDepth,
                                  WeightStandardization)
+from composer.algorithms.ghost_batchnorm.ghost_batchnorm import _GhostBatchNorm as GhostBatchNormBase
 from composer.core import Algorithm, Event, State
+from composer.utils import dist
 from composer.loggers import Logger
 from torch import nn
 
+from effrecipes.budget import AlgoCost, count_flops
 from effrecipes.models import network_of
 from effrecipes.errors import RecipeError, closest_first
 from effrecipes.registry import algorithms
@@ -88,14 +91,20 @@ class PerImageCutOut(CutOut):
 
 
 class SWAWithBNUpdate(SWA):
-    """SWA that recomputes BatchNorm statistics after swapping in the averaged weights.
+    """SWA that recomputes BatchNorm statistics after swapping in the averaged weights, and swaps
+    at the end of a run that a cap stopped mid-epoch.
 
     Composer's SWA copies BatchNorm buffers from the moment averaging began; when `swa_end` falls
     at the end of training (always the case on short runs with `update_interval` in epochs) the
     averaged model keeps stale statistics and accuracy can collapse to chance. After the swap we
-    run `bn_update_batches` training batches forward (no gradients) through
-    `torch.optim.swa_utils.update_bn`. Those forward passes are training compute: the budget
-    reserves and charges them (`extra_forward_samples`).
+    run up to `bn_update_batches` training batches forward (no gradients) through
+    `torch.optim.swa_utils.update_bn`.
+
+    Budget protocol (see `effrecipes.budget.FlopBudget`): the recompute is training compute, so
+    it is counted here (`extra_train_flops`), held back from the cap while averaging is under way
+    (`pending_train_flops`), and limited to what the cap still allows. The end-of-run swap
+    (`finish_training`) is called by the budget only when a cap ended the run: an interrupted run
+    keeps averaging when it is resumed.
     """
 
     def __init__(self, swa_start: str = "0.75dur", swa_end: str = "0.97dur",
@@ -108,51 +117,105 @@ class SWAWithBNUpdate(SWA):
         if bn_update_batches < 0:
             raise ValueError("bn_update_batches must be >= 0")
         self.bn_update_batches = bn_update_batches
-        self.extra_forward_samples = 0  # read by the budget callback
+        self.extra_train_flops = 0.0
         self.bn_updated = False
-        self.never_started = False
+        self.end_warning: Optional[str] = None  # said to the user when the run ends
+        self._bn_batches_wanted = bn_update_batches
+        self._budget: Any = None
 
-    def match(self, event: Event, state: State) -> bool:
-        if event == Event.FIT_END:
-            return not self.swa_completed
-        return super().match(event, state)
+    # -- budget protocol ---------------------------------------------------
+    def bind_budget(self, budget: Any) -> None:
+        self._budget = budget
 
-    def apply(self, event: Event, state: State, logger: Logger) -> None:
-        if event == Event.FIT_END:
-            self._finish_at_fit_end(state)
-            return
-        was_completed = self.swa_completed
-        super().apply(event, state, logger)
-        if self.swa_completed and not was_completed and self.bn_update_batches > 0:
-            self._update_bn(state)
+    def _bn_batch_flops(self) -> float:
+        plan = self._budget.plan
+        return plan.forward_flops_per_sample * plan.global_batch_size
 
-    def _finish_at_fit_end(self, state: State) -> None:
+    def pending_train_flops(self) -> float:
+        """The recompute still to come while averaging is under way (0 before it starts)."""
+        if self._budget is None or not self.swa_started or self.swa_completed:
+            return 0.0
+        return min(self._bn_batches_wanted, self._budget.plan.batches_per_epoch) * self._bn_batch_flops()
+
+    def finish_training(self, state: State) -> None:
         """A budget stops training mid-epoch, so the EPOCH_END at which Composer would swap in the
         average may never come: swap here instead, so SWA is never silently a no-op."""
+        if self.swa_completed:
+            return
         if not self.swa_started or self.swa_model is None:
-            log.warning("SWA never started: training ended before swa_start=%s", self.swa_start)
-            self.never_started = True
+            self.end_warning = (f"algorithm swa changed nothing: training ended before "
+                                f"swa_start={self.swa_start}")
             return
         state.model.load_state_dict(self.swa_model.module.state_dict())  # type: ignore[union-attr]
         self.swa_completed = True
         log.info("SWA: swapped in the averaged weights at the end of training")
-        if self.bn_update_batches > 0:
+        self._update_bn(state)
+
+    # -- Composer's events -------------------------------------------------
+    def apply(self, event: Event, state: State, logger: Logger) -> None:
+        if event == Event.INIT:  # after surgery algorithms listed before this one
+            has_bn = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in state.model.modules())
+            self._bn_batches_wanted = self.bn_update_batches if has_bn else 0
+        was_completed = self.swa_completed
+        super().apply(event, state, logger)
+        if self.swa_completed and not was_completed:
             self._update_bn(state)
 
     def _update_bn(self, state: State) -> None:
-        model = state.model
-        if not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
-            return
+        """Recompute BatchNorm statistics over up to `bn_update_batches` training batches (at most
+        one epoch, and no more than the FLOP cap still allows)."""
         loader = state.train_dataloader
+        allowed = min(self._bn_batches_wanted, len(loader) if loader is not None else 0)
+        if allowed and self._budget is not None and self._bn_batch_flops() > 0:
+            allowed = min(allowed, int(self._budget.remaining_flops() // self._bn_batch_flops()))
+            if allowed < 1:
+                self.end_warning = ("swa: the FLOP cap left no room to recompute BatchNorm "
+                                    "statistics; the averaged weights keep stale ones")
+        if allowed < 1 or loader is None:
+            return
         batches = []
         for i, batch in enumerate(loader):
-            if i >= self.bn_update_batches:
+            if i >= allowed:
                 break
             batches.append(batch[0] if isinstance(batch, (tuple, list)) else batch)
-        self.extra_forward_samples += sum(int(b.shape[0]) for b in batches)
-        torch.optim.swa_utils.update_bn(batches, network_of(model))
+        flops = count_flops(lambda: torch.optim.swa_utils.update_bn(batches, network_of(state.model)))
+        self.extra_train_flops += flops * dist.get_world_size()
         self.bn_updated = True
         log.info("SWA: recomputed BatchNorm statistics over %d batches", len(batches))
+
+
+class ResumableSAM(SAM):
+    """SAM that resumes exactly.
+
+    Composer's `SAMOptimizer` decides on every `interval`-th step (its `global_step`) to run the
+    second pass, and its state_dict holds only SAM's own perturbations, not the wrapped
+    optimizer's (SGD's momentum buffers). A resumed run restarted the counter at 0 (with
+    `interval: 2` the steps that run SAM flipped, so it spent different FLOPs) and lost the
+    momentum. Both are saved with the algorithm and put back on the optimizers SAM wraps after
+    the checkpoint is loaded (AFTER_LOAD).
+    """
+
+    def __init__(self, rho: float = 0.05, epsilon: float = 1.0e-12, interval: int = 1) -> None:
+        super().__init__(rho=rho, epsilon=epsilon, interval=interval)
+        self._loaded: dict[str, Any] = {}
+        self._optimizers: tuple[Any, ...] = ()
+
+    def apply(self, event: Event, state: State, logger: Optional[Logger]) -> Optional[int]:
+        out = super().apply(event, state, logger)
+        self._optimizers = tuple(state.optimizers)
+        for i, opt in enumerate(self._optimizers):
+            opt.global_step = self._loaded.get("global_step", 0)
+            if i < len(self._loaded.get("base_optimizers", ())):
+                opt.base_optimizer.load_state_dict(self._loaded["base_optimizers"][i])
+        return out
+
+    def state_dict(self) -> dict[str, Any]:
+        return {**super().state_dict(),
+                "global_step": int(self._optimizers[0].global_step) if self._optimizers else 0,
+                "base_optimizers": [opt.base_optimizer.state_dict() for opt in self._optimizers]}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self._loaded = dict(state)
 
 
 # --------------------------------------------------------------------------- registry entries
@@ -165,8 +228,71 @@ class AlgoInfo:
     surgery: Optional[Callable[..., None]] = None   # functional form applied to a model copy
     defaults: Optional[dict[str, Any]] = None       # our defaults where they differ from Composer's
     noop: Optional[Callable[[dict[str, Any]], Optional[str]]] = None  # kwargs -> reason if no-op
-    dynamic_cost: bool = False         # FLOPs per step vary during training: measure every batch
+    cost: Callable[[dict[str, Any]], AlgoCost] = lambda kw: AlgoCost()  # effective kwargs -> cost
+    worst_case: Optional[Callable[[nn.Module], None]] = None  # puts a surgered copy in its dearest state
     dataset_transform: bool = False    # needs the per-sample (VisionDataset) data path
+
+
+# --------------------------------------------------------------------------- cost models
+# What each algorithm does to the cost of training (effective constructor kwargs in, AlgoCost
+# out). Everything here is a declaration for the budget: it still counts real FLOPs.
+
+def _sam_cost(kw: dict[str, Any]) -> AlgoCost:
+    """Two forward+backward passes on every `interval`-th step, one on the others."""
+    n = max(int(kw["interval"]), 1)
+    return AlgoCost(passes=1 + 1 / n, max_passes=2.0, varies=n > 1, may_grow=n > 1)
+
+
+def _selective_backprop_cost(kw: dict[str, Any]) -> AlgoCost:
+    """Between `start` and `end`, selective backprop scores the whole batch with a forward pass
+    (AFTER_DATALOADER) and trains on the `keep` fraction with the highest loss, except on every
+    `interrupt`-th step (0: never interrupted), which trains normally."""
+    n = int(kw["interrupt"])
+    share = 1.0 if n == 0 else (n - 1) / n
+    active = max(0.0, min(1.0, kw["end"]) - max(0.0, kw["start"])) * share
+    return AlgoCost(mean_factor=1 - active + active * kw["keep"], scoring_forwards=1.0,
+                    varies=True, may_grow=True)
+
+
+def progressive_resizing_cost_factor(initial_scale: float = 0.5, delay_fraction: float = 0.5,
+                                     finetune_fraction: float = 0.2, **_: Any) -> float:
+    """Mean step cost relative to full size under Composer's progressive-resizing schedule.
+
+    FLOPs of a conv net scale with pixels (scale^2): initial scale for `delay_fraction` of
+    training, a linear ramp to 1, then full size for `finetune_fraction`.
+    """
+    s0 = min(max(initial_scale, 0.0), 1.0)
+    ramp = max(0.0, 1.0 - delay_fraction - finetune_fraction)
+    ramp_mean = (s0 * s0 + s0 + 1.0) / 3.0  # mean of s^2 for s linear from s0 to 1
+    return delay_fraction * s0 * s0 + ramp * ramp_mean + finetune_fraction
+
+
+def _progressive_resizing_cost(kw: dict[str, Any]) -> AlgoCost:
+    """Images grow during training: each new input shape is counted once, steps grow."""
+    return AlgoCost(mean_factor=progressive_resizing_cost_factor(**kw), may_grow=True)
+
+
+def _colout_cost(kw: dict[str, Any]) -> AlgoCost:
+    """A fixed number of rows and columns dropped per batch: one smaller input shape."""
+    return AlgoCost(mean_factor=(1 - kw["p_row"]) * (1 - kw["p_col"]) if kw.get("batch", True) else 1.0)
+
+
+def _layer_freezing_cost(kw: dict[str, Any]) -> AlgoCost:
+    """Frozen layers skip their weight gradients: steps only get cheaper, never dearer."""
+    return AlgoCost(varies=True)
+
+
+def _no_block_dropped(model: nn.Module) -> None:
+    """The dearest step of stochastic depth skips no block."""
+    for m in model.modules():
+        if hasattr(m, "drop_rate"):
+            m.drop_rate = torch.zeros_like(torch.as_tensor(m.drop_rate, dtype=torch.float32))
+
+
+def _stochastic_depth_cost(kw: dict[str, Any]) -> AlgoCost:
+    """'block' mode skips whole residual blocks at random: the step cost changes every step."""
+    block = kw.get("stochastic_method") == "block" and kw.get("drop_rate", 0) > 0
+    return AlgoCost(varies=block, may_grow=block)
 
 
 def _surgery(fn_name: str) -> Callable[..., None]:
@@ -188,7 +314,8 @@ _ALGOS: list[tuple[str, type, AlgoInfo, str]] = [
      "anti-aliased downsampling: blur before strided convs / max-pools"),
     ("channels_last", ChannelsLast, AlgoInfo("model"), "NHWC memory format for convs"),
     ("colout", ColOut, AlgoInfo("batch", noop=lambda kw: "p_row=p_col=0 drops nothing"
-                                if kw.get("p_row", 0.15) == 0 and kw.get("p_col", 0.15) == 0 else None),
+                                if kw.get("p_row", 0.15) == 0 and kw.get("p_col", 0.15) == 0 else None,
+                                cost=_colout_cost),
      "drop random rows and columns of images"),
     ("cutmix", CutMix, AlgoInfo("batch"), "paste a box from another image and mix labels"),
     ("cutout", PerImageCutOut, AlgoInfo("batch", noop=lambda kw: "length=0 or num_holes=0 cuts nothing"
@@ -204,24 +331,26 @@ _ALGOS: list[tuple[str, type, AlgoInfo, str]] = [
     ("gyro_dropout", GyroDropout, AlgoInfo("model"), "replace Dropout with GyroDropout"),
     ("label_smoothing", LabelSmoothing, AlgoInfo("loss", noop=_zero("smoothing", "smooths nothing")),
      "smooth one-hot targets"),
-    ("layer_freezing", LayerFreezing, AlgoInfo("optimizer", dynamic_cost=True),
+    ("layer_freezing", LayerFreezing, AlgoInfo("optimizer", cost=_layer_freezing_cost),
      "progressively freeze early layers"),
     ("mixup", MixUp, AlgoInfo("batch", noop=_zero("alpha", "mixes nothing")),
      "mix pairs of images and their labels"),
     ("progressive_resizing", ProgressiveResizing,
-     AlgoInfo("batch", dynamic_cost=True,
+     AlgoInfo("batch", cost=_progressive_resizing_cost,
               noop=lambda kw: "initial_scale=1 never resizes" if kw.get("initial_scale", 0.5) >= 1 else None),
      "train on smaller images first"),
     ("randaugment", RandAugment, AlgoInfo("data", dataset_transform=True), "RandAugment image augmentation"),
-    ("sam", SAM, AlgoInfo("optimizer", noop=_zero("rho", "perturbs nothing")),
+    ("sam", ResumableSAM, AlgoInfo("optimizer", noop=_zero("rho", "perturbs nothing"), cost=_sam_cost),
      "sharpness-aware minimisation (two passes per step)"),
-    ("selective_backprop", SelectiveBackprop, AlgoInfo("batch", dynamic_cost=True,
+    ("selective_backprop", SelectiveBackprop, AlgoInfo("batch", cost=_selective_backprop_cost,
                                                        noop=lambda kw: "keep=1 drops nothing"
                                                        if kw.get("keep", 0.5) >= 1 else None),
      "backprop only the highest-loss examples"),
     ("squeeze_excite", SqueezeExcite, AlgoInfo("model", _surgery("apply_squeeze_excite")),
      "squeeze-and-excitation after convs (set min_channels for small CNNs)"),
-    ("stochastic_depth", StochasticDepth, AlgoInfo("model", _surgery("apply_stochastic_depth")),
+    ("stochastic_depth", StochasticDepth, AlgoInfo("model", _surgery("apply_stochastic_depth"),
+                                                   cost=_stochastic_depth_cost,
+                                                   worst_case=_no_block_dropped),
      "randomly skip residual blocks (ResNet bottlenecks)"),
     ("swa", SWAWithBNUpdate, AlgoInfo("weights"), "stochastic weight averaging (+ BatchNorm recompute)"),
     ("weight_standardization", WeightStandardization,
@@ -245,17 +374,14 @@ def info(name: str) -> AlgoInfo:
 
 def check_algorithm(name: str, kwargs: dict[str, Any], *, file: str = "<recipe>") -> None:
     """Unknown name or bad kwargs -> RecipeError naming `algorithms.<name>` and the valid choices."""
-    entry = algorithms.entry(name, field_path=f"algorithms.{name}", file=file)
-    params = inspect.signature(entry.builder.__init__).parameters
-    valid = [p for p in params if p not in ("self", "args", "kwargs", "input_key", "target_key")]
-    for key in kwargs:
-        if key not in valid:
-            raise RecipeError(f"unknown argument {key!r}; valid (closest first): "
-                              f"{', '.join(closest_first(key, valid))}", file=file,
-                              field=f"algorithms.{name}.{key}")
-    try:
+    from effrecipes.algorithm_args import check_args
+
+    algorithms.entry(name, field_path=f"algorithms.{name}", file=file)
+    check_args(name, kwargs, file=file)  # types and ranges (effrecipes/algorithm_args.py)
+    try:  # and the constructor's own checks, as a backstop
         build_algorithm(name, kwargs)
-    except (TypeError, ValueError, AssertionError) as e:
+    except (TypeError, ValueError, AssertionError, KeyError, NotImplementedError,
+            ZeroDivisionError) as e:
         raise RecipeError(f"invalid arguments: {e}", file=file, field=f"algorithms.{name}") from None
 
 
@@ -264,6 +390,12 @@ def check_algorithm_conflicts(names: list[str], *, file: str = "<recipe>") -> No
         if pair <= set(names):
             a, b = sorted(pair)
             raise RecipeError(f"{a} and {b} conflict: {why}", file=file, field="algorithms")
+
+
+def cost_of(spec: list[dict[str, dict[str, Any]]]) -> AlgoCost:
+    """The combined cost model of a recipe's algorithms (each declared in its registry entry)."""
+    return AlgoCost.combine([info(name).cost(effective_kwargs(name, kw))
+                             for item in spec for name, kw in item.items()])
 
 
 def build_algorithm(name: str, kwargs: dict[str, Any]) -> Algorithm:
@@ -278,8 +410,17 @@ def build_algorithms(spec: list[dict[str, dict[str, Any]]]) -> list[Algorithm]:
 
 # --------------------------------------------------------------------------- what changed
 
-def _module_signature(model: nn.Module) -> dict[str, str]:
-    return {name: type(m).__name__ for name, m in model.named_modules()}
+def _module_signature(model: nn.Module) -> dict[str, tuple[str, frozenset[str]]]:
+    """Module path -> (type name, public instance attributes): surgery either swaps a module's
+    class or patches it in place (stochastic depth keeps torchvision's Bottleneck and adds
+    `drop_rate` and a new `forward`)."""
+    return {name: (type(m).__name__, frozenset(k for k in vars(m) if not k.startswith("_")))
+            for name, m in model.named_modules()}
+
+
+def _describe_change(old: tuple[str, frozenset[str]], new: tuple[str, frozenset[str]]) -> str:
+    added = sorted(new[1] - old[1])
+    return f"{old[0]} -> {new[0]}" + (f" (+{', '.join(added)})" if added else "")
 
 
 def layer_changes(model: nn.Module, name: str, kwargs: dict[str, Any]) -> list[str]:
@@ -291,8 +432,9 @@ def layer_changes(model: nn.Module, name: str, kwargs: dict[str, Any]) -> list[s
     before = _module_signature(probe)
     surgery(probe, **kwargs)
     after = _module_signature(probe)
-    changed = [f"{k}: {before[k]} -> {after[k]}" for k in before if k in after and before[k] != after[k]]
-    added = [f"{k}: + {after[k]}" for k in after if k not in before]
+    changed = [f"{k}: {_describe_change(before[k], after[k])}" for k in before
+               if k in after and before[k] != after[k]]
+    added = [f"{k}: + {after[k][0]}" for k in after if k not in before]
     # report top-level changes only (a replaced module's children are implied)
     out: list[str] = []
     for item in changed + added:
@@ -334,6 +476,29 @@ def describe_effects(model: nn.Module, spec: list[dict[str, dict[str, Any]]],
                     reason = "masks no pixel on these images (length too small?)"
             effects[name] = {"acts_on": inf.acts_on, "changes": changes, "noop_reason": reason}
     return effects
+
+
+def inference_module(model: nn.Module) -> nn.Module:
+    """Undo training-only wrappers that change nothing at inference, in place: a ghost BatchNorm
+    becomes the BatchNorm it wraps (in eval mode both normalise with the running statistics), so
+    the trained model accepts batches of any size (latency is timed at batch 1)."""
+    for name, child in model.named_children():
+        if isinstance(child, GhostBatchNormBase):
+            setattr(model, name, child.batchnorm)
+        else:
+            inference_module(child)
+    return model
+
+
+def dearest_step_model(model: nn.Module, spec: list[dict[str, dict[str, Any]]]) -> nn.Module:
+    """Put a surgered copy in the state whose training step costs the most (e.g. stochastic depth
+    dropping no block), so the planned step bounds every real one."""
+    for item in spec:
+        for name in item:
+            worst = info(name).worst_case
+            if worst is not None:
+                worst(model)
+    return model
 
 
 def apply_surgery(model: nn.Module, spec: list[dict[str, dict[str, Any]]]) -> nn.Module:

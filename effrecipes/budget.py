@@ -18,12 +18,14 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Optional
 
 import torch
-from composer.core import Callback, State
+from composer.core import Callback, State, Time, TimeUnit
 from composer.loggers import Logger
 from composer.utils import dist
 from torch import nn
 from torch.utils import flop_counter
 from torch.utils.flop_counter import FlopCounterMode
+
+from effrecipes.rundir import StopReason
 
 
 _torch_conv_backward_flop = flop_counter.conv_backward_flop.__wrapped__  # shapes in, FLOPs out
@@ -64,29 +66,31 @@ def count_flops(fn: Callable[[], Any]) -> int:
     return int(counter.get_total_flops())
 
 
-def forward_flops_per_sample(model: nn.Module, sample_shape: tuple[int, ...]) -> float:
-    """Inference FLOPs for one image (eval mode, no grad)."""
+def forward_flops_per_sample(model: nn.Module, sample_shape: tuple[int, ...], batch: int = 2) -> float:
+    """Inference FLOPs for one image (eval mode, no grad), measured on `batch` images (some
+    layers, such as ghost BatchNorm, refuse batches smaller than their own)."""
     probe = copy.deepcopy(model).eval()
-    x = torch.zeros((2, *sample_shape))
+    x = torch.zeros((batch, *sample_shape))
     with torch.no_grad():
-        return count_flops(lambda: probe(x)) / 2
+        return count_flops(lambda: probe(x)) / batch
 
 
-def fvcore_forward_macs_per_sample(model: nn.Module, sample_shape: tuple[int, ...]) -> Optional[float]:
+def fvcore_forward_macs_per_sample(model: nn.Module, sample_shape: tuple[int, ...],
+                                   batch: int = 1) -> Optional[float]:
     """fvcore's count (1 per multiply-add, forward): an independent second opinion."""
     try:
         from fvcore.nn import FlopCountAnalysis
-    except ImportError:  # pragma: no cover - fvcore is a dependency
+    except ImportError:  # optional: the device image for benchmarks/gpu.py has no fvcore
         return None
     probe = copy.deepcopy(model).eval()
-    analysis = FlopCountAnalysis(probe, torch.zeros((1, *sample_shape)))
+    analysis = FlopCountAnalysis(probe, torch.zeros((batch, *sample_shape)))
     analysis.unsupported_ops_warnings(False).uncalled_modules_warnings(False)
-    return float(analysis.total())
+    return float(analysis.total()) / batch
 
 
 def train_step_flops(model: nn.Module, loss_fn: Callable[[Any, Any], torch.Tensor],
-                     batch: tuple[torch.Tensor, torch.Tensor], passes: float = 1.0) -> float:
-    """FLOPs of forward + loss + backward on a copy of the model, times `passes` (SAM: 2)."""
+                     batch: tuple[torch.Tensor, torch.Tensor]) -> float:
+    """FLOPs of one forward + loss + backward pass on a copy of the model."""
     probe = copy.deepcopy(model).train()
     x, y = batch
 
@@ -94,55 +98,98 @@ def train_step_flops(model: nn.Module, loss_fn: Callable[[Any, Any], torch.Tenso
         out = probe(x)
         loss_fn(out, y).backward()
 
-    return count_flops(step) * passes
+    return float(count_flops(step))
+
+
+@dataclass(frozen=True)
+class AlgoCost:
+    """What an algorithm does to the cost of a training step, declared by its registry entry
+    (`effrecipes.algorithms`), so the budget and the runner never test an algorithm's name.
+
+    The budget counts real FLOPs; these declarations only say when counting must be repeated
+    (`varies`), how large the next step can be (`max_passes`, `scoring_forwards`, `may_grow`) and
+    how many steps the cap is expected to buy (`passes`, `mean_factor`), which sets the schedule's
+    first horizon before real costs are known.
+    """
+
+    passes: float = 1.0            # mean forward+backward passes per step (SAM every n steps: 1 + 1/n)
+    max_passes: float = 1.0        # passes on the most expensive step (SAM: 2)
+    scoring_forwards: float = 0.0  # extra forward passes over the whole batch on a step (selective backprop)
+    mean_factor: float = 1.0       # expected mean cost of a pass / a full-size pass (resizing, ColOut, ...)
+    varies: bool = False           # the cost of a step changes during training: count every step
+    may_grow: bool = False         # the next step may cost more than the last one
+
+    @staticmethod
+    def combine(costs: "list[AlgoCost]") -> "AlgoCost":
+        """Several algorithms together: passes and size factors multiply, extra passes add."""
+        out = AlgoCost()
+        for c in costs:
+            out = AlgoCost(passes=out.passes * c.passes, max_passes=out.max_passes * c.max_passes,
+                           scoring_forwards=out.scoring_forwards + c.scoring_forwards,
+                           mean_factor=out.mean_factor * c.mean_factor,
+                           varies=out.varies or c.varies, may_grow=out.may_grow or c.may_grow)
+        return out
 
 
 @dataclass
 class BudgetPlan:
-    """How many batches the caps afford, and why."""
+    """What one step costs, and how many steps the caps are expected to afford.
+
+    `planned_batches` is an estimate for a run whose step cost varies; the run itself ends when
+    the next step would cross the cap (`FlopBudget`), and Composer's duration is re-projected
+    every step so that schedules end where the run ends.
+    """
 
     flops_cap: Optional[float]
-    step_flops: float                 # one training batch, all ranks (global batch)
-    train_flops_per_sample: float
+    step_flops: float                 # the most expensive step, all ranks (global batch)
+    mean_step_flops: float            # the expected mean step, all ranks
+    train_flops_per_sample: float     # step_flops / global batch
     forward_flops_per_sample: float   # inference, eval mode
     fvcore_forward_macs_per_sample: Optional[float]
     global_batch_size: int
     batches_per_epoch: int
     planned_batches: int
     planned_epochs: float
-    binding_cap: str                  # flops | max_epochs | max_seconds (the cap that sets the plan)
-    reserved_flops: float = 0.0       # e.g. SWA's BatchNorm recompute forward passes
-    cost_factor: float = 1.0          # expected mean step cost / full-size step cost
+    binding_cap: str                  # flops | max_epochs | max_seconds (the cap expected to bind)
+    max_epoch_batches: Optional[int] = None   # the max_epochs cap in batches
+    cost: AlgoCost = field(default_factory=AlgoCost)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
 def plan_budget(*, flops_cap: Optional[float], max_epochs: Optional[float],
-                max_seconds: Optional[float], step_flops: float, train_flops_per_sample: float,
-                forward_flops_per_sample: float, fvcore_macs: Optional[float],
-                global_batch_size: int, batches_per_epoch: int, reserved_flops: float = 0.0,
-                cost_factor: float = 1.0) -> BudgetPlan:
-    """Turn the caps into an exact number of batches (airbench-style: the loop stops there)."""
+                max_seconds: Optional[float], pass_flops: float, forward_flops_per_sample: float,
+                fvcore_macs: Optional[float], global_batch_size: int, batches_per_epoch: int,
+                cost: AlgoCost = AlgoCost()) -> BudgetPlan:
+    """Turn the caps into an expected number of batches (exact when the step cost is fixed).
+
+    `pass_flops` is one measured forward+backward pass over a full-size global batch; the cost
+    model turns it into the most expensive step (the stop rule's bound) and the expected mean.
+    """
     if batches_per_epoch < 1:
         raise ValueError("the training set is smaller than one batch")
+    scoring = cost.scoring_forwards * forward_flops_per_sample * global_batch_size
+    step = pass_flops * cost.max_passes + scoring
+    mean = pass_flops * cost.passes * cost.mean_factor + scoring
     candidates: list[tuple[float, str]] = []
     if flops_cap is not None:
-        usable = flops_cap - reserved_flops
-        candidates.append((math.floor(usable / (step_flops * cost_factor)) if usable > 0 else 0, "flops"))
+        candidates.append((math.floor(flops_cap / mean * (1 + 1e-12)), "flops"))
+    epoch_batches = None
     if max_epochs is not None:
-        candidates.append((math.floor(max_epochs * batches_per_epoch), "max_epochs"))
+        epoch_batches = math.floor(max_epochs * batches_per_epoch)
+        candidates.append((epoch_batches, "max_epochs"))
     if not candidates:  # only max_seconds: plan "as many as fit", stop on time
         candidates.append((10**12, "max_seconds"))
     batches, binding = min(candidates, key=lambda c: c[0])
     batches = int(batches)
-    return BudgetPlan(flops_cap=flops_cap, step_flops=step_flops,
-                      train_flops_per_sample=train_flops_per_sample,
+    return BudgetPlan(flops_cap=flops_cap, step_flops=step, mean_step_flops=mean,
+                      train_flops_per_sample=step / global_batch_size,
                       forward_flops_per_sample=forward_flops_per_sample,
                       fvcore_forward_macs_per_sample=fvcore_macs,
                       global_batch_size=global_batch_size, batches_per_epoch=batches_per_epoch,
                       planned_batches=batches, planned_epochs=batches / batches_per_epoch,
-                      binding_cap=binding, reserved_flops=reserved_flops, cost_factor=cost_factor)
+                      binding_cap=binding, max_epoch_batches=epoch_batches, cost=cost)
 
 
 @dataclass
@@ -152,96 +199,187 @@ class BudgetLedger:
     flops_used: float = 0.0
     batches: int = 0
     samples: int = 0
-    extra_forward_flops: float = 0.0
+    extra_flops: float = 0.0          # training work outside the steps (SWA's BatchNorm recompute)
     eval_flops: float = 0.0
     measured_step_flops: dict[str, float] = field(default_factory=dict)  # shape -> per-sample
-    stop_reason: Optional[str] = None
+    max_step_flops: float = 0.0       # the most expensive step charged so far
+    reserve_unspent: float = 0.0      # held back for work still to come that cost less in the end
+    stop_reason: Optional[StopReason] = None
     train_seconds: float = 0.0
+
+    def as_plain(self) -> dict[str, Any]:
+        """Plain data for checkpoints (loadable with torch's safe unpickler)."""
+        return {**asdict(self), "stop_reason": None if self.stop_reason is None else str(self.stop_reason)}
 
 
 class FlopBudget(Callback):
-    """Charges every training batch by its real size and input shape, and stops before the cap.
+    """Charges all training work, stops before the cap, and keeps Composer's duration honest.
 
-    The FLOP counter runs on the first batch of each new input shape (and on every batch when an
-    algorithm makes the cost vary, e.g. selective backprop or layer freezing); other batches are
-    charged from the cached per-sample cost, so the counter adds no per-batch overhead. At
-    BATCH_END, if the next batch would cross the cap, training stops there: the run never exceeds
-    the cap and ends within one batch of it.
+    Counting: a `FlopCounterMode` window opens at BEFORE_DATALOADER (so work an algorithm starts
+    right after loading, such as selective backprop's scoring pass, is inside it) and closes at
+    BATCH_END (after SAM's second pass and the optimizer step). A step whose cost is fixed is
+    counted on the first batch of each input shape and charged from that cache afterwards, so the
+    counter costs nothing per batch; when the cost model says the cost varies, every step is
+    counted. Algorithms that train outside the steps (SWA's BatchNorm recompute) measure that
+    work themselves and expose it as `extra_train_flops`; it is charged as it happens.
+
+    Stop rule: at BATCH_END, training stops when the next step could cross the cap — the next
+    step is bounded by the last one, or by the most expensive step when the cost may grow — with
+    FLOPs an algorithm still has to spend (`pending_train_flops()`) held back. Evaluation is
+    never charged.
+
+    Duration: Composer's `max_duration` (which LR schedules, SWA, progressive resizing and layer
+    freezing read as "dur") is re-projected after every step as the batches done plus the batches
+    the remaining FLOPs buy at the recent mean step cost, so one "dur" is the whole cap.
+
+    Algorithm protocol (duck-typed, all optional): `extra_train_flops` (float, cumulative),
+    `pending_train_flops() -> float`, `bind_budget(budget)`, `finish_training(state)` (called once
+    when a cap ends the run, never on an interruption or divergence).
     """
 
+    RECENT = 8  # steps in the running mean that projects the remaining batches
+
     def __init__(self, plan: BudgetPlan, *, max_seconds: Optional[float] = None,
-                 dynamic_cost: bool = False, extra_forward_sources: tuple[Any, ...] = (),
-                 ledger: Optional[BudgetLedger] = None) -> None:
+                 algorithms: tuple[Any, ...] = (), ledger: Optional[BudgetLedger] = None) -> None:
         self.plan = plan
         self.max_seconds = max_seconds
-        self.dynamic_cost = dynamic_cost
-        self.extra_sources = extra_forward_sources  # objects with .extra_forward_samples
+        self.algorithms = tuple(algorithms)
         self.ledger = ledger or BudgetLedger()
         self._counter: Optional[FlopCounterMode] = None
-        self._shape_key = ""
+        self._extra_at_open = 0.0
+        self._extra_charged = 0.0
+        self._recent: list[float] = []
         self._t0 = 0.0
         self._seconds_before = self.ledger.train_seconds
-        self._charged_extra = {id(s): 0 for s in extra_forward_sources}
-        self.max_step_flops = plan.step_flops
+        self._batch_size = 0
+        self._shape_key = ""
+        self.projected_batches = plan.planned_batches
+        self._resumed_horizon: Optional[int] = None
+        self._pending_at_stop: Optional[tuple[float, float]] = None
 
-    # -- charging ---------------------------------------------------------
+    # -- what algorithms report -------------------------------------------
+    def progress(self) -> float:
+        """The share of the binding cap spent (0..1): the largest of FLOPs / cap, batches / the
+        max_epochs cap and seconds / max_seconds."""
+        shares = [0.0]
+        if self.plan.flops_cap:
+            shares.append(self.ledger.flops_used / self.plan.flops_cap)
+        if self.plan.max_epoch_batches:
+            shares.append(self.ledger.batches / self.plan.max_epoch_batches)
+        if self.max_seconds:
+            shares.append(self.ledger.train_seconds / self.max_seconds)
+        return min(1.0, max(shares))
+
+    def _extra_total(self) -> float:
+        return float(sum(getattr(a, "extra_train_flops", 0.0) for a in self.algorithms))
+
+    def pending_flops(self) -> float:
+        """FLOPs algorithms will still spend on training (held back from the cap)."""
+        return float(sum(a.pending_train_flops() for a in self.algorithms
+                         if hasattr(a, "pending_train_flops")))
+
+    def remaining_flops(self) -> float:
+        """FLOPs left under the cap (inf without one)."""
+        cap = self.plan.flops_cap
+        return math.inf if cap is None else cap - self.ledger.flops_used
+
+    def _charge_extra(self) -> None:
+        total = self._extra_total()
+        new = total - self._extra_charged
+        if new > 0:
+            self.ledger.flops_used += new
+            self.ledger.extra_flops += new
+        self._extra_charged = total
+
+    # -- counting window --------------------------------------------------
+    def _close_window(self) -> Optional[float]:
+        if self._counter is None:
+            return None
+        self._counter.__exit__(None, None, None)
+        total = float(self._counter.get_total_flops())
+        self._counter = None
+        return total - (self._extra_total() - self._extra_at_open)  # extras are charged apart
+
+    def _open_window(self) -> None:
+        self._extra_at_open = self._extra_total()
+        self._counter = flop_counter_mode()
+        self._counter.__enter__()
+
+    def before_dataloader(self, state: State, logger: Logger) -> None:
+        self._close_window()  # a batch Composer skipped (resume spins the loader): nothing trained
+        if self.plan.cost.varies or self._shape_key not in self.ledger.measured_step_flops:
+            self._open_window()
+
     def after_dataloader(self, state: State, logger: Logger) -> None:
         x = state.batch_get_item(0)
+        self._batch_size = int(x.shape[0])
         self._shape_key = "x".join(str(d) for d in x.shape[1:])
-        if self.dynamic_cost or self._shape_key not in self.ledger.measured_step_flops:
-            self._counter = flop_counter_mode()
-            self._counter.__enter__()
+        if self._counter is None and self._shape_key not in self.ledger.measured_step_flops:
+            self._open_window()  # a new input shape on a cached run: nothing trained yet
 
     def batch_end(self, state: State, logger: Logger) -> None:
-        n = int(state.batch_get_item(0).shape[0])
         world = dist.get_world_size()
-        if self._counter is not None:
-            self._counter.__exit__(None, None, None)
-            local = float(self._counter.get_total_flops())
-            self._counter = None
+        n = self._batch_size
+        local = self._close_window()
+        if local is not None:  # counted (a varying cost keeps the last step per shape, for the report)
             self.ledger.measured_step_flops[self._shape_key] = local / max(n, 1)
             cost = local * world
         else:
             cost = self.ledger.measured_step_flops[self._shape_key] * n * world
-        self.max_step_flops = max(self.max_step_flops, cost)
+        self.ledger.max_step_flops = max(self.ledger.max_step_flops, cost)
         self.ledger.flops_used += cost
         self.ledger.batches += 1
         self.ledger.samples += n * world
-        self._charge_extra_forward()
+        self._charge_extra()
+        self._recent = (self._recent + [cost])[-self.RECENT:]
         self.ledger.train_seconds = self._seconds_before + (time.perf_counter() - self._t0)
-        logger.log_metrics({"budget/flops_used": self.ledger.flops_used})
-        self._maybe_stop(state, cost)
+        logger.log_metrics({"flops_used": self.ledger.flops_used})  # history.csv's name
+        self._decide(state, cost)
 
-    def _charge_extra_forward(self) -> None:
-        for src in self.extra_sources:
-            done = int(getattr(src, "extra_forward_samples", 0))
-            new = done - self._charged_extra[id(src)]
-            if new > 0:
-                extra = new * self.plan.forward_flops_per_sample * dist.get_world_size()
-                self.ledger.flops_used += extra
-                self.ledger.extra_forward_flops += extra
-                self._charged_extra[id(src)] = done
+    def epoch_end(self, state: State, logger: Logger) -> None:
+        # The window opened for a batch the exhausted loader never gave: nothing trained in it
+        # (SWA's epoch-end work inside it reports itself as extra_train_flops).
+        self._close_window()
+        self._charge_extra()
 
-    def _maybe_stop(self, state: State, last_cost: float) -> None:
+    # -- stop rule and duration -------------------------------------------
+    def next_step_bound(self, last_cost: float) -> float:
+        """The most the next step can cost."""
+        if self.plan.cost.may_grow:
+            return max(last_cost, self.plan.step_flops, self.ledger.max_step_flops)
+        return last_cost
+
+    def _decide(self, state: State, last_cost: float) -> None:
+        if self.ledger.stop_reason is not None:  # already stopping (interrupted, diverged)
+            return
         cap = self.plan.flops_cap
-        if cap is not None:
-            # the next batch may be larger than this one (progressive resizing grows images)
-            next_cost = max(last_cost, self.max_step_flops if self.dynamic_cost else last_cost)
-            pending_reserve = self._pending_reserve()
-            if self.ledger.flops_used + next_cost + pending_reserve > cap:
-                self._stop(state, "flops")
-                return
+        pending = self.pending_flops()
+        if cap is not None and self.ledger.flops_used + self.next_step_bound(last_cost) + pending > cap:
+            self._stop(state, StopReason.FLOPS)
+            self._pending_at_stop = (pending, self.ledger.flops_used)
+            return
         if self.max_seconds is not None and self.ledger.train_seconds >= self.max_seconds:
-            self._stop(state, "max_seconds")
+            self._stop(state, StopReason.MAX_SECONDS)
+            return
+        self._project(state, pending)
 
-    def _pending_reserve(self) -> float:
-        """Reserved FLOPs not yet spent (e.g. SWA's BatchNorm recompute still to come)."""
-        if not self.plan.reserved_flops:
-            return 0.0
-        spent = sum(int(getattr(s, "extra_forward_samples", 0)) for s in self.extra_sources)
-        return 0.0 if spent else self.plan.reserved_flops
+    def _project(self, state: State, pending: float) -> None:
+        """Set Composer's max_duration to the batches done plus those the rest of the cap buys."""
+        done = self.ledger.batches
+        horizon = self.plan.planned_batches
+        if self.plan.flops_cap is not None and self._recent:
+            mean = sum(self._recent) / len(self._recent)
+            left = (self.plan.flops_cap - self.ledger.flops_used - pending) / mean
+            horizon = done + max(1, math.floor(left * (1 + 1e-12)))
+        if self.plan.max_epoch_batches is not None:
+            horizon = min(horizon, self.plan.max_epoch_batches)
+        if self.plan.flops_cap is None and self.plan.max_epoch_batches is None:
+            return  # only max_seconds: nothing to project
+        if horizon != self.projected_batches:
+            self.projected_batches = horizon
+            state.max_duration = Time(horizon, TimeUnit.BATCH)
 
-    def _stop(self, state: State, reason: str) -> None:
+    def _stop(self, state: State, reason: StopReason) -> None:
         if self.ledger.stop_reason is None:
             self.ledger.stop_reason = reason
         state.stop_training()
@@ -249,39 +387,40 @@ class FlopBudget(Callback):
     # -- lifecycle --------------------------------------------------------
     def fit_start(self, state: State, logger: Logger) -> None:
         self._t0 = time.perf_counter()
+        self._extra_charged = self._extra_total()
+        for algo in self.algorithms:
+            if hasattr(algo, "bind_budget"):
+                algo.bind_budget(self)
+        if self._resumed_horizon is not None:  # where the interrupted run had projected its end
+            self.projected_batches = int(self._resumed_horizon)
+            state.max_duration = Time(self.projected_batches, TimeUnit.BATCH)
+        elif state.max_duration is not None:
+            self.projected_batches = int(state.max_duration.value)
 
     def fit_end(self, state: State, logger: Logger) -> None:
-        if self._counter is not None:  # training ended inside a batch
-            self._counter.__exit__(None, None, None)
-            self._counter = None
-        self._charge_extra_forward()  # e.g. SWA's BatchNorm recompute at the end of training
+        self._close_window()
         if self.ledger.stop_reason is None:
-            self.ledger.stop_reason = self.plan.binding_cap
+            epochs = self.plan.max_epoch_batches
+            self.ledger.stop_reason = (StopReason.MAX_EPOCHS if epochs is not None
+                                       and self.ledger.batches >= epochs
+                                       else StopReason(self.plan.binding_cap))
+        if StopReason(self.ledger.stop_reason).is_cap:
+            for algo in self.algorithms:
+                if hasattr(algo, "finish_training"):
+                    algo.finish_training(state)
+        self._charge_extra()
+        if self._pending_at_stop is not None:  # e.g. SWA's recompute under stochastic depth
+            pending, used = self._pending_at_stop
+            self.ledger.reserve_unspent = max(0.0, pending - (self.ledger.flops_used - used))
+        self.ledger.train_seconds = self._seconds_before + (time.perf_counter() - self._t0)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"ledger": asdict(self.ledger)}
+        return {"ledger": self.ledger.as_plain(), "recent": list(self._recent),
+                "projected_batches": self.projected_batches}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.ledger = BudgetLedger(**state["ledger"])
         self.ledger.stop_reason = None  # a resumed run decides afresh why it ends
+        self._recent = list(state.get("recent", []))
+        self._resumed_horizon = state.get("projected_batches")
         self._seconds_before = self.ledger.train_seconds
-
-
-def swa_reserve_flops(bn_update_batches: int, batch_size: int, forward_per_sample: float,
-                      world_size: int = 1) -> float:
-    """FLOPs SWA's BatchNorm recompute will spend (forward passes over training batches)."""
-    return bn_update_batches * batch_size * forward_per_sample * world_size
-
-
-def progressive_resizing_cost_factor(initial_scale: float = 0.5, delay_fraction: float = 0.5,
-                                     finetune_fraction: float = 0.2, **_: Any) -> float:
-    """Mean step cost relative to full size under Composer's progressive-resizing schedule.
-
-    FLOPs of a conv net scale with pixels (scale^2): initial scale for `delay_fraction` of
-    training, a linear ramp to 1, then full size for `finetune_fraction`.
-    """
-    s0 = min(max(initial_scale, 0.0), 1.0)
-    ramp = max(0.0, 1.0 - delay_fraction - finetune_fraction)
-    ramp_mean = (s0 * s0 + s0 + 1.0) / 3.0  # mean of s^2 for s linear from s0 to 1
-    return delay_fraction * s0 * s0 + ramp * ramp_mean + finetune_fraction
-

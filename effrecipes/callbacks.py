@@ -1,4 +1,5 @@
-"""Small Composer callbacks: per-evaluation history (against FLOPs spent) and best-val weights."""
+"""Small Composer callbacks: per-evaluation history (against FLOPs spent) with live progress,
+best-val weights, the data order, and the interrupt/divergence guard."""
 from __future__ import annotations
 
 import copy
@@ -14,9 +15,9 @@ from composer.loggers import Logger
 
 from effrecipes.models import network_of
 from effrecipes.budget import FlopBudget
+from effrecipes.rundir import HISTORY_FIELDS, StopReason
+from effrecipes.stats import fmt_flops
 
-HISTORY_FIELDS = ["epoch", "batch", "samples", "flops_used", "train_loss", "val_accuracy", "lr",
-                  "seconds"]
 
 
 def _val_accuracy(state: State) -> Optional[float]:
@@ -27,11 +28,76 @@ def _val_accuracy(state: State) -> Optional[float]:
     return None
 
 
-class History(Callback):
-    """Writes one row per evaluation to history.csv (appending, flushed each time)."""
+def _duration(seconds: float) -> str:
+    s = int(seconds)
+    return f"{s // 3600}h{s // 60 % 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
 
-    def __init__(self, budget: FlopBudget, path: Path) -> None:
-        self.budget, self.path = budget, path
+
+class LiveProgress:
+    """What a user watching a run sees, in the budget's unit: the share of the binding cap spent
+    (FLOPs, or epochs/seconds when those bind), FLOPs spent / cap, the last validation accuracy,
+    the lr and an ETA. On a terminal a bar redrawn at most 4 times a second; otherwise (piped to
+    a file, a job log) one line per evaluation. Written to stderr: stdout keeps the summary (or
+    the JSON)."""
+
+    def __init__(self, budget: FlopBudget, stream: Any, tty: bool) -> None:
+        self.budget, self.stream, self.tty = budget, stream, tty
+        self._bar: Any = None
+        self._t0 = time.perf_counter()
+        self._last_draw = 0.0
+        self._val: Optional[float] = None
+
+    def _status(self, state: State) -> str:
+        led, cap = self.budget.ledger, self.budget.plan.flops_cap
+        lr = state.optimizers[0].param_groups[0]["lr"] if state.optimizers else None
+        parts = [f"FLOPs {fmt_flops(led.flops_used)}" + (f"/{fmt_flops(cap)}" if cap else ""),
+                 f"epoch {led.batches / max(self.budget.plan.batches_per_epoch, 1):.2f}"]
+        if self._val is not None:
+            parts.append(f"val {self._val:.2f}%")
+        if lr is not None:
+            parts.append(f"lr {lr:.3g}")
+        return "  ".join(parts)
+
+    def tick(self, state: State) -> None:
+        if not self.tty:
+            return
+        now = time.perf_counter()
+        if now - self._last_draw < 0.25:
+            return
+        self._last_draw = now
+        if self._bar is None:
+            from tqdm import tqdm
+            self._bar = tqdm(total=100.0, unit="%", file=self.stream, dynamic_ncols=True,
+                             bar_format="{percentage:5.1f}% |{bar}| {desc} [{elapsed}<{remaining}]")
+        self._bar.n = round(100.0 * self.budget.progress(), 2)
+        self._bar.set_description_str(self._status(state), refresh=True)
+
+    def evaluated(self, state: State, val_accuracy: Optional[float]) -> None:
+        self._val = val_accuracy
+        if self.tty:
+            self._last_draw = 0.0
+            self.tick(state)
+            return
+        done = self.budget.progress()
+        spent = time.perf_counter() - self._t0
+        eta = f"  ETA {_duration(spent * (1 - done) / done)}" if 0 < done < 1 else ""
+        print(f"[{100 * done:5.1f}%] {self._status(state)}  {_duration(spent)}{eta}", file=self.stream,
+              flush=True)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.n = round(100.0 * self.budget.progress(), 2)
+            self._bar.close()
+            self._bar = None
+
+
+class History(Callback):
+    """Writes one row per evaluation to history.csv (appending, flushed each time) and drives
+    the live progress (one callback for both: every callback costs Composer's loop time on every
+    event)."""
+
+    def __init__(self, budget: FlopBudget, path: Path, progress: Optional[LiveProgress] = None) -> None:
+        self.budget, self.path, self.progress = budget, path, progress
         self.rows: list[dict[str, Any]] = []
         self.best_val_accuracy: Optional[float] = None
         self.last_val_accuracy: Optional[float] = None
@@ -55,12 +121,25 @@ class History(Callback):
             self.last_val_accuracy = acc
             if self.best_val_accuracy is None or acc > self.best_val_accuracy:
                 self.best_val_accuracy = acc
+        logger.log_metrics({k: row[k] for k in ("flops_used", "val_accuracy", "lr", "epoch")
+                            if row[k] is not None})  # W&B history keys = history.csv columns, %
+        if self.progress is not None:
+            self.progress.evaluated(state, acc)
         new = not self.path.exists()
         with self.path.open("a", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=HISTORY_FIELDS)
             if new:
                 writer.writeheader()
             writer.writerow(row)
+
+
+    def batch_end(self, state: State, logger: Logger) -> None:
+        if self.progress is not None:
+            self.progress.tick(state)
+
+    def fit_end(self, state: State, logger: Logger) -> None:
+        if self.progress is not None:
+            self.progress.close()
 
 
 class BestWeights(Callback):
@@ -99,7 +178,12 @@ class EpochSync(Callback):
 
 class RunGuard(Callback):
     """Stops a run cleanly on Ctrl-C / SIGTERM (`interrupted`) or a non-finite loss (`diverged`),
-    keeping the last weights whose loss was finite."""
+    keeping the last weights whose loss was finite.
+
+    An interruption on the last batch of an epoch stops after that epoch's end instead: Composer's
+    `stop_training()` makes the elapsed duration 1, and algorithms acting at EPOCH_END (SWA,
+    layer freezing) would then act as if training were over, which a resumed run could not undo.
+    """
 
     def __init__(self, budget: Optional[FlopBudget], snapshot_every: int = 50) -> None:
         self.budget = budget
@@ -107,6 +191,7 @@ class RunGuard(Callback):
         self.snapshot_every = max(1, snapshot_every)
         self.last_good: Optional[dict[str, torch.Tensor]] = None
         self.diverged = False
+        self._stop_at_epoch_end = False
 
     def request_stop(self) -> None:
         self.stop_requested = True
@@ -116,12 +201,19 @@ class RunGuard(Callback):
         if not all(math.isfinite(float(v)) for v in losses):
             self.diverged = True
             if self.budget is not None:
-                self.budget.ledger.stop_reason = "diverged"
+                self.budget.ledger.stop_reason = StopReason.DIVERGED
             state.stop_training()
             return
         if int(state.timestamp.batch) % self.snapshot_every == 0 or self.last_good is None:
             self.last_good = copy.deepcopy(network_of(state.model).state_dict())
         if self.stop_requested:
             if self.budget is not None and self.budget.ledger.stop_reason is None:
-                self.budget.ledger.stop_reason = "interrupted"
+                self.budget.ledger.stop_reason = StopReason.INTERRUPTED
+            if int(state.timestamp.batch_in_epoch) == int(state.dataloader_len or 0):
+                self._stop_at_epoch_end = True
+            else:
+                state.stop_training()
+
+    def epoch_end(self, state: State, logger: Logger) -> None:
+        if self._stop_at_epoch_end:
             state.stop_training()

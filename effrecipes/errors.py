@@ -20,14 +20,15 @@ class UserError(Exception):
         self.file, self.field, self.hint = file, field, hint
         parts = []
         if file:
-            parts.append(str(file))
+            parts.append(shorten(str(file), MAX_PATH_SHOWN))
         if field:
-            parts.append(field)
+            parts.append(shorten(str(field), MAX_PATH_SHOWN))
         prefix = ": ".join(parts)
         text = f"{prefix}: {message}" if prefix else message
         if hint:
             text = f"{text} ({hint})"
-        super().__init__(" ".join(text.split()))  # always one line
+        # always one line, and never a user's megabyte of text echoed back
+        super().__init__(shorten(" ".join(text.split()), MAX_LINE))
 
 
     def in_file(self, file: str) -> "UserError":
@@ -35,6 +36,16 @@ class UserError(Exception):
         if self.file:
             return self
         return type(self)(self.message, file=file, field=self.field, hint=self.hint)
+
+
+MAX_PATH_SHOWN = 200   # a file name or field path longer than this is cut in messages
+MAX_LINE = 2000        # a whole error line is cut beyond this (choice lists fit comfortably)
+
+
+def shorten(text: str, limit: int = 80) -> str:
+    """`text` cut to `limit` characters with an ellipsis (for echoing user values in errors)."""
+    text = str(text)
+    return text if len(text) <= limit else f"{text[:limit - 14]}...({len(text):,} chars)"
 
 
 class RecipeError(UserError):
@@ -48,6 +59,7 @@ class DataError(UserError):
 def closest_first(value: str, choices: Iterable[str], limit: int | None = None) -> list[str]:
     """Valid choices ordered by similarity to `value` (closest match first)."""
     choices = sorted(set(choices))
+    value = str(value)[:100]  # similarity of a megabyte-long typo is not worth computing
     def score(c: str) -> tuple[bool, float, str]:
         prefix = c.startswith(value) or value.startswith(c)  # 'gap_1p5k' -> 'gap_1p5k_dw' first
         return (not prefix, -difflib.SequenceMatcher(None, value, c).ratio(), c)
@@ -59,13 +71,27 @@ def closest_first(value: str, choices: Iterable[str], limit: int | None = None) 
 def unknown_name_message(kind: str, value: str, choices: Iterable[str]) -> str:
     """'unknown model 'x'; valid: closest, next, ...' with the closest match first."""
     ordered = closest_first(value, choices)
-    return f"unknown {kind} {value!r}; valid choices (closest first): {', '.join(ordered)}"
+    return f"unknown {kind} {shorten(value)!r}; valid choices (closest first): {', '.join(ordered)}"
 
 
-def writable_dir(path: "os.PathLike[str] | str", *, field: str, hint: str) -> None:
-    """Create `path` if needed and check it is writable, as one-line UserErrors naming `field`."""
+def writable_dir(path: "os.PathLike[str] | str", *, field: str, hint: str,
+                 create: bool = True) -> None:
+    """Create `path` if needed and check it is writable, as one-line UserErrors naming `field`.
+    `create=False` only checks that it could be created (nothing is written: a mistake found
+    later must leave no empty directory behind)."""
     import os
 
+    if not create:
+        probe = os.path.abspath(path)
+        while not os.path.exists(probe) and os.path.dirname(probe) != probe:
+            probe = os.path.dirname(probe)
+        if not os.path.isdir(probe):
+            raise UserError("cannot create output directory: a file is in the way", file=str(probe),
+                            field=field, hint=hint)
+        if not os.access(probe, os.W_OK):
+            raise UserError("output directory is not writable", file=str(probe), field=field,
+                            hint=hint)
+        return
     try:
         os.makedirs(path, exist_ok=True)
     except OSError as e:

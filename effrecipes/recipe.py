@@ -2,28 +2,58 @@
 
 Everything a user may set lives here with its default and a one-line description, so `--dry-run`,
 the docs and error messages all come from one place. Loading never executes code: YAML goes
-through `yaml.safe_load` only, and names are looked up in registries, never imported.
+through `RecipeLoader` only (PyYAML's SafeLoader that reads YAML 1.2 numbers such as `1e-4` as
+floats, refuses duplicate keys and absurd nesting), and names are looked up in registries, never
+imported. Types are strict (`true` is not a batch size) and numbers finite.
 """
 from __future__ import annotations
 
 import copy
+import errno
 import math
+import os
 import re
+import stat
 from pathlib import Path
 from typing import Any, Literal, Optional, Union
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from effrecipes.errors import RecipeError, closest_first
+from effrecipes.algorithm_args import parse_time
+from effrecipes.errors import RecipeError, closest_first, shorten
 
 MAX_RECIPE_BYTES = 1_000_000  # a recipe is a few hundred bytes; refuse anything absurd
+MAX_NAME = 120                # recipe and run names (a directory name; file systems allow 255)
+MAX_NESTING = 50              # YAML nesting depth (recipes use 3-4 levels)
+MAX_KEY_PARTS = 20            # parts of a dotted override key
+# A run always has a finite cap that binds: these bound the optional caps (a FLOP cap is bounded
+# in parse_flops). 100,000 epochs or ~115 days are far beyond any run this tool plans.
+MAX_EPOCHS = 100_000
+MAX_SECONDS = 10_000_000
+MAX_FLOPS = 1e24              # more than GPT-3's whole training (3.1e23)
+_NUMBER = re.compile(r"\s*[-+]?(?:[0-9][0-9_]*\.?[0-9_]*|\.[0-9]+)(?:[eE][-+]?[0-9]+)?\s*")
 
 
 class Section(BaseModel):
     """Base for every recipe section: unknown keys are errors, values are checked on assignment."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, strict=True,
+                              allow_inf_nan=False)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _numeric_strings(cls, data: Any) -> Any:
+        """Types are strict (`true` is not a number, `"16"` not an int, `16.5` not an int), with one
+        allowance: a float field also reads a plain number written as a string (`'1e-3'`, as YAML
+        1.1 tools and older matrix grids write it)."""
+        if isinstance(data, dict):
+            for key, value in data.items():
+                field = cls.model_fields.get(key) if isinstance(key, str) else None
+                if (field is not None and isinstance(value, str) and _NUMBER.fullmatch(value)
+                        and float in (field.annotation, *getattr(field.annotation, "__args__", ()))):
+                    data = {**data, key: float(value)}
+        return data
 
 
 class DataConfig(Section):
@@ -46,11 +76,21 @@ class DataConfig(Section):
     kwargs: dict[str, Any] = Field(default_factory=dict,
                                    description="dataset-specific options (e.g. synthetic sizes)")
 
+    @field_validator("kwargs")
+    @classmethod
+    def _finite_kwargs(cls, v: dict[str, Any]) -> dict[str, Any]:
+        return finite_tree(v)
+
 
 class ModelConfig(Section):
     name: str = Field(description="model name (composer-run --list models)")
     kwargs: dict[str, Any] = Field(default_factory=dict,
                                    description="extra builder arguments (e.g. width_mult, dropout)")
+
+    @field_validator("kwargs")
+    @classmethod
+    def _finite_kwargs(cls, v: dict[str, Any]) -> dict[str, Any]:
+        return finite_tree(v)
     channels_last: bool = Field(
         True, description="NHWC memory format after all surgery: 1.4-1.6x faster CPU training "
                           "measured (benchmarks/README.md); false keeps NCHW")
@@ -63,7 +103,40 @@ class OptimizerConfig(Section):
     momentum: float = Field(0.9, ge=0, lt=1, description="SGD momentum")
     nesterov: bool = Field(False, description="Nesterov momentum (SGD)")
     weight_decay: float = Field(5e-4, ge=0, description="weight decay")
-    betas: tuple[float, float] = Field((0.9, 0.999), description="Adam betas")
+    betas: tuple[float, float] = Field((0.9, 0.999), description="Adam betas, each in [0, 1)")
+
+    @field_validator("betas", mode="before")
+    @classmethod
+    def _betas_list(cls, v: Any) -> Any:
+        return tuple(v) if isinstance(v, list) else v  # YAML and JSON have lists, not tuples
+
+    @field_validator("betas")
+    @classmethod
+    def _betas_range(cls, v: tuple[float, float]) -> tuple[float, float]:
+        if not all(0.0 <= b < 1.0 for b in v):
+            raise ValueError("each beta must be in [0, 1), e.g. [0.9, 0.999]")
+        return v
+
+    @model_validator(mode="after")
+    def _no_ignored_settings(self) -> "OptimizerConfig":
+        """A setting the chosen optimizer ignores is an error, not silently dropped. Compared with
+        the defaults (not 'was it written'), so a resolved recipe - every default filled in -
+        validates again, and a grid switching a momentum-SGD base to adam works."""
+        if self.name in ("adam", "adamw", "decoupled_adamw"):
+            if self.momentum != 0.9:
+                raise ValueError(f"momentum={self.momentum} is ignored by {self.name} (use betas); "
+                                 "remove optimizer.momentum or use name: sgd")
+            if self.nesterov:
+                raise ValueError(f"nesterov is ignored by {self.name}; remove optimizer.nesterov "
+                                 "or use name: sgd")
+        else:
+            if self.betas != (0.9, 0.999):
+                raise ValueError(f"betas are ignored by {self.name} (use momentum); remove "
+                                 "optimizer.betas or use an adam optimizer")
+            if self.nesterov and self.name != "sgd":
+                raise ValueError(f"nesterov is ignored by {self.name}; remove optimizer.nesterov "
+                                 "or use name: sgd")
+        return self
 
 
 class SchedulerConfig(Section):
@@ -82,8 +155,35 @@ class SchedulerConfig(Section):
 
 class BudgetConfig(Section):
     flops: Optional[float] = Field(None, description="cap on training FLOPs: 1e14, '100T', '2.5G'")
-    max_epochs: Optional[float] = Field(None, gt=0, description="optional cap on epochs")
-    max_seconds: Optional[float] = Field(None, gt=0, description="optional cap on training wall seconds")
+    max_epochs: Optional[float] = Field(None, gt=0, description="optional cap on epochs (or '5ep')")
+    max_seconds: Optional[float] = Field(None, gt=0, description="optional cap on training wall "
+                                         "seconds (or '3600sec')")
+
+    @field_validator("max_epochs", mode="before")
+    @classmethod
+    def _epochs_timestring(cls, v: Any) -> Any:
+        return epochs_value(v)
+
+    @field_validator("max_seconds", mode="before")
+    @classmethod
+    def _seconds_timestring(cls, v: Any) -> Any:
+        return parse_time(v, ("sec",))[0] if isinstance(v, str) else v
+
+    @field_validator("max_epochs")
+    @classmethod
+    def _epochs_bound(cls, v: Optional[float]) -> Optional[float]:
+        if v is not None and v > MAX_EPOCHS:
+            raise ValueError(f"at most {MAX_EPOCHS:,} epochs: a run needs a cap that binds "
+                             "(set null to leave epochs uncapped when budget.flops is set)")
+        return v
+
+    @field_validator("max_seconds")
+    @classmethod
+    def _seconds_bound(cls, v: Optional[float]) -> Optional[float]:
+        if v is not None and v > MAX_SECONDS:
+            raise ValueError(f"at most {MAX_SECONDS:,} seconds (~115 days): a run needs a cap that "
+                             "binds (set null to leave time uncapped when budget.flops is set)")
+        return v
 
     @field_validator("flops", mode="before")
     @classmethod
@@ -97,13 +197,30 @@ class BudgetConfig(Section):
         return self
 
 
+class TrainerConfig(Section):
+    """Where and how the Trainer runs (resolved by `effrecipes.device`; recorded in metrics.json)."""
+
+    device: Literal["auto", "cpu", "gpu"] = Field(
+        "auto", description="auto = a GPU when CUDA is available (cuda:LOCAL_RANK per rank), "
+        "else the CPU; gpu without CUDA is an error")
+    precision: Literal["auto", "fp32", "amp_bf16", "amp_fp16"] = Field(
+        "auto", description="auto = amp_bf16 on GPUs with bf16, amp_fp16 on older GPUs, fp32 on "
+        "the CPU (amp_* on the CPU is an error); FLOPs are charged the same in every precision")
+    compile: bool = Field(False, description="torch.compile the model (Composer's compile_config)")
+
+
 class EvalConfig(Section):
-    every_epochs: float = Field(1.0, gt=0, description="validate every this many epochs "
-                                "(fractions allowed) and at the end")
+    every_epochs: float = Field(1.0, gt=0, le=MAX_EPOCHS, description="validate every this many "
+                                "epochs (fractions allowed, or '0.5ep') and at the end")
     checkpoint: Literal["last", "best_val"] = Field(
         "last", description="which weights the test set sees: the final ones, or the best validation")
     latency_images: int = Field(1000, ge=0, description="test images timed one by one for CPU latency")
     per_class: bool = Field(False, description="save per-class precision/recall/F1 on the test set")
+
+    @field_validator("every_epochs", mode="before")
+    @classmethod
+    def _epochs_timestring(cls, v: Any) -> Any:
+        return epochs_value(v)
 
 
 class WandbConfig(Section):
@@ -122,7 +239,8 @@ class LoggersConfig(Section):
 
 
 class OutputConfig(Section):
-    root: str = Field("runs", description="directory under which run directories are written")
+    root: str = Field("runs", min_length=1, max_length=4000,
+                      description="directory under which run directories are written")
     run_name: Optional[str] = Field(None, description="run directory name; default: the recipe name")
     save_checkpoint: bool = Field(True, description="save the final checkpoint in the run directory")
     overwrite: bool = Field(False, description="replace an existing finished run directory")
@@ -130,9 +248,8 @@ class OutputConfig(Section):
     @field_validator("run_name")
     @classmethod
     def _safe_name(cls, v: Optional[str]) -> Optional[str]:
-        if v is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._=+,-]*", v):
-            raise ValueError("use letters, digits and . _ = + , - only (no path separators)")
-        return v
+        return None if v is None else check_name(v, "use letters, digits and . _ = + , - only "
+                                                 "(no path separators)")
 
 
 class Reference(Section):
@@ -155,6 +272,7 @@ class Recipe(Section):
     algorithms: list[dict[str, dict[str, Any]]] = Field(
         default_factory=list, description="Composer algorithms: a list of `- name: {kwargs}`")
     budget: BudgetConfig
+    trainer: TrainerConfig = Field(default_factory=TrainerConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     loggers: LoggersConfig = Field(default_factory=LoggersConfig)
     output: OutputConfig = Field(default_factory=OutputConfig)
@@ -165,9 +283,7 @@ class Recipe(Section):
     @field_validator("name")
     @classmethod
     def _name_ok(cls, v: str) -> str:
-        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._=+,-]*", v):
-            raise ValueError("use letters, digits and . _ = + , - only")
-        return v
+        return check_name(v, "use letters, digits and . _ = + , - only")
 
     @field_validator("algorithms", mode="before")
     @classmethod
@@ -184,6 +300,35 @@ class Recipe(Section):
 
 
 # --------------------------------------------------------------------------- parsing helpers
+
+def check_name(v: str, charset_hint: str) -> str:
+    """A recipe or run name: it becomes a directory name, so short and path-safe."""
+    if len(v) > MAX_NAME:
+        raise ValueError(f"at most {MAX_NAME} characters (this one has {len(v):,}); shorten it")
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._=+,-]*", v):
+        raise ValueError(charset_hint)
+    return v
+
+
+def finite_tree(v: Any) -> Any:
+    """Free-form values (builder kwargs) hold no inf or nan, at any depth."""
+    stack = [v]
+    while stack:
+        x = stack.pop()
+        if isinstance(x, float) and not math.isfinite(x):
+            raise ValueError(f"numbers must be finite (got {x})")
+        if isinstance(x, dict):
+            stack.extend(x.values())
+        elif isinstance(x, (list, tuple)):
+            stack.extend(x)
+    return v
+
+
+def epochs_value(v: Any) -> Any:
+    """An epochs field also takes a Composer time string in epochs (`'5ep'`, `'0.5ep'`); other
+    units are refused: the batches per epoch are not known until the data is loaded."""
+    return parse_time(v, ("ep",), whole=False)[0] if isinstance(v, str) else v
+
 
 _SUFFIX = {"": 1.0, "K": 1e3, "M": 1e6, "G": 1e9, "T": 1e12, "P": 1e15, "E": 1e18}
 
@@ -203,6 +348,9 @@ def parse_flops(v: Any) -> float:
         raise ValueError("expected a number of FLOPs such as 1e14 or '100T'")
     if not math.isfinite(x) or x <= 0:
         raise ValueError("must be a positive, finite number of FLOPs")
+    if x > MAX_FLOPS:
+        raise ValueError(f"at most {MAX_FLOPS:.0e} FLOPs (more than GPT-3's training): a run needs "
+                         "a cap that binds")
     return x
 
 
@@ -283,25 +431,29 @@ def validation_error_to_recipe_error(err: ValidationError, data: Any, file: str)
         return RecipeError("required field is missing", file=file, field=path)
     msg = e["msg"].removeprefix("Value error, ")
     if "input" in e and e["type"] not in ("missing",):
-        shown = repr(e["input"])
-        if len(shown) > 60:
-            shown = shown[:57] + "..."
-        msg = f"{msg} (got {shown})"
+        msg = f"{msg} (got {shorten(repr(e['input']), 60)})"
     return RecipeError(msg, file=file, field=path)
 
 
 # --------------------------------------------------------------------------- overrides
 
 def parse_override(text: str) -> tuple[list[str], Any]:
-    """`optimizer.lr=0.01` -> (['optimizer', 'lr'], 0.01); values are read as YAML (safely)."""
+    """`optimizer.lr=0.01` -> (['optimizer', 'lr'], 0.01); values are read as YAML (safely, with
+    the recipe loader: `1e-4` is a float) and text that is not valid YAML is kept as a string."""
+    shown = shorten(text, 80)
     if "=" not in text:
-        raise RecipeError(f"override {text!r} must look like key.path=value (e.g. optimizer.lr=0.01)")
+        raise RecipeError(f"override {shown!r} must look like key.path=value (e.g. optimizer.lr=0.01)")
     key, _, raw = text.partition("=")
     path = [p for p in key.strip().split(".")]
+    if len(path) > MAX_KEY_PARTS:
+        raise RecipeError(f"override {shown!r}: the key has {len(path):,} parts; recipe keys have "
+                          f"at most {MAX_KEY_PARTS}")
     if not all(re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", p) for p in path):
-        raise RecipeError(f"override {text!r}: {key!r} is not a dotted key path")
+        raise RecipeError(f"override {shown!r}: {shorten(key, 60)!r} is not a dotted key path")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else None
+        value = load_yaml_text(raw) if raw.strip() else None
+    except RecipeYAMLError as e:  # duplicate keys, nesting too deep: say so, never guess
+        raise RecipeError(f"override {shorten(key, 60)}: {e.problem}") from None
     except yaml.YAMLError:
         value = raw
     return path, value
@@ -332,6 +484,8 @@ def apply_override(data: dict[str, Any], path: list[str], value: Any) -> None:
             node = algos[idx][name]
             for p in path[2:-1]:
                 node = node.setdefault(p, {})
+                if not isinstance(node, dict):
+                    raise RecipeError(f"override {'.'.join(path)}: {p!r} is not a mapping")
             node[path[-1]] = value
         data["algorithms"] = algos
         return
@@ -348,39 +502,159 @@ def apply_override(data: dict[str, Any], path: list[str], value: Any) -> None:
 
 # --------------------------------------------------------------------------- loading
 
-def read_yaml(path: Union[str, Path]) -> dict[str, Any]:
-    """Safe-load a YAML mapping, turning every failure into a one-line RecipeError."""
-    p = Path(path)
-    if not p.exists():
-        raise RecipeError("file not found", file=str(p), hint="check the path")
-    if p.is_dir():
-        raise RecipeError("is a directory, expected a YAML file", file=str(p))
+class RecipeYAMLError(yaml.constructor.ConstructorError):
+    """A YAML problem the recipe loader adds: a duplicate key or nesting beyond MAX_NESTING.
+    `plain` says it without quoting the file."""
+
+    plain = "invalid YAML"
+
+
+class RecipeLoader(yaml.SafeLoader):
+    """PyYAML's SafeLoader (plain data only, no tags that build objects) with three fixes:
+
+    - YAML 1.2 floats: PyYAML implements YAML 1.1, where `1e-4` or `5e-4` (no dot) is a *string*;
+      here they are floats, in files, overrides and matrix specs alike.
+    - Duplicate keys are errors (PyYAML keeps the last: a second `budget:` silently replaced the
+      first, a second `algorithms:` dropped the first list).
+    - Nesting is bounded (MAX_NESTING), instead of a RecursionError deep inside PyYAML.
+    """
+
+    def __init__(self, stream: Any) -> None:
+        super().__init__(stream)
+        self._depth = 0
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        self._depth += 1
+        try:
+            if self._depth > MAX_NESTING:
+                err = RecipeYAMLError(None, None, f"nested deeper than {MAX_NESTING} levels",
+                                      self.peek_event().start_mark)
+                err.plain = err.problem
+                raise err
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+    def construct_mapping(self, node: Any, deep: bool = False) -> Any:
+        if isinstance(node, yaml.MappingNode):
+            first: dict[Any, Any] = {}
+            for key_node, _ in node.value:
+                if not isinstance(key_node, yaml.ScalarNode) or key_node.tag == "tag:yaml.org,2002:merge":
+                    continue
+                key = self.construct_object(key_node)
+                if key in first:
+                    err = RecipeYAMLError(
+                        None, None, f"duplicate key {shorten(str(key), 60)!r} (first at line "
+                        f"{first[key].line + 1}); write each key once", key_node.start_mark)
+                    err.plain = f"duplicate key (first at line {first[key].line + 1})"
+                    raise err
+                first[key] = key_node.start_mark
+        return super().construct_mapping(node, deep=deep)
+
+
+RecipeLoader.yaml_implicit_resolvers = {
+    ch: [(tag, rx) for tag, rx in resolvers if tag != "tag:yaml.org,2002:float"]
+    for ch, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+RecipeLoader.add_implicit_resolver("tag:yaml.org,2002:float", re.compile(r"""^(?:
+     [-+]?[0-9][0-9_]*\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+    |[-+]?[0-9][0-9_]*[eE][-+]?[0-9]+
+    |[-+]?\.[0-9][0-9_]*(?:[eE][-+]?[0-9]+)?
+    |[-+]?[0-9][0-9_]*(?::[0-5]?[0-9])+\.[0-9_]*
+    |[-+]?\.(?:inf|Inf|INF)
+    |\.(?:nan|NaN|NAN))$""", re.X), list("-+0123456789."))
+
+
+def load_yaml_text(text: str) -> Any:
+    """Parse YAML text with the recipe loader (RecursionError, should any remain, as YAMLError)."""
     try:
-        size = p.stat().st_size
-        if size > MAX_RECIPE_BYTES:
-            raise RecipeError(f"file is {size} bytes; recipes are limited to {MAX_RECIPE_BYTES}",
-                              file=str(p))
-        raw = p.read_bytes()
+        return yaml.load(text, Loader=RecipeLoader)  # noqa: S506 - RecipeLoader is a SafeLoader
+    except RecursionError:
+        err = RecipeYAMLError(None, None, "nested too deeply", None)
+        err.plain = err.problem
+        raise err from None
+
+
+def _open_problem(e: OSError) -> str:
+    return {errno.ENOENT: "file not found", errno.ELOOP: "symlink loop (too many levels of "
+            "symbolic links)", errno.EACCES: "permission denied", errno.EISDIR:
+            "is a directory, expected a YAML file", errno.ENAMETOOLONG: "file name too long",
+            errno.ENOTDIR: "a parent of this path is not a directory"}.get(
+                e.errno or 0, f"cannot open file: {e.strerror}")
+
+
+def read_file_bytes(path: Union[str, Path], limit: int = MAX_RECIPE_BYTES) -> bytes:
+    """The bytes of a regular file, at most `limit` of them (enforced while reading, so a file that
+    grows or lies about its size is still refused). FIFOs, devices (/dev/zero) and sockets are
+    refused without blocking: the file is opened non-blocking and checked with fstat first."""
+    p = str(path)
+    try:
+        fd = os.open(p, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
     except OSError as e:
-        raise RecipeError(f"cannot read file: {e.strerror}", file=str(p)) from None
+        raise RecipeError(_open_problem(e), file=p,
+                          hint="check the path" if e.errno == errno.ENOENT else None) from None
+    try:
+        st = os.fstat(fd)
+        if stat.S_ISDIR(st.st_mode):
+            raise RecipeError("is a directory, expected a YAML file", file=p)
+        if not stat.S_ISREG(st.st_mode):
+            kind = ("a FIFO" if stat.S_ISFIFO(st.st_mode) else "a device" if stat.S_ISCHR(st.st_mode)
+                    or stat.S_ISBLK(st.st_mode) else "a socket" if stat.S_ISSOCK(st.st_mode)
+                    else "not a regular file")
+            raise RecipeError(f"is {kind}; recipes are read from regular files only", file=p)
+        too_big = RecipeError(f"file is larger than {limit:,} bytes; recipes are limited to "
+                              f"{limit:,}", file=p)
+        if st.st_size > limit:
+            raise too_big
+        chunks: list[bytes] = []
+        total = 0
+        while True:
+            chunk = os.read(fd, min(1 << 20, limit + 1 - total))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            total += len(chunk)
+            if total > limit:
+                raise too_big
+        return b"".join(chunks)
+    except OSError as e:
+        raise RecipeError(f"cannot read file: {e.strerror}", file=p) from None
+    finally:
+        os.close(fd)
+
+
+def read_yaml(path: Union[str, Path], *, quote: bool = True) -> dict[str, Any]:
+    """Safe-load a YAML mapping from a regular file, turning every failure into a one-line
+    RecipeError. With `quote=False` (a `base:` file) no message quotes the file's content."""
+    p = Path(path)
+    raw = read_file_bytes(p)
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as e:
         raise RecipeError(f"not UTF-8 text (byte {e.start})", file=str(p),
                           hint="save the recipe as UTF-8") from None
     try:
-        data = yaml.safe_load(text)
+        data = load_yaml_text(text)
+    except RecipeYAMLError as e:
+        mark = e.problem_mark
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise RecipeError(f"invalid YAML{where}: {e.problem if quote else e.plain}",
+                          file=str(p)) from None
     except yaml.constructor.ConstructorError as e:
-        tag = getattr(e, "problem", "") or "unsupported tag"
-        raise RecipeError(f"YAML tag refused ({tag}); recipes are plain data and never run code",
+        problem = getattr(e, "problem", "") or ""
+        if "constructor for the tag" in problem or "unknown tag" in problem:
+            tag = problem if quote else "an unsupported tag"
+            raise RecipeError(f"YAML tag refused ({tag}); recipes are plain data and never run code",
+                              file=str(p)) from None
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise RecipeError(f"invalid YAML{where}{': ' + problem if quote and problem else ''}",
                           file=str(p)) from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(e, "problem", None) or "invalid YAML"
-        raise RecipeError(f"invalid YAML{where}: {problem}", file=str(p)) from None
-    except RecursionError:
-        raise RecipeError("YAML nested too deeply", file=str(p)) from None
+        raise RecipeError(f"invalid YAML{where}{': ' + problem if quote else ''}",
+                          file=str(p)) from None
     if not isinstance(data, dict):
         raise RecipeError("expected a mapping of recipe sections (name, data, model, ...) at top level",
                           file=str(p))
@@ -443,22 +717,40 @@ def deep_merge(base: dict[str, Any], child: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _resolved(p: Path) -> Path:
+    """`p.resolve()`, or the absolute path when resolving fails (a symlink loop raises
+    RuntimeError before Python 3.13); reading it then reports the loop in one line."""
+    try:
+        return p.resolve()
+    except (OSError, RuntimeError):
+        return Path(os.path.abspath(p))
+
+
 def read_recipe_data(path: Union[str, Path], _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
-    """Read a recipe file, resolving `base: other.yaml` (relative to the file) recursively."""
+    """Read a recipe file, resolving `base: other.yaml` (relative to the file) recursively. A base
+    must be a .yaml/.yml file holding a mapping; its content is never quoted in errors."""
     p = Path(path)
-    data = read_yaml(p)
+    data = read_yaml(p, quote=not _seen)
     base = data.pop("base", None)
     if base is None:
         return data
     if not isinstance(base, str) or not base.strip():
         raise RecipeError("must be the path of a base recipe file", file=str(p), field="base")
-    base_path = (p.parent / base).resolve()
-    if base_path in _seen or base_path == p.resolve():
-        raise RecipeError(f"recipes inherit from each other in a loop ({base})", file=str(p), field="base")
-    if not base_path.exists():
-        raise RecipeError(f"base recipe {base!r} not found (looked at {base_path})", file=str(p),
-                          field="base")
-    return deep_merge(read_recipe_data(base_path, _seen + (p.resolve(),)), data)
+    if not base.strip().lower().endswith((".yaml", ".yml")):
+        raise RecipeError(f"{shorten(base, 80)!r} is not a recipe: a base must be a .yaml or .yml "
+                          "file", file=str(p), field="base")
+    base_path = _resolved(p.parent / Path(base.strip()).expanduser())
+    if base_path in _seen or base_path == _resolved(p):
+        raise RecipeError(f"recipes inherit from each other in a loop ({shorten(base, 80)})",
+                          file=str(p), field="base")
+    try:
+        os.stat(base_path)
+    except OSError as e:
+        raise RecipeError(f"base recipe {shorten(base, 80)!r}: {_open_problem(e)} (looked at "
+                          f"{shorten(str(base_path), 120)})", file=str(p), field="base") from None
+    except ValueError:  # an embedded NUL byte
+        raise RecipeError("not a valid path", file=str(p), field="base") from None
+    return deep_merge(read_recipe_data(base_path, _seen + (_resolved(p),)), data)
 
 
 def load_recipe(path: Union[str, Path], overrides: Optional[list[str]] = None) -> Recipe:

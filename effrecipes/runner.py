@@ -34,20 +34,23 @@ from torchmetrics import MetricCollection
 
 from effrecipes import algorithms as algos
 from effrecipes.budget import (BudgetLedger, BudgetPlan, FlopBudget, forward_flops_per_sample,
-                               fvcore_forward_macs_per_sample, plan_budget,
-                               progressive_resizing_cost_factor, swa_reserve_flops, train_step_flops)
-from effrecipes.callbacks import BestWeights, EpochSync, History, RunGuard
-from effrecipes.data import DataBundle, build_data
-from effrecipes.errors import RecipeError, UserError, writable_dir
-from effrecipes.evaluate import evaluate, measure_latency, model_size_bytes
+                               fvcore_forward_macs_per_sample, plan_budget, train_step_flops)
+from effrecipes.callbacks import BestWeights, EpochSync, History, LiveProgress, RunGuard
+from effrecipes.data import DataBundle, build_data, stand_in_data
+from effrecipes.errors import DataError, RecipeError, UserError, writable_dir
+from effrecipes import device as devices
+from effrecipes.evaluate import evaluate, measure_device_latency, measure_latency, model_size_bytes
 from effrecipes.models import build_model, network_of
 from effrecipes.optim import build_optimizer, build_scheduler
 from effrecipes.recipe import Recipe, recipe_to_yaml
+from effrecipes.rundir import (CHECKPOINT_FILE, HISTORY_FILE, METRICS_FILE, RECIPE_FILE, RESUME_FILE,
+                               RunMetrics, StopReason, write_metrics)
+from effrecipes.safe_load import verify_checkpoint
 
 log = logging.getLogger(__name__)
 
 
-RESUME_CHECKPOINT = "resume.pt"  # full trainer state of an interrupted run
+RESUME_CHECKPOINT = RESUME_FILE  # full trainer state of an interrupted run
 
 
 @dataclass
@@ -114,25 +117,27 @@ def set_threads(threads: Optional[int], step_flops: Optional[float] = None) -> i
     return n
 
 
-def _dynamic_cost(recipe: Recipe) -> bool:
-    return any(algos.info(n).dynamic_cost for n in recipe.algorithm_names
-               if n != "progressive_resizing")
+def prepare(recipe: Recipe, *, data_may_be_missing: bool = False) -> Prepared:
+    """Build data, model and algorithms; measure a real training step; plan the budget.
 
-
-def _sam_passes(recipe: Recipe) -> float:
-    for item in recipe.algorithms:
-        if "sam" in item:
-            interval = int(item["sam"].get("interval", 1))
-            return 1.0 + 1.0 / max(interval, 1)
-    return 1.0
-
-
-def prepare(recipe: Recipe) -> Prepared:
-    """Build data, model and algorithms; measure a real training step; plan the budget."""
+    `data_may_be_missing` (for `--dry-run`): a dataset that is not on disk and cannot be
+    downloaded is replaced by random batches of its registered shape and size, with a note."""
     reproducibility.seed_all(recipe.seed)  # before the model is built
     names = recipe.algorithm_names
     per_sample = any(algos.info(n).dataset_transform for n in names)
-    data = build_data(recipe.data, recipe.seed, per_sample=per_sample)
+    notes: list[str] = []
+    try:
+        data = build_data(recipe.data, recipe.seed, per_sample=per_sample)
+    except DataError as e:
+        stand_in = stand_in_data(recipe.data, recipe.seed) if data_may_be_missing else None
+        if stand_in is None:
+            raise
+        data = stand_in
+        why = " ".join(str(e).split())
+        notes.append(f"data not available yet ({why[:150] + '...' if len(why) > 150 else why}); planned from "
+                     f"random batches of the registered shape {data.in_channels}x{data.image_size}x"
+                     f"{data.image_size} and size ({data.num_train:,} training images after the "
+                     "split): the plan is the real one, nothing was trained")
     try:
         module = build_model(recipe.model.name, data.in_channels, data.num_classes,
                              data.image_size, **recipe.model.kwargs)
@@ -145,7 +150,7 @@ def prepare(recipe: Recipe) -> Prepared:
     if noops and recipe.strict:
         name, reason = next(iter(noops.items()))
         raise RecipeError(f"changes nothing: {reason} (strict: true)", field=f"algorithms.{name}")
-    notes = [f"algorithm {n} changes nothing: {reason}" for n, reason in noops.items()]
+    notes += [f"algorithm {n} changes nothing: {reason}" for n, reason in noops.items()]
 
     # Composer computes train accuracy every batch (1.1-1.2 ms/batch measured, benchmarks/README.md);
     # nothing here reads it, so it is kept only for W&B dashboards.
@@ -162,31 +167,23 @@ def prepare(recipe: Recipe) -> Prepared:
     surgered = algos.apply_surgery(copy.deepcopy(module), recipe.algorithms)
     world = dist.get_world_size()
     x, y = sample
-    step_local = train_step_flops(surgered, _loss(model), (x, y),
-                                  passes=_sam_passes(recipe))
-    per_sample_train = step_local / x.shape[0]
-    fwd = forward_flops_per_sample(surgered, shape)
-    fv = fvcore_forward_macs_per_sample(surgered, shape)
-    reserve = 0.0
-    for item in recipe.algorithms:
-        if "swa" in item:
-            swa_obj = next(a for a in algorithm_objs if isinstance(a, algos.SWAWithBNUpdate))
-            reserve = swa_reserve_flops(swa_obj.bn_update_batches, x.shape[0], fwd, world)
-    factor = 1.0
-    for item in recipe.algorithms:
-        if "progressive_resizing" in item:
-            factor = progressive_resizing_cost_factor(
-                **algos.effective_kwargs("progressive_resizing", item["progressive_resizing"]))
+    pass_local = train_step_flops(algos.dearest_step_model(copy.deepcopy(surgered), recipe.algorithms),
+                                  _loss(model), (x, y))
+    fwd = forward_flops_per_sample(surgered, shape, batch=x.shape[0])
+    fv = fvcore_forward_macs_per_sample(surgered, shape, batch=x.shape[0])
     b = recipe.budget
     plan = plan_budget(flops_cap=b.flops, max_epochs=b.max_epochs, max_seconds=b.max_seconds,
-                       step_flops=step_local * world, train_flops_per_sample=per_sample_train,
-                       forward_flops_per_sample=fwd, fvcore_macs=fv,
+                       pass_flops=pass_local * world, forward_flops_per_sample=fwd, fvcore_macs=fv,
                        global_batch_size=x.shape[0] * world, batches_per_epoch=len(data.train),
-                       reserved_flops=reserve, cost_factor=factor)
+                       cost=algos.cost_of(recipe.algorithms))
+    if plan.flops_cap is not None and plan.flops_cap < plan.step_flops:
+        raise RecipeError(f"the cap affords no training batch: one batch costs up to "
+                          f"{plan.step_flops:.3g} FLOPs", field="budget.flops",
+                          hint="raise budget.flops or lower data.batch_size")
     if plan.planned_batches < 1:
-        raise RecipeError(f"the cap affords no training batch: one batch costs {plan.step_flops:.3g} "
-                          f"FLOPs{' + reserve ' + format(reserve, '.3g') if reserve else ''}",
-                          field="budget.flops", hint="raise budget.flops or lower data.batch_size")
+        raise RecipeError(f"budget.max_epochs={b.max_epochs} is less than one batch "
+                          f"({plan.batches_per_epoch} batches per epoch)", field="budget.max_epochs",
+                          hint="raise budget.max_epochs")
     prepared = Prepared(recipe, data, model, algorithm_objs, effects, plan,
                         params_after_surgery=sum(t.numel() for t in surgered.parameters()),
                         warnings=notes)
@@ -228,8 +225,38 @@ def _check_output(recipe: Recipe) -> Path:
         raise UserError("run directory already exists", field="output.run_name", file=str(final),
                         hint="set output.overwrite=true, choose another output.run_name, "
                         "or use --resume")
-    writable_dir(root, field="output.root", hint="choose a writable output.root")
+    writable_dir(root, field="output.root", hint="choose a writable output.root", create=False)
     return final
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, owned by someone else
+        return True
+    return True
+
+
+def _claim_run_dir(final: Path, overwrite: bool) -> None:
+    """Temporary directories `.NAME.tmp-PID` of processes that died (SIGKILL, a crash of the
+    machine) are removed, with a note; one of a live process means another run is writing this
+    run directory right now, which is an error (its result would silently replace ours)."""
+    for stale in final.parent.glob(f".{final.name}.tmp-*"):
+        pid_text = stale.name.rsplit("-", 1)[-1]
+        if not pid_text.isdigit() or int(pid_text) == os.getpid():
+            continue
+        if _pid_alive(int(pid_text)):
+            if not overwrite:
+                raise UserError(f"another run (process {pid_text}) is writing this run directory "
+                                "now", file=str(final), field="output.run_name",
+                                hint="wait for it, or choose another output.run_name")
+            continue
+        log.warning("removing %s: the unfinished run of a process that no longer exists", stale)
+        print(f"note: removed {stale.name}, left by run process {pid_text} that was killed",
+              file=sys.stderr)
+        shutil.rmtree(stale, ignore_errors=True)
 
 
 def _write_json(path: Path, obj: Any) -> None:
@@ -274,6 +301,9 @@ def run(recipe: Recipe, *, threads: Optional[int] = None, quiet: bool = False,
         if not quiet:
             print(f"WARNING: {note}")
     tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
+    if rank == 0:  # only now, with the recipe fully prepared, is anything written
+        writable_dir(final.parent, field="output.root", hint="choose a writable output.root")
+        _claim_run_dir(final, recipe.output.overwrite)
     if tmp.exists():
         shutil.rmtree(tmp)
     if resume:
@@ -286,7 +316,7 @@ def run(recipe: Recipe, *, threads: Optional[int] = None, quiet: bool = False,
             metrics = _train_and_evaluate(prepared, tmp, quiet=quiet, guard=guard, resume=resume)
         metrics["wall_seconds"] = time.perf_counter() - wall0 + (
             _previous_wall(final) if resume else 0.0)
-        _write_json(tmp / "metrics.json", metrics)
+        write_metrics(tmp, RunMetrics.model_validate(metrics))
         if rank == 0:
             _finalise(tmp, final)
         else:
@@ -322,7 +352,7 @@ def _stop_on_signals(guard: RunGuard) -> Iterator[None]:
 def _check_resume(recipe: Recipe) -> Path:
     """A run can be resumed when it was interrupted and its recipe is unchanged."""
     final = run_dir_for(recipe)
-    metrics_path, ckpt = final / "metrics.json", final / RESUME_CHECKPOINT
+    metrics_path, ckpt = final / METRICS_FILE, final / RESUME_CHECKPOINT
     if not metrics_path.exists():
         raise UserError("no run to resume here", file=str(final), field="output.run_name",
                         hint="run without --resume first")
@@ -330,21 +360,22 @@ def _check_resume(recipe: Recipe) -> Path:
         previous = json.loads(metrics_path.read_text())
     except (OSError, json.JSONDecodeError):
         raise UserError("metrics.json is unreadable; cannot resume", file=str(metrics_path)) from None
-    if previous.get("stop_reason") != "interrupted" or not ckpt.exists():
+    if previous.get("stop_reason") != StopReason.INTERRUPTED or not ckpt.exists():
         raise UserError(f"the run finished (stop_reason: {previous.get('stop_reason')}); "
                         "nothing to resume", file=str(final),
                         hint="set output.overwrite=true to train it again")
-    saved = (final / "recipe.yaml").read_text() if (final / "recipe.yaml").exists() else ""
+    saved = (final / RECIPE_FILE).read_text() if (final / RECIPE_FILE).exists() else ""
     if saved != recipe_to_yaml(recipe):
         raise UserError("the recipe changed since the run was interrupted; resuming would mix two "
-                        "plans", file=str(final / "recipe.yaml"),
+                        "plans", file=str(final / RECIPE_FILE),
                         hint="resume with the same recipe and overrides")
+    verify_checkpoint(ckpt)  # safe unpickler first: Composer's own load runs pickled code
     return final
 
 
 def _previous_wall(final: Path) -> float:
     try:
-        return float(json.loads((final / "metrics.json").read_text()).get("wall_seconds") or 0.0)
+        return float(json.loads((final / METRICS_FILE).read_text()).get("wall_seconds") or 0.0)
     except (OSError, ValueError):
         return 0.0
 
@@ -352,23 +383,29 @@ def _previous_wall(final: Path) -> float:
 def _train_and_evaluate(prepared: Prepared, out: Path, *, quiet: bool, guard: RunGuard,
                         resume: bool = False) -> dict[str, Any]:
     recipe, data, plan = prepared.recipe, prepared.data, prepared.plan
-    (out / "recipe.yaml").write_text(recipe_to_yaml(recipe))
+    (out / RECIPE_FILE).write_text(recipe_to_yaml(recipe))
     model = prepared.model
+    # the device the recipe asks for (one-line RecipeError when absent); the data's uint8 cache and
+    # the model go there before the optimizer and the Trainer see them
+    run_device = devices.resolve(recipe.trainer)
+    data.to(run_device.torch_device)
+    model.to(run_device.torch_device)
     optimizer = build_optimizer(recipe.optimizer, model.parameters())
-    swa_objs = tuple(a for a in prepared.algorithms if isinstance(a, algos.SWAWithBNUpdate))
     budget = FlopBudget(plan, max_seconds=recipe.budget.max_seconds,
-                        dynamic_cost=_dynamic_cost(recipe), extra_forward_sources=swa_objs,
-                        ledger=BudgetLedger())
+                        algorithms=tuple(prepared.algorithms), ledger=BudgetLedger())
     guard.budget = budget
-    history = History(budget, out / "history.csv")
+    live = (LiveProgress(budget, sys.stderr, tty=sys.stderr.isatty())
+            if recipe.loggers.progress_bar and not quiet else None)
+    history = History(budget, out / HISTORY_FILE, progress=live)
     best = BestWeights() if recipe.eval.checkpoint == "best_val" else None
     callbacks = [guard, budget, history, EpochSync(data.train)] + ([best] if best else [])
     eval_every = max(1, round(recipe.eval.every_epochs * plan.batches_per_epoch))
     schedulers, every_batch = build_scheduler(recipe.scheduler, recipe.optimizer, optimizer,
-                                              plan.planned_batches, plan.batches_per_epoch)
+                                              lambda: budget.projected_batches,
+                                              plan.batches_per_epoch)
     loggers = []
     if recipe.loggers.wandb.enabled:
-        from effrecipes.report.wandb_logging import build_wandb_logger
+        from effrecipes.wandb_logging import build_wandb_logger
         loggers.append(build_wandb_logger(recipe))
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", module="composer")
@@ -379,16 +416,17 @@ def _train_and_evaluate(prepared: Prepared, out: Path, *, quiet: bool, guard: Ru
             eval_interval=f"{eval_every}ba" if data.val is not None else 0,
             max_duration=f"{plan.planned_batches}ba", schedulers=schedulers,
             step_schedulers_every_batch=every_batch, algorithms=prepared.algorithms,
-            callbacks=callbacks, loggers=loggers, device="cpu", precision="fp32",
+            callbacks=callbacks, loggers=loggers, device=run_device.device,
+            precision=run_device.precision, compile_config=run_device.compile_config,
             seed=recipe.seed,
-            progress_bar=recipe.loggers.progress_bar and not quiet and sys.stderr.isatty(),
+            progress_bar=False,  # LiveProgress: the budget's unit, and no config dump first
             log_to_console=False, run_name=recipe.run_name, python_log_level=None,
             load_path=str(out / RESUME_CHECKPOINT) if resume else None,
         )
         prepared.trainer = trainer
         trainer.fit()
     ledger = budget.ledger
-    if ledger.stop_reason == "interrupted":
+    if ledger.stop_reason == StopReason.INTERRUPTED:
         from composer.utils.checkpoint import save_checkpoint
         save_checkpoint(trainer.state, str(out / RESUME_CHECKPOINT))
     elif (out / RESUME_CHECKPOINT).exists():
@@ -397,19 +435,27 @@ def _train_and_evaluate(prepared: Prepared, out: Path, *, quiet: bool, guard: Ru
         network_of(trainer.state.model).load_state_dict(guard.last_good)
         prepared.warnings.append("loss became non-finite: training stopped; the last weights "
                                  "with a finite loss were kept")
-    for swa in swa_objs:
-        if swa.never_started:
-            prepared.warnings.append(f"algorithm swa changed nothing: training ended before "
-                                     f"swa_start={swa.swa_start}")
+    prepared.warnings += [a.end_warning for a in prepared.algorithms if getattr(a, "end_warning", None)]
     module = network_of(trainer.state.model)
     if best is not None and best.state is not None:
         module.load_state_dict(best.state)
-    test = evaluate(module, data.test, data.num_classes, per_class=recipe.eval.per_class)
-    latency = measure_latency(module, data.test, recipe.eval.latency_images)
+    module = algos.inference_module(module)
+    test = evaluate(module, data.test, data.num_classes, per_class=recipe.eval.per_class,
+                    device=run_device.torch_device)
+    # CPU latency on a CPU copy of the model; on a GPU also the device latency (batch 1 and the
+    # eval batch, synchronised)
+    latency = measure_latency(copy.deepcopy(module).cpu() if run_device.is_gpu else module,
+                              data.test, recipe.eval.latency_images)
+    device_latency = (measure_device_latency(module, data.test,
+                                             (1, recipe.data.eval_batch_size),
+                                             precision=run_device.precision)
+                      if run_device.is_gpu and recipe.eval.latency_images > 0 else None)
+    peak, peak_source = devices.peak_flops(run_device, torch.get_num_threads())
     size = model_size_bytes(module)
     if recipe.output.save_checkpoint:
-        torch.save({"model": module.state_dict(), "recipe": recipe.model_dump(mode="json"),
-                    "ledger": ledger.__dict__}, out / "checkpoint.pt")
+        weights = {k: v.detach().cpu() for k, v in module.state_dict().items()}  # loadable anywhere
+        torch.save({"model": weights, "recipe": recipe.model_dump(mode="json"),
+                    "ledger": ledger.as_plain()}, out / CHECKPOINT_FILE)
     eval_samples = history.eval_samples + test["samples"]
     metrics: dict[str, Any] = {
         "name": recipe.name,
@@ -426,11 +472,14 @@ def _train_and_evaluate(prepared: Prepared, out: Path, *, quiet: bool, guard: Ru
         "flops_cap": plan.flops_cap,
         "stop_reason": ledger.stop_reason,
         "train_flops_per_sample": plan.train_flops_per_sample,
+        "mean_train_flops_per_sample": (ledger.flops_used / ledger.samples) if ledger.samples else None,
         "measured_flops_per_sample": ledger.measured_step_flops,
         "inference_flops_per_sample": plan.forward_flops_per_sample,
         "fvcore_forward_macs_per_sample": plan.fvcore_forward_macs_per_sample,
         "eval_flops": eval_samples * plan.forward_flops_per_sample,
-        "swa_bn_update_flops": ledger.extra_forward_flops,
+        "extra_train_flops": ledger.extra_flops,
+        "max_step_flops": ledger.max_step_flops,
+        "reserve_unspent_flops": ledger.reserve_unspent,
         "params": sum(t.numel() for t in module.parameters()),
         "model_size_bytes": size,
         "cpu_latency_ms_per_image": latency,
@@ -444,11 +493,21 @@ def _train_and_evaluate(prepared: Prepared, out: Path, *, quiet: bool, guard: Ru
         "warnings": prepared.warnings,
         "reference": recipe.reference.model_dump() if recipe.reference else None,
         "threads": torch.get_num_threads(),
+        "device": run_device.device,
+        "device_name": run_device.name,
+        "precision": run_device.precision,
+        "compile": run_device.compile,
+        # achieved train FLOP/s over the peak of every rank's device in this precision
+        "mfu": devices.mfu(ledger.flops_used, ledger.train_seconds,
+                           peak * dist.get_world_size() if peak else None),
+        "peak_flops_per_device": peak,
+        "peak_flops_source": peak_source,
+        "device_latency_ms": device_latency,
     }
     if recipe.eval.per_class:
         metrics["per_class"] = test["per_class"]
     if recipe.loggers.wandb.enabled:
-        from effrecipes.report.wandb_logging import log_summary
+        from effrecipes.wandb_logging import log_summary
         log_summary(metrics)
     trainer.close()  # flushes and closes the loggers (W&B finishes its run here)
     return metrics

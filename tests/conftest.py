@@ -49,3 +49,25 @@ def write_recipe(tmp_path: Path, recipe: dict[str, Any], name: str = "r.yaml") -
 @pytest.fixture
 def tiny(tmp_path: Path) -> dict[str, Any]:
     return tiny_recipe(tmp_path)
+
+
+def record_lrs(monkeypatch: pytest.MonkeyPatch) -> list[float]:
+    """Make every runner Trainer record the learning rate of each training batch into the list."""
+    from composer.core import Callback
+
+    from effrecipes import runner
+
+    lrs: list[float] = []
+
+    class Record(Callback):
+        def before_train_batch(self, state: Any, logger: Any) -> None:
+            lrs.append(state.optimizers[0].param_groups[0]["lr"])
+
+    real = runner.Trainer
+
+    def with_record(*a: Any, **k: Any) -> Any:
+        k["callbacks"] = list(k.get("callbacks") or []) + [Record()]
+        return real(*a, **k)
+
+    monkeypatch.setattr(runner, "Trainer", with_record)
+    return lrs

@@ -89,6 +89,16 @@ def test_noop_algorithms_are_reported() -> None:
     assert eff["changes"] == [] and "no strided conv" in eff["noop_reason"]
 
 
-@pytest.mark.parametrize("name", ["cutout", "mixup", "label_smoothing", "sam", "swa", "blurpool"])
-def test_defaults_build(name: str) -> None:
-    assert build_algorithm(name, {}) is not None
+@pytest.mark.parametrize("name,cls,defaults", [
+    ("cutout", "PerImageCutOut", {"per_image": True, "num_holes": 1}),
+    ("swa", "SWAWithBNUpdate", {"bn_update_batches": 16, "swa_start": "0.75dur"}),
+    ("mixup", "MixUp", {"alpha": 0.2}), ("label_smoothing", "LabelSmoothing", {"smoothing": 0.1}),
+    ("sam", "ResumableSAM", {"rho": 0.05, "interval": 1}), ("blurpool", "BlurPool", {"min_channels": 16})])
+def test_defaults_build(name: str, cls: str, defaults: dict) -> None:
+    """Each name builds its class (our fixed subclasses for cutout, swa and sam) with the documented
+    defaults."""
+    from effrecipes.algorithms import effective_kwargs
+
+    assert type(build_algorithm(name, {})).__name__ == cls
+    kw = effective_kwargs(name, {})
+    assert {k: kw[k] for k in defaults} == defaults

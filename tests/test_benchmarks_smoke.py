@@ -62,9 +62,14 @@ def test_throughput_smoke(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
 
 def test_budget_accuracy_smoke(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out: Any = _load("budget_accuracy").main([
-        "--models", "gap_1p5k_dw", "--batch-size", "2", "--out", str(tmp_path / "b.json")])
+        "--models", "gap_1p5k_dw", "--batch-size", "2", "--algorithms", "sam",
+        "--out", str(tmp_path / "b.json")])
     stdout = capsys.readouterr().out
     assert "| model | input | charged MFLOP/sample" in stdout
+    (audit,) = out["ledger_audit"]
+    assert audit["case"] == "sam" and audit["stop_reason"] == "flops"
+    assert audit["independent"] == pytest.approx(audit["flops_used"], rel=0.01)
+    assert audit["flops_used"] <= audit["cap"]
     assert "Disagreements above 1%" in stdout
     rows = {(r["model"], r["variant"]): r for r in out["rows"]}
     assert set(rows) == {("gap_1p5k_dw", "plain"), ("gap_1p5k_dw", "blurpool")}
@@ -85,3 +90,26 @@ def test_profile_overhead_smoke(tmp_path: Path, capsys: pytest.CaptureFixture[st
         assert section in stdout
     assert "FlopBudget.batch_end" in out["in_situ"]["per_batch_us"]
     assert set(out["ab_summary"]) == {"hand", "composer", "effrecipes", "effrecipes NCHW"}
+
+
+def test_gpu_benchmark_smoke_on_cpu(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """benchmarks/gpu.py's three paths and its recipe run, on the CPU with tiny counts (~25 s)."""
+    out: Any = _load("gpu").main([
+        "--device", "cpu", "--quick", "--batches", "2", "--warmup", "1",
+        "--configs", "gap_1p5k_dw:1x12x12:8,gap_143k:3x16x16:8",
+        "--recipe-flops", "2e10", "--recipe-train-images", "512", "--out", str(tmp_path / "g.json")])
+    stdout = capsys.readouterr().out
+    assert "| model | batch | hand samples/s | composer samples/s | effrecipes samples/s" in stdout
+    assert "effrecipes overhead ms/batch" in stdout and "(b) one recipe at its cap" in stdout
+    assert (tmp_path / "g.json").exists()
+    assert out["errors"] == [], out["errors"]
+    assert [(r["model"], r["batch_size"]) for r in out["summary"]] == [("gap_1p5k_dw", 8), ("gap_143k", 8)]
+    for row in out["summary"]:
+        for p in ("hand", "composer", "effrecipes"):
+            assert row[f"{p}_sps"] > 0 and row[f"{p}_mfu_measured"] > 0
+        assert row["effrecipes_overhead_ms_per_batch"] == pytest.approx(
+            row["effrecipes_ms_per_batch"] - row["hand_ms_per_batch"])
+    r = out["recipe"]
+    assert r["flops_cap"] == 2e10 and 0 < r["flops_used"] <= 2e10 and r["batches"] >= 1
+    assert r["precision"] == "fp32" and r["mfu"] > 0
+    assert out["machine"]["torch"] == torch.__version__ and out["peak_flops_measured"] > 0

@@ -5,8 +5,8 @@ import pytest
 import torch
 from torch import nn
 
-from effrecipes.budget import (count_flops, forward_flops_per_sample, plan_budget,
-                               progressive_resizing_cost_factor, train_step_flops)
+from effrecipes.algorithms import progressive_resizing_cost_factor
+from effrecipes.budget import count_flops, plan_budget, train_step_flops
 from effrecipes.models import build_model
 
 
@@ -36,34 +36,56 @@ def test_first_layer_backward_skips_input_grad() -> None:
     assert step == 2 * fwd  # data needs no gradient: only the weight gradient
 
 
-def test_sam_passes_double_the_step() -> None:
+def test_sam_declares_the_passes_a_real_sam_step_runs() -> None:
+    """SAM's cost declaration (2 passes on the steps that run SAM, 1 on the others) matches
+    Composer's SAMOptimizer stepping a real model under the counter."""
+    from composer.algorithms.sam import SAMOptimizer
+
+    from effrecipes.algorithms import info
+
     model = build_model("gap_1p5k_dw", 1, 10, 28)
-    batch = (torch.randn(4, 1, 28, 28), torch.randint(0, 10, (4,)))
+    x, y = torch.randn(4, 1, 28, 28), torch.randint(0, 10, (4,))
     loss = nn.functional.cross_entropy
-    one = train_step_flops(model, loss, batch)
-    assert train_step_flops(model, loss, batch, passes=2.0) == 2 * one
-    assert one > 2 * forward_flops_per_sample(model, (1, 28, 28)) * 4 * 0.99
+    one = train_step_flops(model, loss, (x, y))
+    opt = SAMOptimizer(torch.optim.SGD(model.parameters(), lr=0.1), rho=0.05, interval=2)
 
+    def closure(**_: object) -> torch.Tensor:
+        opt.zero_grad()
+        out = loss(model(x), y)
+        out.backward()
+        return out
 
-def test_plan_never_exceeds_cap_and_ends_within_one_batch() -> None:
-    for cap in (1e9, 3.3e9, 7.77e10):
-        plan = plan_budget(flops_cap=cap, max_epochs=None, max_seconds=None, step_flops=1.23e7,
-                           train_flops_per_sample=1e5, forward_flops_per_sample=3e4, fvcore_macs=None,
-                           global_batch_size=123, batches_per_epoch=50)
-        used = plan.planned_batches * plan.step_flops
-        assert used <= cap and cap - used < plan.step_flops
-        assert plan.binding_cap == "flops"
+    steps = [count_flops(lambda: opt.step(closure)) for _ in range(4)]
+    cost = info("sam").cost({"interval": 2})
+    assert max(steps) == pytest.approx(cost.max_passes * one, rel=1e-6)
+    assert sum(steps) / len(steps) == pytest.approx(cost.passes * one, rel=1e-6)
+    assert cost.varies and cost.may_grow
 
 
 def test_plan_binding_cap_is_the_smallest() -> None:
-    plan = plan_budget(flops_cap=1e15, max_epochs=2, max_seconds=None, step_flops=1e6,
-                       train_flops_per_sample=1e4, forward_flops_per_sample=3e3, fvcore_macs=None,
+    plan = plan_budget(flops_cap=1e15, max_epochs=2, max_seconds=None, pass_flops=1e6,
+                       forward_flops_per_sample=3e3, fvcore_macs=None,
                        global_batch_size=100, batches_per_epoch=30)
     assert plan.planned_batches == 60 and plan.binding_cap == "max_epochs"
-    plan = plan_budget(flops_cap=1e9, max_epochs=None, max_seconds=None, step_flops=1e6,
-                       train_flops_per_sample=1e4, forward_flops_per_sample=3e3, fvcore_macs=None,
-                       global_batch_size=100, batches_per_epoch=30, reserved_flops=5e8)
-    assert plan.planned_batches == 500  # the reserve is kept for SWA's BatchNorm recompute
+    plan = plan_budget(flops_cap=1e9, max_epochs=None, max_seconds=None, pass_flops=1e6,
+                       forward_flops_per_sample=3e3, fvcore_macs=None,
+                       global_batch_size=100, batches_per_epoch=30)
+    assert plan.planned_batches == 1000 and plan.binding_cap == "flops"
+
+
+def test_plan_bounds_the_dearest_step_and_expects_the_mean() -> None:
+    """SAM every 2nd step with selective backprop's scoring pass: the stop rule's bound is the
+    dearest step (2 passes + a forward over the batch), the plan expects the mean."""
+    from effrecipes.budget import AlgoCost
+
+    cost = AlgoCost.combine([AlgoCost(passes=1.5, max_passes=2.0, varies=True),
+                             AlgoCost(mean_factor=0.5, scoring_forwards=1.0)])
+    plan = plan_budget(flops_cap=1e9, max_epochs=None, max_seconds=None, pass_flops=1e6,
+                       forward_flops_per_sample=3e3, fvcore_macs=None, global_batch_size=100,
+                       batches_per_epoch=30, cost=cost)
+    assert plan.step_flops == 2e6 + 3e5
+    assert plan.mean_step_flops == 1e6 * 1.5 * 0.5 + 3e5
+    assert plan.planned_batches == int(1e9 // plan.mean_step_flops) and cost.varies
 
 
 def test_progressive_resizing_cost_factor() -> None:

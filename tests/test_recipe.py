@@ -75,7 +75,7 @@ BAD_CASES: list[tuple[str, Any, str]] = [
     ("data.name", "cifar11", "data.name: unknown dataset 'cifar11'; valid choices (closest first): cifar10"),
     ("algorithms", [{"blurpol": {}}], "algorithms.blurpol: unknown algorithm 'blurpol'; valid choices (closest first): blurpool"),
     ("algorithms", [{"cutout": {"lenght": 4}}], "algorithms.cutout.lenght: unknown argument 'lenght'; valid (closest first): length"),
-    ("algorithms", [{"swa": {"swa_start": "0.9dur", "swa_end": "0.5dur"}}], "algorithms.swa: invalid arguments: swa_end must be > swa_start"),
+    ("algorithms", [{"swa": {"swa_start": "0.9dur", "swa_end": "0.5dur"}}], "algorithms.swa: swa_end must be > swa_start"),
     ("algorithms", [{"mixup": {}}, {"mixup": {}}], "listed twice"),
     ("algorithms", [{"mixup": {}}, {"cutmix": {}}], "algorithms: cutmix and mixup conflict"),
     ("budget.flops", -1, "budget.flops: must be a positive, finite number of FLOPs"),
@@ -179,3 +179,53 @@ def test_builder_kwargs_check_names_missing_and_unknown() -> None:
     with pytest.raises(RecipeError, match=r"model.kwargs.dpth: unknown argument 'dpth' \(accepted: depth"):
         check_builder_kwargs(builder, {"width": 1, "dpth": 3}, field="model.kwargs", file="r.yaml",
                              fixed=("in_channels", "num_classes", "image_size"))
+
+
+def test_every_registered_algorithm_has_an_argument_spec_matching_its_constructor() -> None:
+    """effrecipes/algorithm_args.py is the one place algorithm arguments are typed: one spec per
+    registered algorithm, with exactly the constructor's arguments and defaults."""
+    import inspect
+
+    from effrecipes import algorithm_args, registry
+
+    names = registry.algorithms.names()
+    assert len(names) == 22 and sorted(algorithm_args.ARGS) == names
+    for name in names:
+        params = inspect.signature(registry.algorithms.get(name).__init__).parameters
+        ctor = {k: p.default for k, p in params.items()
+                if k not in ("self", "args", "kwargs", "input_key", "target_key")}
+        spec = algorithm_args.ARGS[name].model_fields
+        assert list(spec) == list(ctor), name
+        for key, default in ctor.items():
+            if default is not inspect.Parameter.empty:
+                assert spec[key].default == default, (name, key)
+            else:
+                assert spec[key].is_required(), (name, key)
+        algorithm_args.check_args(name, {k: v.default for k, v in spec.items() if not v.is_required()}
+                                  if name not in ("gradient_clipping", "stochastic_depth") else
+                                  {"gradient_clipping": {"clipping_type": "norm", "clipping_threshold": 1.0},
+                                   "stochastic_depth": {"target_layer_name": "ResNetBottleneck"}}[name])
+
+
+def test_recipe_loader_yaml12_floats_duplicates_and_depth() -> None:
+    from effrecipes.recipe import RecipeYAMLError, load_yaml_text
+
+    data = load_yaml_text("a: 1e-1\nb: 5e-4\nc: -2E3\nd: .5\ne: 10\nf: 1_000\ng: 0x10\nh: '1e-1'\ni: 1.0e+3\n")
+    assert data == {"a": 0.1, "b": 5e-4, "c": -2000.0, "d": 0.5, "e": 10, "f": 1000, "g": 16,
+                    "h": "1e-1", "i": 1000.0}
+    assert parse_override("optimizer.weight_decay=5e-4") == (["optimizer", "weight_decay"], 5e-4)
+    with pytest.raises(RecipeYAMLError, match="duplicate key 'a' \\(first at line 1\\)"):
+        load_yaml_text("a: 1\nb: 2\na: 3\n")
+    with pytest.raises(RecipeYAMLError, match="nested deeper than 50 levels"):
+        load_yaml_text("[" * 51 + "]" * 51)
+    assert load_yaml_text("[" * 50 + "]" * 50)
+
+
+def test_numeric_strings_still_read_for_float_fields_but_nothing_else(tmp_path: Path) -> None:
+    """Strict types with one allowance: a float field reads '1e-3' (older grids quote numbers)."""
+    path = write_recipe(tmp_path, tiny_recipe(tmp_path, **{"optimizer.lr": "1e-3"}))
+    assert load_recipe(path).optimizer.lr == 1e-3
+    for key, value in (("data.batch_size", "16"), ("data.batch_size", 16.0), ("seed", True),
+                       ("optimizer.lr", "inf"), ("data.download", "yes")):
+        with pytest.raises(RecipeError):
+            load_recipe(write_recipe(tmp_path, tiny_recipe(tmp_path, **{key: value})))

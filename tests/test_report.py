@@ -71,6 +71,13 @@ def _results(matrix_dir: Path) -> dict[str, Any]:
     return json.loads((matrix_dir / "results.json").read_text())
 
 
+def _starred(agg: dict[str, dict[str, Any]]) -> str:
+    """The cell that earns the star (effrecipes.stats.BEST_RULE): the highest mean test accuracy
+    among the cells whose delta is not within noise (the baseline has no delta)."""
+    return max((a for a in agg.values() if a["within_noise"] is not True),
+               key=lambda a: a["test_accuracy_mean"])["techniques"]
+
+
 def test_matrix_report_tables_plots_and_paper(report: Path, matrix_dir: Path) -> None:
     from PIL import Image
 
@@ -98,9 +105,10 @@ def test_matrix_report_tables_plots_and_paper(report: Path, matrix_dir: Path) ->
     assert "45.00" in row and ours_minus_paper in row
     header = next(line for line in md.splitlines() if line.startswith("| cell |"))
     assert header.split("|")[1:4] == [" cell ", " n ", " test acc % (mean ± std) "]
-    # best cell highlighted
-    best = max(agg.values(), key=lambda a: a["test_accuracy_mean"])["techniques"]
+    # best cell highlighted: the highest mean among cells not within noise of the baseline
+    best = _starred(agg)
     assert f"**{best} ★**" in md
+    assert all(f"{a} ★" not in md for a in agg if a != best)
     assert re.search(r'<tr class="best"><td[^>]*>' + re.escape(best) + " ★</td>", html)
     # self-contained HTML: three embedded PNGs, inline CSS/JS, no URL of any kind
     assert html.count('src="data:image/png;base64,') == 3
@@ -179,6 +187,132 @@ def test_pareto_front() -> None:
     assert pareto(pts) == [5, 0, 1, 4]
 
 
+# --------------------------------------------------------------------------- counting, star, plots
+
+def _fake_run(root: Path, dirname: str, name: str, seed: int, acc: float, flops: float = 1e9,
+              val: tuple[float, ...] = ()) -> Path:
+    """A run directory with only what a report reads (metrics.json, history.csv)."""
+    d = root / dirname
+    d.mkdir(parents=True)
+    (d / "metrics.json").write_text(json.dumps({
+        "name": name, "run_name": f"{name}_s{seed}", "seed": seed, "dataset": "synthetic",
+        "model": "gap_1p5k_dw", "algorithms": [] if name == "baseline" else [name],
+        "test_accuracy": acc, "best_val_accuracy": acc, "flops_used": flops, "flops_cap": flops,
+        "stop_reason": "flops"}))
+    if val:
+        steps = [flops * (i + 1) / len(val) for i in range(len(val))]
+        (d / "history.csv").write_text("flops_used,val_accuracy\n" + "".join(
+            f"{f},{v}\n" for f, v in zip(steps, val)))
+    return d
+
+
+def _fake_runs(root: Path, accs: dict[str, list[float]], **kw: Any) -> Path:
+    for name, values in accs.items():
+        for seed, acc in enumerate(values):
+            _fake_run(root, f"{name}_s{seed}", name, seed, acc, **kw)
+    return root
+
+
+def test_a_repeated_run_is_not_a_second_seed(matrix_dir: Path, tmp_path: Path) -> None:
+    """Two run directories of the same recipe and seed are one result (issue 15, item 10)."""
+    from effrecipes.report.table import results_table, table_md
+
+    src = matrix_dir / "cells" / "baseline__s0" / "baseline__s0"
+    for name in ("first", "again"):
+        shutil.copytree(src, tmp_path / "runs" / name)
+    shutil.copytree(matrix_dir / "cells" / "baseline__s1" / "baseline__s1", tmp_path / "runs" / "other")
+    c = collect(tmp_path / "runs")
+    (g,) = c.groups
+    assert (g.n, g.n_cells, len(g.runs), len(c.runs)) == (2, 2, 2, 2)  # not 3/3
+    assert sorted(r["status"] for r in c.cells) == ["done", "done", "repeat"]
+    assert any("counted once" in n for n in c.notes)
+    shutil.rmtree(tmp_path / "runs" / "other")
+    c = collect(tmp_path / "runs")
+    (g,) = c.groups
+    assert (g.n, g.n_cells, g.acc_std) == (1, 1, None)  # one seed: no ± 0.00
+    row = table_md(results_table(c)).splitlines()[2]
+    assert "1/1" in row and "±" not in row
+
+
+def test_star_never_goes_to_a_cell_within_noise(tmp_path: Path) -> None:
+    """mixup has the highest mean but is within noise of the baseline; cutout is a little lower
+    and clearly above it: the star is cutout's (issue 15, item 10)."""
+    from effrecipes.report.table import results_table, summary_lines, table_md
+
+    c = collect(_fake_runs(tmp_path, {"baseline": [50.0, 50.2, 49.8], "mixup": [53.0, 48.0, 52.0],
+                                      "cutout": [50.6, 50.7, 50.8]}))
+    groups = {g.techniques: g for g in c.groups}
+    assert c.reference == "baseline" and groups["mixup"].within_noise is True
+    assert groups["cutout"].within_noise is False
+    assert groups["mixup"].acc_mean > groups["cutout"].acc_mean  # type: ignore[operator]
+    assert c.best is groups["cutout"]
+    t = results_table(c)
+    md = table_md(t)
+    assert "**cutout ★**" in md and "mixup ★" not in md
+    assert "★ best cell: cutout" in t.caption and "so not starred: mixup" in t.caption
+    assert dict(summary_lines(c))["best cell"].startswith("cutout: 50.70 ± 0.10 %")
+    # nothing beats the baseline beyond noise: the baseline keeps the star
+    c = collect(_fake_runs(tmp_path / "b", {"baseline": [50.0, 50.2, 49.8], "mixup": [53.0, 48.0, 52.0]}))
+    assert c.best is not None and c.best.techniques == "baseline"
+
+
+def _markers(ax: Any) -> tuple[list[tuple[float, float]], list[tuple[float, float]]]:
+    """(points drawn with a marker by plot/errorbar, points drawn by scatter)."""
+    lines = [(float(x), float(y)) for line in ax.lines if line.get_marker() not in (None, "None", "")
+             for x, y in zip(line.get_xdata(), line.get_ydata())]
+    dots = [(float(x), float(y)) for coll in ax.collections if type(coll).__name__ == "PathCollection"
+            for x, y in coll.get_offsets()]
+    return lines, dots
+
+
+def test_equal_flops_plot_is_not_one_vertical_line(tmp_path: Path) -> None:
+    """Every cell spent the same FLOPs: the plot shows each cell's seeds instead of a column of
+    points at one x (issue 15, item 10)."""
+    from effrecipes.report import plots
+
+    accs = {"baseline": [50.0, 50.2, 49.8], "mixup": [53.0, 48.0, 52.0], "cutout": [50.6, 50.7, 50.8]}
+    c = collect(_fake_runs(tmp_path, accs, flops=1e12))
+    fig = plots.figure(c, "scatter")
+    assert fig is not None
+    (ax,) = fig.axes
+    lines, dots = _markers(ax)
+    pts = lines + dots
+    assert len({x for x, _ in pts}) > 1 and len({y for _, y in pts}) > 1
+    assert sorted(x for x, _ in dots) == sorted(x for values in accs.values() for x in values)
+    assert "FLOPs" not in ax.get_xlabel() and "every seed" in plots.heading(c, "scatter")
+
+
+def _inside(ax: Any, artist: Any) -> bool:
+    renderer = ax.figure.canvas.get_renderer()
+    box, outer = artist.get_window_extent(renderer), ax.get_window_extent(renderer)
+    return (box.x0 >= outer.x0 - 1 and box.x1 <= outer.x1 + 1 and box.y0 >= outer.y0 - 1
+            and box.y1 <= outer.y1 + 1)
+
+
+def test_plot_labels_inside_axes_and_accuracy_axes_end_at_100(tmp_path: Path) -> None:
+    """Point names and legends inside the axes; no accuracy axis to 102 % (issue 15, item 10)."""
+    from effrecipes.report import plots
+
+    for i, (name, accs) in enumerate({"baseline": [96.0, 96.4], "label_smoothing_long_name": [97.5, 98.1],
+                                      "progressive_resizing_long_name": [99.4, 99.9]}.items()):
+        for seed, acc in enumerate(accs):
+            _fake_run(tmp_path, f"{name}_s{seed}", name, seed, acc, flops=10.0 ** (8 + 1.5 * i),
+                      val=(60.0, 90.0, min(100.0, acc + 0.5)))
+    c = collect(tmp_path)
+    fig = plots.figure(c, "scatter")
+    assert fig is not None and not plots.equal_flops(c)
+    (ax,) = fig.axes
+    fig.canvas.draw()
+    assert len(ax.texts) == 3 and all(_inside(ax, t) for t in ax.texts)  # the Pareto front's names
+    assert _inside(ax, ax.get_legend())
+    assert ax.get_ylim()[1] <= 100.0
+    fig = plots.figure(c, "curves")
+    assert fig is not None
+    (ax,) = fig.axes
+    fig.canvas.draw()
+    assert ax.get_ylim()[1] <= 100.0 and _inside(ax, ax.get_legend())
+
+
 # --------------------------------------------------------------------------- errors
 
 def _cli(*args: str) -> subprocess.CompletedProcess[str]:
@@ -217,7 +351,7 @@ def test_wandb_report_offline_build(matrix_dir: Path, tmp_path: Path, no_wandb_k
                                     capsys: pytest.CaptureFixture[str]) -> None:
     import wandb_workspaces.reports.v2 as wr
 
-    from effrecipes.report.wandb_report import FLOPS_METRIC, VAL_METRIC, build_report
+    from effrecipes.report.wandb_report import FLOPS_METRIC, TEST_METRIC, VAL_METRIC, build_report
 
     def no_save(self: Any, *a: Any, **k: Any) -> None:
         raise AssertionError("save() called offline")
@@ -242,10 +376,14 @@ def test_wandb_report_offline_build(matrix_dir: Path, tmp_path: Path, no_wandb_k
     panels = [type(p).__name__ for p in grid.panels]
     assert panels == ["ScatterPlot", "LinePlot", "LinePlot", "BarPlot"]
     scatter, val_curve, _, bars = grid.panels
-    assert (scatter.x.name, scatter.y.name) == (FLOPS_METRIC, VAL_METRIC)
+    assert (scatter.x.name, scatter.y.name) == (FLOPS_METRIC, TEST_METRIC)
     assert val_curve.x == FLOPS_METRIC and val_curve.y == [VAL_METRIC]
-    base = summary["baseline_final_val_accuracy"]
-    assert bars.custom_expressions == [f"${{{VAL_METRIC}}} * 100 - {base:.4f}"]
+    # the Δ panel subtracts the baseline's mean test accuracy: the HTML report's metric and number
+    res = json.loads((matrix_dir / "results.json").read_text())
+    ref = next(g for g in res["aggregate"] if g["techniques"] == g["reference"])
+    base = summary["baseline_test_accuracy"]
+    assert base == pytest.approx(ref["test_accuracy_mean"])
+    assert bars.custom_expressions == [f"${{{TEST_METRIC}}} - {base:.4f}"]
     assert bars.groupby_aggfunc == "mean" and bars.groupby_rangefunc == "stddev"
     for p in grid.panels:  # every panel serialises to W&B's spec without the network
         assert p._to_model().model_dump(by_alias=True)["viewType"]
@@ -282,17 +420,31 @@ def test_wandb_report_saved_only_online(matrix_dir: Path, tmp_path: Path,
     assert len(saved) == 1 and "not uploaded: WANDB_MODE=offline" in capsys.readouterr().out
 
 
-def test_api_key_rule_matches_the_logger(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from effrecipes.report import wandb_logging, wandb_report
+def test_api_key_is_what_wandb_itself_would_use(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """One rule (`effrecipes.wandb_mode`) for the logger and the report, from wandb's settings:
+    the env key, or a netrc entry for the server wandb talks to (a self-hosted WANDB_BASE_URL
+    too, which reading ~/.netrc for "api.wandb.ai" got wrong)."""
+    from effrecipes import wandb_mode
+    from effrecipes.report import wandb_report
 
     monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.delenv("NETRC", raising=False)
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
-    assert wandb_report.has_api_key() is wandb_logging.has_api_key() is False
+    monkeypatch.delenv("WANDB_BASE_URL", raising=False)
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    assert wandb_mode.has_api_key() is False and wandb_report.has_api_key is wandb_mode.has_api_key
+    assert wandb_mode.resolve_mode("auto") == "offline"
     (tmp_path / ".netrc").write_text("machine api.wandb.ai\n  login user\n  password k\n")
-    assert wandb_report.has_api_key() is wandb_logging.has_api_key() is True
+    assert wandb_mode.has_api_key() is True and wandb_mode.resolve_mode("auto") == "online"
+    monkeypatch.setenv("WANDB_BASE_URL", "https://wandb.example.com")  # self-hosted: no key there
+    assert wandb_mode.has_api_key() is False
+    (tmp_path / ".netrc").write_text("machine wandb.example.com\n  login user\n  password k\n")
+    assert wandb_mode.has_api_key() is True
     (tmp_path / ".netrc").unlink()
     monkeypatch.setenv("WANDB_API_KEY", "k")
-    assert wandb_report.has_api_key() is wandb_logging.has_api_key() is True
+    assert wandb_mode.has_api_key() is True
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    assert wandb_mode.resolve_mode("auto") == "offline"
 
 
 # --------------------------------------------------------------------------- headless browser
@@ -343,7 +495,8 @@ def page_requests(netlog: Path) -> list[str]:
     return urls
 
 
-def test_html_in_headless_chromium(chromium: str, report: Path, tmp_path: Path) -> None:
+def test_html_in_headless_chromium(chromium: str, report: Path, matrix_dir: Path,
+                                   tmp_path: Path) -> None:
     from PIL import Image
 
     # the detector really sees a page's requests (negative check)
@@ -366,7 +519,8 @@ def test_html_in_headless_chromium(chromium: str, report: Path, tmp_path: Path) 
     assert colours is not None and len(colours) > 50  # not a single colour: text, tables, plots
     shutil.copy(shot, report / "screenshot.png")
 
-    # the table sorts in the browser: #sort=-2 (test accuracy, descending) puts the best first
+    # the table sorts in the browser: #sort=-2 (test accuracy, descending) puts the highest mean
+    # first (the star is on the best cell outside noise, wherever it sorts)
     def rows(fragment: str) -> list[str]:
         (tmp_path / fragment).mkdir()
         proc, _ = _browse(chromium, (report / "report.html").as_uri() + "#sort=" + fragment,
@@ -376,4 +530,28 @@ def test_html_in_headless_chromium(chromium: str, report: Path, tmp_path: Path) 
         return re.findall(r"<tr[^>]*><td[^>]*>([^<]+)</td>", table)
 
     desc, asc = rows("-2"), rows("2")
-    assert desc[0].endswith("★") and asc == desc[::-1]
+    agg = {a["techniques"]: a for a in _results(matrix_dir)["aggregate"]}
+    by_mean = sorted(agg, key=lambda t: -agg[t]["test_accuracy_mean"])
+    assert [d.removesuffix(" ★") for d in desc] == by_mean and asc == desc[::-1]
+    assert f"{_starred(agg)} ★" in desc
+
+
+def test_offline_hint_once_per_matrix(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                      capsys: pytest.CaptureFixture[str]) -> None:
+    """A matrix prints the `wandb sync` hint once; its cells (workers) do not repeat it."""
+    from effrecipes import wandb_mode
+    from effrecipes.recipe import validate_recipe
+    from effrecipes.wandb_logging import build_wandb_logger
+    from tests.conftest import tiny_recipe
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    on = tiny_recipe(tmp_path, **{"loggers.wandb": {"enabled": True}})
+    off = tiny_recipe(tmp_path)
+    assert wandb_mode.offline_hint([off]) == ""
+    assert wandb_mode.offline_hint([on, on, off]).startswith("W&B: no API key or network")
+    monkeypatch.delenv(wandb_mode.OFFLINE_HINT_SAID, raising=False)
+    build_wandb_logger(validate_recipe(on))
+    assert capsys.readouterr().out.count("wandb sync") == 1  # a single run says it
+    monkeypatch.setenv(wandb_mode.OFFLINE_HINT_SAID, "1")  # what a matrix worker has
+    build_wandb_logger(validate_recipe(on))
+    assert "wandb sync" not in capsys.readouterr().out

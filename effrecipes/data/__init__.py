@@ -18,9 +18,10 @@ Two loader paths:
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Optional
+from typing import Any, Iterable, Iterator, Optional
 
 import torch
+from torch.utils.data import DataLoader
 
 from effrecipes.data import folders, sources  # noqa: F401  (register the datasets)
 from effrecipes.data.loader import BatchLoader, channel_stats
@@ -31,7 +32,7 @@ from effrecipes.recipe import DataConfig
 from effrecipes.registry import datasets
 
 __all__ = ["DataBundle", "BatchLoader", "RawData", "build_data", "load_raw", "list_datasets",
-           "needs_per_sample"]
+           "needs_per_sample", "stand_in_data"]
 
 
 @dataclass
@@ -51,6 +52,19 @@ class DataBundle:
     mean: tuple[float, ...] = ()
     std: tuple[float, ...] = ()
     per_sample: bool = False  # which loader path was chosen
+
+    def to(self, device: "torch.device | str") -> "DataBundle":
+        """Put the data where the model trains: in-memory `BatchLoader`s move their uint8 cache to
+        `device` once (every batch is then made there, no per-batch host->device copy); a
+        per-sample `DataLoader` (disk datasets, PIL transforms) pins its batches' memory when
+        `device` is a GPU, so the trainer's `non_blocking=True` copies overlap compute."""
+        dev = torch.device(device)
+        for loader in (self.train, self.val, self.test):
+            if isinstance(loader, BatchLoader):
+                loader.to(dev)
+            elif isinstance(loader, DataLoader):
+                loader.pin_memory = dev.type == "cuda"
+        return self
 
 
 def list_datasets(pattern: str = "*") -> list[str]:
@@ -143,6 +157,53 @@ def build_data(cfg: DataConfig, seed: int, *, per_sample: bool = False) -> DataB
                       in_channels=int(channels), image_size=int(size), num_train=len(train_x),
                       num_val=len(val_x), num_test=len(test_x), class_names=list(raw.class_names),
                       mean=mean, std=std, per_sample=use_per_sample)
+
+
+class StandInLoader:
+    """`len()` batches per epoch of random normalised images of one shape (planning only)."""
+
+    def __init__(self, batches: int, batch_size: int, shape: tuple[int, int, int], num_classes: int,
+                 seed: int) -> None:
+        self.batches, self.batch_size, self.shape = batches, batch_size, shape
+        self.num_classes, self.seed = num_classes, seed
+
+    def __len__(self) -> int:
+        return self.batches
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        g = torch.Generator().manual_seed(self.seed)
+        for _ in range(self.batches):
+            yield (torch.randn((self.batch_size, *self.shape), generator=g),
+                   torch.randint(0, self.num_classes, (self.batch_size,), generator=g))
+
+
+def stand_in_data(cfg: DataConfig, seed: int) -> Optional[DataBundle]:
+    """Loaders of the registered shape and size for data that is not on disk yet, so that
+    `--dry-run` plans exactly what the real data would (the plan depends on shapes, the batch
+    size and the number of images, never on pixel values). None when the registry does not know
+    the dataset's shape and size (synthetic, image folders)."""
+    meta = datasets.entry(cfg.name, field_path="data.name").meta
+    keys = ("channels", "image_size", "num_classes", "num_train", "num_test")
+    if not all(isinstance(meta.get(k), int) for k in keys):
+        return None
+    train_idx, val_idx = split_indices(meta["num_train"], cfg.val_fraction, seed)
+    n_train = min(len(train_idx), cfg.train_subset or len(train_idx))
+    n_test = min(meta["num_test"], cfg.test_subset or meta["num_test"])
+    size = cfg.image_size or meta["image_size"]
+    shape = (meta["channels"], size, size)
+    if n_train < cfg.batch_size:
+        return None
+
+    def loader(n: int, batch: int, drop_last: bool) -> StandInLoader:
+        return StandInLoader(n // batch if drop_last else -(-n // batch), batch, shape,
+                             meta["num_classes"], seed)
+
+    return DataBundle(train=loader(n_train, cfg.batch_size, True),
+                      val=loader(len(val_idx), cfg.eval_batch_size, False) if len(val_idx) else None,
+                      test=loader(n_test, cfg.eval_batch_size, False), num_classes=meta["num_classes"],
+                      in_channels=meta["channels"], image_size=size, num_train=n_train,
+                      num_val=len(val_idx), num_test=n_test,
+                      per_sample=needs_per_sample(cfg, meta["image_size"]))
 
 
 def _build_folder_data(cfg: DataConfig, seed: int) -> DataBundle:

@@ -14,6 +14,7 @@ without md5 checks. Writers exist so tests and users can produce valid files.
 from __future__ import annotations
 
 import gzip
+import zlib
 import io
 import os
 import pickle
@@ -47,8 +48,9 @@ def _read_maybe_gzip(path: Path) -> bytes:
                 with gzip.GzipFile(fileobj=f) as g:
                     return g.read()
             return f.read()
-    except (OSError, EOFError) as e:
-        raise DataError(f"cannot read {path}: {e}", field="data.root") from None
+    except (OSError, EOFError, zlib.error) as e:  # zlib.error: a corrupt compressed stream
+        raise DataError(f"cannot read {path}: {e}", field="data.root",
+                        hint="the file is corrupt; delete it and download it again") from None
 
 
 def read_idx(path: PathLike) -> np.ndarray:

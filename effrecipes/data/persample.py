@@ -63,13 +63,14 @@ def build_transform(augment: Sequence[str], *, size: int, resize: bool, crop_pad
 def make_loader(dataset: ArrayImageDataset, batch_size: int, *, train: bool, num_workers: int,
                 seed: int) -> DataLoader:
     """Shuffled, drop_last loader for training; ordered, keep-last for evaluation. The generator
-    seeds the shuffle and the workers' base seeds, so runs repeat for a seed."""
+    seeds the shuffle and the workers' base seeds, so runs repeat for a seed. Memory is pinned
+    only when the run trains on a GPU (`DataBundle.to`)."""
     from composer.utils import dist
 
     if train and dist.get_world_size() > 1:  # data-parallel: each rank its share of the data
         sampler = dist.get_sampler(dataset, shuffle=True, drop_last=True, seed=int(seed))
         return DataLoader(dataset, batch_size=batch_size, sampler=sampler, drop_last=True,
-                          num_workers=num_workers, pin_memory=torch.cuda.is_available())
+                          num_workers=num_workers, pin_memory=False)
     return DataLoader(dataset, batch_size=batch_size, shuffle=train, drop_last=train,
                       num_workers=num_workers, generator=torch.Generator().manual_seed(int(seed)),
-                      pin_memory=torch.cuda.is_available())
+                      pin_memory=False)

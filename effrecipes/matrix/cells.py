@@ -21,6 +21,7 @@ import yaml
 
 from effrecipes.errors import RecipeError, UserError, closest_first
 from effrecipes.matrix.spec import MAX_CELLS, MatrixSpec, load_spec
+from effrecipes import rundir
 from effrecipes.recipe import (Recipe, apply_override, normalise_algorithms, parse_override,
                                read_yaml, validate_recipe)
 
@@ -89,11 +90,10 @@ class Matrix:
         return [c for c in self.cells if c.error]
 
     def cell_dir(self, cell: Cell | str) -> Path:
-        return self.matrix_dir / "cells" / (cell if isinstance(cell, str) else cell.id)
+        return rundir.cell_dir(self.matrix_dir, cell if isinstance(cell, str) else cell.id)
 
     def run_dir(self, cell: Cell | str) -> Path:
-        cid = cell if isinstance(cell, str) else cell.id
-        return self.cell_dir(cid) / cid
+        return rundir.cell_run_dir(self.matrix_dir, cell if isinstance(cell, str) else cell.id)
 
 
 # --------------------------------------------------------------------------- combinations
@@ -185,7 +185,7 @@ def recipe_hash(recipe: Recipe | dict[str, Any]) -> str:
 def run_dir_hash(run_dir: Path) -> Optional[str]:
     """Hash of the recipe a finished run directory actually trained (None if unreadable)."""
     try:
-        data = yaml.safe_load((run_dir / "recipe.yaml").read_text())
+        data = yaml.safe_load((run_dir / rundir.RECIPE_FILE).read_text())
         return recipe_hash(Recipe.model_validate(data))
     except Exception:  # noqa: BLE001 - a damaged run dir simply does not match
         return None

@@ -13,7 +13,8 @@ import os
 import sys
 from typing import Optional, Sequence
 
-from effrecipes.cli import _guard
+from effrecipes.cli import (ENVIRONMENT, OneLineParser, _guard, dotted_flags_to_overrides,
+                            finite_float, int_at_least, package_version)
 from effrecipes.errors import UserError
 
 EPILOG = """\
@@ -22,41 +23,54 @@ examples:
   composer-ablate recipes/ablations/cifar10_table4.yaml --workers 2
   composer-ablate SPEC.yaml --only 'blurpool*' --retry-failed
   composer-ablate SPEC.yaml --executor ray --ray-address auto --cpus-per-cell 4
+  composer-ablate SPEC.yaml seeds=[0,1,2] grid.optimizer.lr=[0.1,0.01] budget.flops=1e11
+      (key=value edits the spec; a recipe key such as budget.flops is applied to every cell)
 
 Re-running the same spec resumes: finished cells (same recipe hash) are skipped, interrupted and
 changed cells run again, failed cells run again with --retry-failed. Results are rebuilt in
-<output>/<name>/results.{md,csv,json} after every finished cell."""
+<out>/<name>/results.{md,csv,json} after every finished cell.
+
+exit codes: 0 every selected cell finished; 1 some cells failed (recorded, the others ran);
+2 a mistake in the spec or arguments (one line each); 130 interrupted
+
+""" + ENVIRONMENT
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = OneLineParser(
         prog="composer-ablate", epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Run an ablation matrix: technique combinations x a grid of recipe settings x "
         "seeds, each cell a full composer-run of a resolved recipe, resumable, with aggregate "
         "tables (mean +/- std over seeds, delta vs the baseline).")
     p.add_argument("spec", help="matrix spec YAML file")
-    p.add_argument("--workers", type=int, default=None,
+    p.add_argument("overrides", nargs="*", metavar="key=value",
+                   help="edit the spec (seeds=[0,1], view=equal_epochs, grid.optimizer.lr=[0.1,0.01],"
+                   " algorithms.mode=all_subsets) or, for recipe keys (budget.flops=1e11), every cell")
+    p.add_argument("--version", action="version", version=package_version())
+    p.add_argument("--workers", type=int_at_least(1, 1024), default=None,
                    help="local: worker processes, each with cores//N torch threads (default 1); "
                    "ray: at most N cells at once (default: cluster CPUs / --cpus-per-cell)")
     p.add_argument("--executor", choices=("local", "ray"), default="local",
                    help="run cells in local worker processes or as Ray tasks")
     p.add_argument("--ray-address", default=None,
                    help="Ray cluster address (default $RAY_ADDRESS, else start a local instance)")
-    p.add_argument("--cpus-per-cell", type=float, default=1.0,
+    p.add_argument("--cpus-per-cell", type=finite_float(0.0, inclusive=False), default=1.0,
                    help="ray: CPUs reserved per cell (also its torch threads)")
-    p.add_argument("--gpus-per-cell", type=float, default=0.0,
-                   help="ray: GPUs reserved per cell (the runner trains on CPU today)")
+    p.add_argument("--gpus-per-cell", type=finite_float(0.0), default=0.0,
+                   help="ray: GPUs reserved per cell; each cell trains on the GPU Ray assigned "
+                   "it (trainer.device: auto), or on the CPU with 0")
     p.add_argument("--dry-run", action="store_true",
                    help="list the cells with planned FLOPs and an estimated wall time from a short "
                    "calibration run; write nothing")
-    p.add_argument("--calibration-batches", type=int, default=30,
+    p.add_argument("--calibration-batches", type=int_at_least(0, 100_000), default=30,
                    help="dry-run: real training batches timed for the estimate (0 = skip)")
     p.add_argument("--retry-failed", action="store_true",
                    help="also re-run cells whose last attempt failed (default: keep them failed)")
     p.add_argument("--only", action="append", metavar="PATTERN",
                    help="run only cells whose id matches this glob (repeatable), e.g. 'blurpool*'")
-    p.add_argument("--output", default=None,
+    p.add_argument("--out", dest="output", metavar="DIR", default=None,
                    help="directory holding matrix directories (overrides the spec's output)")
+    p.add_argument("--output", dest="output", default=None, help=argparse.SUPPRESS)  # old name
     p.add_argument("--list-cells", action="store_true",
                    help="print each cell's id, status and overrides; train nothing")
     p.add_argument("--json", action="store_true", help="machine-readable --dry-run/--list-cells")
@@ -79,7 +93,17 @@ def _list_cells(matrix, as_json: bool) -> str:  # type: ignore[no-untyped-def]
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    args = build_parser().parse_args(argv)
+    from effrecipes.matrix.spec import MatrixSpec
+    from effrecipes.recipe import Recipe
+
+    parser = build_parser()
+    try:  # --grid.optimizer.lr=[...] / --budget.flops 1e11, as W&B sweep agents pass them
+        argv = dotted_flags_to_overrides(sys.argv[1:] if argv is None else list(argv), parser,
+                                         sorted(set(MatrixSpec.model_fields) | set(Recipe.model_fields)))
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return e.exit_code
+    args = parser.parse_intermixed_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
 
     def go() -> int:
@@ -90,7 +114,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         workers = args.workers or 1
         if args.cpus_per_cell <= 0 or args.gpus_per_cell < 0:
             raise UserError("--cpus-per-cell must be > 0 and --gpus-per-cell >= 0")
-        matrix = load_matrix(args.spec, output=args.output)
+        if args.overrides:
+            from pathlib import Path
+
+            from effrecipes.matrix.cells import expand
+            from effrecipes.matrix.spec import load_spec
+
+            spec, base = load_spec(args.spec, args.overrides)
+            matrix = expand(spec, Path(args.spec), base, output=args.output)
+        else:
+            matrix = load_matrix(args.spec, output=args.output)
         try:
             if args.list_cells:
                 from effrecipes.matrix.cells import check_valid

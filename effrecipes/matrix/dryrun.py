@@ -30,7 +30,8 @@ def _seedless_key(cell: Cell) -> str:
 
 
 def plan_cells(matrix: Matrix, cells: list[Cell], threads: Optional[int]) -> dict[str, dict[str, Any]]:
-    """cell id -> {step_flops, planned_batches, planned_flops, flops_cap, reserved, error}."""
+    """cell id -> {step_flops (the expected mean step), planned_batches, planned_flops, flops_cap,
+    error}."""
     from effrecipes import runner
 
     runner.set_threads(threads or 1)
@@ -42,10 +43,11 @@ def plan_cells(matrix: Matrix, cells: list[Cell], threads: Optional[int]) -> dic
             try:
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")
-                    plan = runner.prepare(c.recipe).plan  # type: ignore[arg-type]
-                cache[key] = {"step_flops": plan.step_flops, "planned_batches": plan.planned_batches,
-                              "planned_flops": plan.planned_batches * plan.step_flops,
-                              "flops_cap": plan.flops_cap, "reserved": plan.reserved_flops,
+                    plan = runner.prepare(c.recipe, data_may_be_missing=True).plan  # type: ignore[arg-type]
+                cache[key] = {"step_flops": plan.mean_step_flops,
+                              "planned_batches": plan.planned_batches,
+                              "planned_flops": plan.planned_batches * plan.mean_step_flops,
+                              "flops_cap": plan.flops_cap,
                               "planned_epochs": plan.planned_epochs, "binding": plan.binding_cap,
                               "error": None}
             except UserError as e:
@@ -62,7 +64,7 @@ def _timed_run(cell: Cell, plan: dict[str, Any], batches: int, threads: Optional
 
     data = cell.recipe.model_dump(mode="json")  # type: ignore[union-attr]
     with tempfile.TemporaryDirectory(prefix="composer-ablate-calib-") as tmp:
-        data["budget"] = {"flops": plan["step_flops"] * (batches + 0.5) + (plan.get("reserved") or 0.0),
+        data["budget"] = {"flops": plan["step_flops"] * (batches + 0.5),
                           "max_epochs": None, "max_seconds": None}
         data["output"] = {"root": tmp, "run_name": "calibration", "overwrite": True,
                           "save_checkpoint": False}

@@ -2,7 +2,11 @@
 
 - local: `concurrent.futures.ProcessPoolExecutor` (spawn) with N workers; each worker gets
   `EFFRECIPES_THREADS = max(1, cores // N)` so workers do not oversubscribe the cores.
-- ray: each cell is a `ray.remote(num_cpus=..., num_gpus=...)` task calling `run_cell`.
+- ray: each cell is a `ray.remote(num_cpus=..., num_gpus=...)` task calling `run_cell`. A task
+  with `num_gpus` > 0 sees only its assigned GPU(s) (Ray sets CUDA_VISIBLE_DEVICES), so a recipe
+  with `trainer.device: auto` trains on that GPU (`cuda:0` inside the task); with
+  `--gpus-per-cell 0` the cell runs with `$EFFRECIPES_DEVICE=cpu`, so `auto` means the CPU even on
+  a GPU node (whatever Ray does to CUDA_VISIBLE_DEVICES), and `trainer.device: gpu` is an error.
 
 The parent process is the only writer of matrix state (cell.json, failed/, results.*); workers
 only write their run directory through `effrecipes.runner.run`. It holds `<matrix_dir>/.lock`
@@ -26,6 +30,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Optional, TextIO
 
 from effrecipes.errors import UserError
+from effrecipes.wandb_mode import OFFLINE_HINT_SAID, offline_hint
 from effrecipes.matrix.cells import Cell, Matrix, check_valid
 from effrecipes.matrix.results import summary_table, write_results
 from effrecipes.matrix.state import (DIVERGED, DONE, FAILED, FINISHED, INTERRUPTED, PENDING,
@@ -58,21 +63,50 @@ def threads_per_worker(workers: int, cores: Optional[int] = None) -> Optional[in
 # --------------------------------------------------------------------------- the cell function
 
 _IN_CELL = False
+_PARENT: Optional[int] = None  # the composer-ablate process, recorded when the worker starts
+
+
+def _parent_gone() -> bool:
+    return _PARENT is not None and os.getppid() != _PARENT
 
 
 def _on_sigterm(signum: int, frame: Any) -> None:
     """Worker SIGTERM outside training (the runner handles it during training): abandon the cell
-    being prepared; an idle worker ignores it so the pool survives."""
+    being prepared; an idle worker ignores it so the pool survives, unless its parent is gone
+    (then nothing can ever send it work: it exits)."""
     if _IN_CELL:
         raise KeyboardInterrupt
+    if _parent_gone():
+        os._exit(0)
+
+
+def _die_with_parent() -> None:
+    """Linux: SIGTERM this worker when the composer-ablate process dies, even by SIGKILL (the
+    worker then stops after its batch and saves a resumable cell, as on Ctrl-C); without this,
+    orphaned workers kept training cells that the next run would mark as running."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    pr_set_pdeathsig = 1
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
+    except OSError:
+        return
+    if os.getppid() == 1:  # the parent died before prctl took effect
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 def _init_worker(threads: Optional[int]) -> None:
+    global _PARENT
+    _PARENT = os.getppid()
+    _die_with_parent()
     if threads:
         os.environ["EFFRECIPES_THREADS"] = str(threads)
     else:
         os.environ.pop("EFFRECIPES_THREADS", None)
     os.environ.setdefault("WANDB_SILENT", "true")
+    os.environ[OFFLINE_HINT_SAID] = "1"  # the matrix says it once, not every cell
     import effrecipes.runner  # noqa: F401  (pay the torch/Composer import once, not in a cell's time)
 
     # After the import: Composer installs SIGINT/SIGTERM handlers that sys.exit() when imported.
@@ -86,7 +120,8 @@ def run_cell(payload: dict[str, Any]) -> dict[str, Any]:
     """Run one cell's recipe (in a worker process or a Ray task); never raises for a failed run.
 
     payload: {"cell_id", "recipe": resolved recipe as a JSON-able dict, "threads": int,
-    "resume": bool (continue an interrupted run directory)}. Returns {"cell_id", "ok", "seconds"}
+    "resume": bool (continue an interrupted run directory), "gpus": GPUs reserved for the cell
+    (Ray only; 0 = train on the CPU)}. Returns {"cell_id", "ok", "seconds"}
     plus "status"/"run_dir" on success, "interrupted", or "error"/"error_type"/"traceback".
     """
     global _IN_CELL
@@ -94,7 +129,15 @@ def run_cell(payload: dict[str, Any]) -> dict[str, Any]:
     cid = payload["cell_id"]
     if payload.get("threads"):
         os.environ["EFFRECIPES_THREADS"] = str(payload["threads"])
+    if "gpus" in payload:  # a Ray task: a worker process may run cells with and without GPUs
+        from effrecipes.device import DEVICE_ENV
+
+        if payload["gpus"] > 0:
+            os.environ.pop(DEVICE_ENV, None)
+        else:
+            os.environ[DEVICE_ENV] = "cpu"
     os.environ.setdefault("WANDB_SILENT", "true")
+    os.environ[OFFLINE_HINT_SAID] = "1"  # Ray tasks too
     logging.getLogger("effrecipes").setLevel(logging.ERROR)  # warnings are kept in metrics.json
     _IN_CELL = True
     try:
@@ -127,6 +170,8 @@ def run_cell(payload: dict[str, Any]) -> dict[str, Any]:
                 "seconds": time.perf_counter() - t0}
     finally:
         _IN_CELL = False
+        if _parent_gone():  # the cell was saved (resumable); nobody is left to send more work
+            os._exit(0)
 
 
 # --------------------------------------------------------------------------- progress
@@ -320,9 +365,15 @@ class RayExecutor:
                                 f"{' '.join(str(e).split())[:200]}",
                                 hint="check --ray-address / RAY_ADDRESS") from None
             self.started_ray = True
+        gpus = float(ray.cluster_resources().get("GPU", 0))
+        if self.gpus > gpus:  # an autoscaling cluster may add GPU nodes later: warn, do not refuse
+            self.notice(f"warning: --gpus-per-cell {self.gpus:g} but the Ray cluster has {gpus:g} "
+                        "GPUs now; cells wait until GPUs join (--gpus-per-cell 0 trains on CPUs)")
         if self.window is None:
             cpus = float(ray.cluster_resources().get("CPU", 1))
             self.window = max(1, int(cpus // max(self.cpus, 1e-9)))
+            if self.gpus > 0:  # e.g. 8 cells at once on an 8-GPU node with --gpus-per-cell 1
+                self.window = max(1, min(self.window, int(gpus // self.gpus)))
         return self
 
     def __exit__(self, *exc: Any) -> None:
@@ -343,6 +394,7 @@ class RayExecutor:
                 while queue and len(inflight) < (self.window or 1):
                     p = queue.pop(0)
                     p["threads"] = threads
+                    p["gpus"] = self.gpus
                     started(p)
                     inflight[remote.remote(p)] = p
                 ready, _ = ray.wait(list(inflight), num_returns=1)
@@ -457,6 +509,9 @@ def run_matrix(matrix: Matrix, *, executor: str = "local", workers: int = 1,
         running: set[str] = set()
         write_results(matrix, frozenset(running))
         progress = Progress(len(cells), len(skipped), stream, quiet=quiet)
+        hint = offline_hint([c.recipe for c in cells])
+        if hint and not quiet:
+            stream.write(hint + "\n")
         if not quiet:
             n_fail = sum(1 for _, s in skipped if s == FAILED)
             stream.write(f"matrix {matrix.spec.name}: {len(matrix.cells)} cells, {len(cells)} selected, "

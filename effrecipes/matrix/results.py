@@ -8,22 +8,20 @@ from __future__ import annotations
 
 import csv
 import io
-import math
+from pathlib import Path
 from typing import Any, Optional
 
-from effrecipes.stats import mean_std, num as _num
+from effrecipes.rundir import TABLE_FIELDS
 from effrecipes.matrix.cells import Matrix, combo_label, fmt_value
-from effrecipes.matrix.state import (DIVERGED, DONE, FAILED, FINISHED, INTERRUPTED, PENDING,
-                                     RUNNING, atomic_write_json, atomic_write_text, failure,
-                                     finished_metrics, metrics_status, now, resumable)
+from effrecipes.matrix.state import (DIVERGED, DONE, FAILED, INTERRUPTED, PENDING, RUNNING,
+                                     atomic_write_json, atomic_write_text, failure,
+                                     finished_metrics, metrics_status, now, read_json, resumable)
+from effrecipes.stats import (NOISE_RULE, aggregate as aggregate_rows, fmt, fmt_count, fmt_flops,
+                              md_table, pm, signed_pm, status_counts, yes_no)
 
-METRIC_COLUMNS = ["test_accuracy", "best_val_accuracy", "flops_used", "flops_cap", "stop_reason",
-                  "epochs", "params", "model_size_bytes", "cpu_latency_ms_per_image",
-                  "wall_seconds", "train_seconds", "samples_per_second"]
+RESULTS_JSON = "results.json"
 
-NOISE_RULE = ("within_noise = yes when |delta| <= sqrt(std_cell^2 + std_reference^2) (the sample "
-              "standard deviations over seeds, ddof=1), or when either group has fewer than 2 "
-              "finished seeds (no noise estimate: never call such a difference real)")
+METRIC_COLUMNS = list(TABLE_FIELDS)  # the run contract's columns of results.csv
 
 VIEW_TEXT = {
     "equal_flops": "every cell has the same training-FLOP cap; techniques that cost "
@@ -31,6 +29,8 @@ VIEW_TEXT = {
     "equal_epochs": "every cell trains the same number of epochs (budget.flops "
                     "removed, as in the paper); FLOPs used differ per cell",
 }
+
+_flops = fmt_flops  # the name effrecipes.matrix.dryrun imports; new code: effrecipes.stats.fmt_flops
 
 
 def cell_rows(matrix: Matrix, running: frozenset[str] = frozenset()) -> list[dict[str, Any]]:
@@ -61,94 +61,30 @@ def cell_rows(matrix: Matrix, running: frozenset[str] = frozenset()) -> list[dic
     return rows
 
 
+def reference_label(matrix: Matrix) -> Optional[str]:
+    return combo_label(matrix.reference) if matrix.reference is not None else None
+
+
 def aggregate(matrix: Matrix, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    cells = {c.id: c for c in matrix.cells}
-    groups: dict[tuple[str, tuple[str, ...]], list[dict[str, Any]]] = {}
-    for row in rows:
-        groups.setdefault(cells[row["cell_id"]].group, []).append(row)
-    ref_label = combo_label(matrix.reference) if matrix.reference is not None else None
-    ref_values = (matrix.spec.reference.values if matrix.spec.reference else {})
-
-    def stats(members: list[dict[str, Any]]) -> dict[str, Any]:
-        fin = [r for r in members if r["status"] in FINISHED]
-        acc = [x for r in fin if (x := _num(r["test_accuracy"])) is not None]
-        val = [x for r in fin if (x := _num(r["best_val_accuracy"])) is not None]
-        flops = [x for r in fin if (x := _num(r["flops_used"])) is not None]
-        m, s = mean_std(acc)
-        return {"n": len(acc), "n_cells": len(members),
-                "n_failed": sum(r["status"] == FAILED for r in members),
-                "n_diverged": sum(r["status"] == DIVERGED for r in members),
-                "test_accuracy_mean": m, "test_accuracy_std": s,
-                "best_val_accuracy_mean": mean_std(val)[0], "flops_used_mean": mean_std(flops)[0],
-                "params": next((r["params"] for r in fin if r["params"] is not None), None)}
-
-    out = []
-    computed = {key: stats(members) for key, members in groups.items()}
-    for (label, gvals), members in groups.items():
-        st = computed[(label, gvals)]
-        agg: dict[str, Any] = {"techniques": label}
-        agg.update(dict(zip(matrix.grid_keys, gvals)))
-        agg.update(st)
-        ref = computed.get((ref_label, gvals)) if ref_label is not None else None
-        agg["reference"] = ref_label
-        agg["delta_mean"] = agg["delta_std"] = agg["within_noise"] = None
-        if ref is not None and label != ref_label and st["test_accuracy_mean"] is not None \
-                and ref["test_accuracy_mean"] is not None:
-            agg["delta_mean"] = st["test_accuracy_mean"] - ref["test_accuracy_mean"]
-            if st["n"] >= 2 and ref["n"] >= 2:
-                agg["delta_std"] = math.sqrt(st["test_accuracy_std"] ** 2 + ref["test_accuracy_std"] ** 2)
-                agg["within_noise"] = abs(agg["delta_mean"]) <= agg["delta_std"]
-            else:
-                agg["within_noise"] = True
-        agg["published"] = ref_values.get(label)
-        out.append(agg)
-    return out
-
-
-# --------------------------------------------------------------------------- formatting
-
-def _pm(m: Optional[float], s: Optional[float], signed: bool = False) -> str:
-    if m is None:
-        return "-"
-    text = f"{m:+.2f}" if signed else f"{m:.2f}"
-    return f"{text} ± {s:.2f}" if s is not None else text
-
-
-def _flops(x: Any) -> str:
-    x = _num(x)
-    if x is None:
-        return "-"
-    for unit, scale in (("E", 1e18), ("P", 1e15), ("T", 1e12), ("G", 1e9), ("M", 1e6), ("K", 1e3)):
-        if abs(x) >= scale * 0.9995:  # 999.9G reads as 1T, not 1e+03G
-            return f"{x / scale:.3g}{unit}"
-    return f"{x:.3g}"
-
-
-def _f(x: Any, fmt: str) -> str:
-    x = _num(x)
-    return "-" if x is None else format(x, fmt)
-
-
-def _md_table(header: list[str], rows: list[list[str]]) -> list[str]:
-    esc = [[str(c).replace("|", "\\|") for c in r] for r in rows]
-    return (["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-            + ["| " + " | ".join(r) + " |" for r in esc])
+    """The aggregate rows (effrecipes.stats.aggregate): mean +/- std over seeds, the delta against
+    the reference combination with the same grid values, the published figure."""
+    published = matrix.spec.reference.values if matrix.spec.reference else {}
+    return aggregate_rows(rows, matrix.grid_keys, reference_label(matrix), published)
 
 
 def counts(rows: list[dict[str, Any]]) -> dict[str, int]:
-    c = {s: 0 for s in (DONE, DIVERGED, FAILED, RUNNING, INTERRUPTED, PENDING)}
-    for r in rows:
-        c[r["status"]] = c.get(r["status"], 0) + 1
-    return c
+    return status_counts((r["status"] for r in rows),
+                         (DONE, DIVERGED, FAILED, RUNNING, INTERRUPTED, PENDING))
 
 
-def render_md(matrix: Matrix, rows: list[dict[str, Any]], groups: list[dict[str, Any]]) -> str:
+def _md_head(matrix: Matrix, rows: list[dict[str, Any]]) -> list[str]:
+    """The bullet list above the tables: view, spec, cells, the delta and the noise rule."""
     spec = matrix.spec
     c = counts(rows)
     caps = {r["flops_cap"] for r in rows if r["flops_cap"] is not None}
     caps_known = {cl.recipe.budget.flops for cl in matrix.cells if cl.recipe}
-    cap_text = ", ".join(_flops(x) for x in sorted(caps or {x for x in caps_known if x})) or "none"
-    ref = combo_label(matrix.reference) if matrix.reference is not None else None
+    cap_text = ", ".join(fmt_flops(x) for x in sorted(caps or {x for x in caps_known if x})) or "none"
+    ref = reference_label(matrix)
     lines = [f"# Ablation matrix `{spec.name}`", "",
              f"- view: **{spec.view}** — {VIEW_TEXT[spec.view]}",
              f"- spec: `{matrix.spec_path.resolve()}`; base recipe: `{matrix.base_path}`",
@@ -164,40 +100,46 @@ def render_md(matrix: Matrix, rows: list[dict[str, Any]], groups: list[dict[str,
              f"- updated: {now()}", ""]
     if spec.reference:
         lines.insert(-1, f"- published: {spec.reference.source} ({spec.reference.metric})")
-    lines += ["## Aggregate over seeds (test accuracy, %)", ""]
+    return lines
+
+
+def _md_aggregate(matrix: Matrix, groups: list[dict[str, Any]]) -> str:
+    ref = reference_label(matrix)
+    published = matrix.spec.reference is not None
     header = ["techniques"] + matrix.grid_keys + ["n", "test acc mean ± std", f"Δ vs {ref or '-'}",
                                                   "within noise", "best val mean", "FLOPs used",
-                                                  "params"]
-    if spec.reference:
-        header.append("published")
+                                                  "params"] + (["published"] if published else [])
     body = []
     for g in groups:
-        wn = g["within_noise"]
         note = "" if not (g["n_failed"] or g["n_diverged"]) else \
             f" ({g['n_failed']} failed, {g['n_diverged']} diverged)"
         row = [g["techniques"]] + [str(g[k]) for k in matrix.grid_keys] + [
             f"{g['n']}/{g['n_cells']}{note}",
-            _pm(g["test_accuracy_mean"], g["test_accuracy_std"]),
-            "(reference)" if g["techniques"] == ref else _pm(g["delta_mean"], g["delta_std"], True),
-            "-" if wn is None else ("yes" if wn else "no"),
-            _f(g["best_val_accuracy_mean"], ".2f"), _flops(g["flops_used_mean"]),
-            "-" if g["params"] is None else f"{int(g['params']):,}"]
-        if spec.reference:
-            row.append(_f(g["published"], ".2f"))
-        body.append(row)
-    lines += _md_table(header, body) + ["", "## Cells", ""]
+            pm(g["test_accuracy_mean"], g["test_accuracy_std"]),
+            "(reference)" if g["techniques"] == ref else signed_pm(g["delta_mean"], g["delta_std"]),
+            yes_no(g["within_noise"]), fmt(g["best_val_accuracy_mean"]),
+            fmt_flops(g["flops_used_mean"]), fmt_count(g["params"])]
+        body.append(row + ([fmt(g["published"])] if published else []))
+    return md_table(header, body)
+
+
+def _md_cells(rows: list[dict[str, Any]]) -> str:
     header = ["cell", "status", "test acc", "best val", "FLOPs used / cap", "stop", "epochs",
               "params", "size KiB", "latency ms", "wall s"]
     body = []
     for r in rows:
-        body.append([r["cell_id"], r["status"], _f(r["test_accuracy"], ".2f"),
-                     _f(r["best_val_accuracy"], ".2f"),
-                     f"{_flops(r['flops_used'])} / {_flops(r['flops_cap'])}", str(r["stop_reason"] or "-"),
-                     _f(r["epochs"], ".2f"),
-                     "-" if r["params"] is None else f"{int(r['params']):,}",
-                     _f(None if r["model_size_bytes"] is None else r["model_size_bytes"] / 1024, ".1f"),
-                     _f(r["cpu_latency_ms_per_image"], ".3f"), _f(r["wall_seconds"], ".1f")])
-    lines += _md_table(header, body)
+        size = r["model_size_bytes"]
+        body.append([r["cell_id"], r["status"], fmt(r["test_accuracy"]), fmt(r["best_val_accuracy"]),
+                     f"{fmt_flops(r['flops_used'])} / {fmt_flops(r['flops_cap'])}",
+                     str(r["stop_reason"] or "-"), fmt(r["epochs"]), fmt_count(r["params"]),
+                     fmt(None if size is None else size / 1024, ".1f"),
+                     fmt(r["cpu_latency_ms_per_image"], ".3f"), fmt(r["wall_seconds"], ".1f")])
+    return md_table(header, body)
+
+
+def render_md(matrix: Matrix, rows: list[dict[str, Any]], groups: list[dict[str, Any]]) -> str:
+    lines = _md_head(matrix, rows) + ["## Aggregate over seeds (test accuracy, %)", ""]
+    lines += [_md_aggregate(matrix, groups), "", "## Cells", "", _md_cells(rows)]
     failed = [r for r in rows if r["status"] == FAILED]
     if failed:
         lines += ["", "## Failed cells", ""]
@@ -225,23 +167,35 @@ def write_results(matrix: Matrix, running: frozenset[str] = frozenset()) -> dict
     d = matrix.matrix_dir
     obj = {"matrix": matrix.spec.name, "spec": str(matrix.spec_path), "base": str(matrix.base_path),
            "view": matrix.spec.view, "mode": matrix.spec.algorithms.mode,
-           "reference": combo_label(matrix.reference) if matrix.reference is not None else None,
+           "reference": reference_label(matrix),
            "noise_rule": NOISE_RULE, "updated": now(), "counts": counts(rows),
            "cells": rows, "aggregate": groups}
     atomic_write_text(d / "results.csv", render_csv(matrix, rows))
-    atomic_write_json(d / "results.json", obj)
+    atomic_write_json(d / RESULTS_JSON, obj)
     atomic_write_text(d / "results.md", render_md(matrix, rows, groups))
+    return obj
+
+
+def read_results(matrix_dir: Path) -> Optional[dict[str, Any]]:
+    """The results.json `write_results` wrote (the one reader: `composer-report` reads it here),
+    keeping only well-formed `cells` (with a cell_id) and `aggregate` entries; None when it is
+    missing, unreadable or has no list of cells."""
+    obj = read_json(Path(matrix_dir) / RESULTS_JSON)
+    if obj is None or not isinstance(obj.get("cells"), list):
+        return None
+    obj["cells"] = [r for r in obj["cells"] if isinstance(r, dict) and r.get("cell_id")]
+    obj["aggregate"] = [a for a in obj.get("aggregate") or [] if isinstance(a, dict)]
     return obj
 
 
 def summary_table(matrix: Matrix, groups: list[dict[str, Any]]) -> str:
     """A short plain-text aggregate for the terminal."""
-    ref = combo_label(matrix.reference) if matrix.reference is not None else None
+    ref = reference_label(matrix)
     out = []
     for g in groups:
         grid = " ".join(f"{k}={g[k]}" for k in matrix.grid_keys)
-        delta = "ref" if g["techniques"] == ref else _pm(g["delta_mean"], g["delta_std"], True)
+        delta = "ref" if g["techniques"] == ref else signed_pm(g["delta_mean"], g["delta_std"])
         noise = "" if g["within_noise"] is None else ("  (within noise)" if g["within_noise"] else "")
-        out.append(f"  {g['techniques']:<32} {grid:<24} n={g['n']}  acc {_pm(g['test_accuracy_mean'], g['test_accuracy_std']):<16}"
-                   f" Δ {delta}{noise}")
+        acc = pm(g["test_accuracy_mean"], g["test_accuracy_std"])
+        out.append(f"  {g['techniques']:<32} {grid:<24} n={g['n']}  acc {acc:<16} Δ {delta}{noise}")
     return "\n".join(out)

@@ -1,8 +1,10 @@
 """The ablation-matrix spec: a small YAML file naming a base recipe, the techniques to ablate,
 a grid of recipe settings and the seeds.
 
-Loaded like a recipe: `yaml.safe_load` only, a pydantic schema that rejects unknown keys, and
-every mistake reported as one line naming the spec file, the field and the valid choices.
+Loaded like a recipe: the recipe's safe YAML loader, a strict pydantic schema that rejects unknown
+keys, and every mistake reported as one line naming the spec file, the field and the valid
+choices. `key=value` overrides on the command line edit the spec before it is validated
+(`apply_spec_override`).
 """
 from __future__ import annotations
 
@@ -13,8 +15,8 @@ from typing import Any, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from effrecipes.errors import RecipeError, closest_first
-from effrecipes.recipe import parse_override, read_yaml, section_keys
+from effrecipes.errors import RecipeError, closest_first, shorten
+from effrecipes.recipe import normalise_algorithms, parse_override, read_yaml, section_keys
 
 MODES = ("one_at_a_time", "leave_one_out", "all_subsets", "cumulative", "explicit")
 VIEWS = ("equal_flops", "equal_epochs")
@@ -23,7 +25,7 @@ NAME_RE = r"[A-Za-z0-9][A-Za-z0-9._=+,-]*"
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
 
 
 class AlgorithmsSpec(_Section):
@@ -145,8 +147,7 @@ def _spec_error(err: ValidationError, file: str) -> RecipeError:
         return RecipeError("required field is missing", file=file, field=path)
     msg = e["msg"].removeprefix("Value error, ")
     if "input" in e and not isinstance(e["input"], dict):
-        shown = repr(e["input"])
-        msg = f"{msg} (got {shown[:57] + '...' if len(shown) > 60 else shown})"
+        msg = f"{msg} (got {shorten(repr(e['input']), 60)})"
     return RecipeError(msg, file=file, field=path)
 
 
@@ -195,8 +196,8 @@ def _check_techniques(spec: MatrixSpec, file: str) -> None:
         except RecipeError as e:
             raise RecipeError(str(e), file=file, field="overrides") from None
         if path[0] in ("output", "seed"):
-            raise RecipeError(f"{text!r}: output.* and seed are set by the matrix (use seeds: and "
-                              "--output)", file=file, field="overrides")
+            raise RecipeError(f"{shorten(text, 80)!r}: output.* and seed are set by the matrix (use "
+                              "seeds: and --out)", file=file, field="overrides")
     for key in spec.grid:
         parts = key.split(".")
         if parts[0] == "algorithms" and len(parts) >= 2 and parts[1] in a.pool:
@@ -233,15 +234,64 @@ def _check_techniques(spec: MatrixSpec, file: str) -> None:
         if a.combos is not None:
             raise RecipeError(f"combos is only read in mode explicit (mode is {a.mode}); remove it "
                               "or set mode: explicit", file=file, field="algorithms.combos")
-        if not techniques:
+        if not techniques and "mode" in a.model_fields_set:
             raise RecipeError(f"mode {a.mode} needs at least one technique in algorithms.pool or "
-                              "algorithms.pseudo", file=file, field="algorithms.pool")
+                              "algorithms.pseudo (or no mode at all: a grid-only matrix)", file=file,
+                              field="algorithms.pool")
 
 
-def load_spec(path: str | Path) -> tuple[MatrixSpec, Path]:
-    """Read and validate a spec file; returns the spec and the absolute base-recipe path."""
+def apply_spec_override(data: dict[str, Any], text: str, *, file: str) -> None:
+    """One command-line `key=value` on a spec dict. Spec keys edit the spec (`seeds=[0,1,2]`,
+    `view=equal_epochs`, `algorithms.mode=all_subsets`, `algorithms.pool.cutout.length=8`,
+    `grid.optimizer.lr=[0.1,0.01]`, `grid.optimizer.lr=null` drops a grid key); any other key is a
+    recipe key, added to the spec's `overrides` (applied to every cell), e.g. `budget.flops=1e11`."""
+    path, value = parse_override(text)
+    shown = shorten(text, 80)
+    if path[0] not in MatrixSpec.model_fields:
+        if ".".join(path) in (data.get("grid") or {}):
+            raise RecipeError(f"{shown!r}: {'.'.join(path)} is varied by the grid; override "
+                              f"grid.{'.'.join(path)}=[...] instead", file=file, field="overrides")
+        current = data.get("overrides")
+        data["overrides"] = (list(current) if isinstance(current, list) else []) + [text]
+        return
+    if path[0] == "grid" and len(path) > 1:
+        grid = data.get("grid")
+        grid = dict(grid) if isinstance(grid, dict) else {}
+        key = ".".join(path[1:])
+        if value is None:
+            grid.pop(key, None)
+        else:
+            grid[key] = value if isinstance(value, list) else [value]
+        data["grid"] = grid
+        return
+    if path[:2] == ["algorithms", "pool"] and len(path) > 2:
+        algos = data.get("algorithms") if isinstance(data.get("algorithms"), dict) else {}
+        pool = algos.get("pool")
+        if isinstance(pool, list):  # the recipe form `- blurpool: {}`: as a mapping to edit it
+            try:
+                pool = {k: kw for item in normalise_algorithms(pool) for k, kw in item.items()}
+            except ValueError as e:
+                raise RecipeError(str(e), file=file, field="algorithms.pool") from None
+        data["algorithms"] = {**algos, "pool": dict(pool) if isinstance(pool, dict) else {}}
+    node: Any = data
+    for part in path[:-1]:
+        nxt = node.get(part)
+        if nxt is None:
+            nxt = node[part] = {}
+        if not isinstance(nxt, dict):
+            raise RecipeError(f"override {shown!r}: {part!r} is not a section", file=file,
+                              field=".".join(path[:path.index(part) + 1]))
+        node = nxt
+    node[path[-1]] = value
+
+
+def load_spec(path: str | Path, overrides: Optional[list[str]] = None) -> tuple[MatrixSpec, Path]:
+    """Read and validate a spec file, after applying command-line `key=value` overrides; returns
+    the spec and the absolute base-recipe path."""
     p = Path(path)
     data = read_yaml(p)
+    for text in overrides or []:
+        apply_spec_override(data, text, file=str(p))
     spec = validate_spec(data, file=str(p))
     base = Path(spec.base).expanduser()
     if not base.is_absolute():

@@ -26,15 +26,10 @@ from typing import Any, Optional
 
 from effrecipes.errors import UserError
 from effrecipes.matrix.cells import Cell, Matrix, run_dir_hash
+from effrecipes.rundir import FINISHED, METRICS_FILE, RESUME_FILE, CellStatus, status_of  # noqa: F401
 
-DONE = "done"
-DIVERGED = "diverged"
-FAILED = "failed"
-PENDING = "pending"
-RUNNING = "running"
-INTERRUPTED = "interrupted"   # stopped by Ctrl-C/SIGTERM; the runner left a resumable run dir
-FINISHED = (DONE, DIVERGED)
-RESUME_CHECKPOINT = "resume.pt"  # effrecipes.runner.RESUME_CHECKPOINT
+DONE, DIVERGED, FAILED = CellStatus.DONE, CellStatus.DIVERGED, CellStatus.FAILED
+PENDING, RUNNING, INTERRUPTED = CellStatus.PENDING, CellStatus.RUNNING, CellStatus.INTERRUPTED
 
 
 def now() -> str:
@@ -199,13 +194,13 @@ def resumable(matrix: Matrix, cell: Cell) -> bool:
     """The run directory holds an interrupted run of this exact recipe with its resume state."""
     m = run_metrics(matrix, cell)
     return (m is not None and m.get("stop_reason") == INTERRUPTED
-            and (matrix.run_dir(cell) / RESUME_CHECKPOINT).exists())
+            and (matrix.run_dir(cell) / RESUME_FILE).exists())
 
 
 def run_metrics(matrix: Matrix, cell: Cell) -> Optional[dict[str, Any]]:
     """metrics.json of the cell's run directory if that directory trained this cell's recipe."""
     run_dir = matrix.run_dir(cell)
-    mpath = run_dir / "metrics.json"
+    mpath = run_dir / METRICS_FILE
     try:
         mtime = mpath.stat().st_mtime_ns
     except OSError:
@@ -221,8 +216,7 @@ def run_metrics(matrix: Matrix, cell: Cell) -> Optional[dict[str, Any]]:
     return cached[2] if cached[1] == cell.hash else None
 
 
-def metrics_status(metrics: dict[str, Any]) -> str:
-    return DIVERGED if metrics.get("stop_reason") == "diverged" else DONE
+metrics_status = status_of  # of finished metrics: done or diverged
 
 
 def failure(matrix: Matrix, cell: Cell) -> Optional[dict[str, Any]]:
@@ -244,7 +238,7 @@ def classify(matrix: Matrix, cell: Cell) -> tuple[str, str]:
         return INTERRUPTED, "interrupted (resumable)"
     if run_metrics(matrix, cell) is not None:
         return INTERRUPTED, "interrupted"
-    if (matrix.run_dir(cell) / "metrics.json").exists():
+    if (matrix.run_dir(cell) / METRICS_FILE).exists():
         return PENDING, "changed (run directory holds a different recipe)"
     rec = read_json(record_path(matrix, cell))
     if rec and rec.get("status") == RUNNING:

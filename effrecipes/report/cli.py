@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
-from effrecipes.cli import _guard
+from effrecipes.cli import OneLineParser, _guard, package_version
 from effrecipes.errors import UserError, writable_dir
 
 EPILOG = """\
@@ -21,11 +21,17 @@ examples:
   composer-report runs/cifar10_baseline                   (one run directory)
   composer-report runs/ --out reports/all --title "All runs so far"
   composer-report runs/matrices/cifar10_table4 --wandb    (also a W&B Report; offline: its
-                                                           blocks go to wandb_report.json)"""
+                                                           blocks go to wandb_report.json)
+
+exit codes: 0 written; 2 a mistake (no runs, unwritable --out, ...), one line; 130 interrupted
+
+environment:
+  WANDB_API_KEY       --wandb uploads the W&B Report when a key is set and W&B is online
+  WANDB_MODE          offline | disabled: write wandb_report.json instead of uploading"""
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = OneLineParser(
         prog="composer-report", epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Write a comparison report (report.html: one self-contained file; report.md "
         "with PNG plots beside it) of a run directory, an ablation-matrix directory, or a "
@@ -34,8 +40,10 @@ def build_parser() -> argparse.ArgumentParser:
         "curves against FLOPs spent, and delta-vs-baseline bars.")
     p.add_argument("dir", metavar="DIR", help="run directory, matrix directory, or a directory "
                    "searched recursively for run directories (metrics.json)")
+    p.add_argument("--version", action="version", version=package_version())
     p.add_argument("--out", metavar="OUTDIR", default=None,
                    help="where to write report.html, report.md and the plots (default: DIR)")
+    p.add_argument("--output", dest="out", default=None, help=argparse.SUPPRESS)  # composer-ablate's old name
     p.add_argument("--title", default=None, help="report title (default: from the runs)")
     p.add_argument("--wandb", action="store_true",
                    help="also build a W&B Report (uploaded only when an API key is set and W&B is "

@@ -11,7 +11,7 @@ import html
 from pathlib import Path
 
 from effrecipes.report.load import Collection
-from effrecipes.report.plots import PLOTS, missing_reason
+from effrecipes.report.plots import PLOTS, heading, missing_reason
 from effrecipes.report.table import Table, cells_table, results_table, summary_lines
 
 CSS = """
@@ -132,10 +132,11 @@ def render_html(c: Collection, plots: dict[str, Path], title: str) -> str:
     parts.append("<h2>Results</h2>")
     parts.append(_table(results_table(c)))
     parts.append('<h2>Plots</h2><div class="plots">')
-    for key, (_, heading) in PLOTS.items():
-        parts.append(f"<figure><figcaption>{_e(heading)}</figcaption>")
+    for key in PLOTS:
+        head = heading(c, key)
+        parts.append(f"<figure><figcaption>{_e(head)}</figcaption>")
         if key in plots:
-            parts.append(_img(plots[key], heading))
+            parts.append(_img(plots[key], head))
         else:
             parts.append(f'<div class="missing">Not drawn: {_e(missing_reason(c, key))}.</div>')
         parts.append("</figure>")

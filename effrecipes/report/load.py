@@ -3,16 +3,17 @@ run directories (searched recursively for `metrics.json`).
 
 Nothing here reads a live Trainer: the run directory (`recipe.yaml`, `metrics.json`,
 `history.csv`) and the matrix directory (`results.json`, `matrix.json`, `spec.yaml`,
-`cells/<id>/cell.json`, `cells/<id>/<id>/`) are the contract. A matrix's aggregate rows
-(mean +/- std over seeds, delta vs the baseline, the published figure) are taken from its
-`results.json` when present; otherwise they are computed here from the run directories with the
-same rules.
+`cells/<id>/cell.json`, `cells/<id>/<id>/`) are the contract. Every number is aggregated by
+`effrecipes.stats` (the matrix's own tables use it too): a matrix's aggregate rows come from its
+`results.json` (read by `effrecipes.matrix.results.read_results`) when present, otherwise they
+are computed from the cell records and run directories by the same function; a directory of runs
+is aggregated the same way, one row per run.
 """
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
-import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,19 +21,24 @@ from typing import Any, Optional
 
 import yaml
 
-from effrecipes.stats import mean_std, num
+from effrecipes import reference as paper_ref
 from effrecipes.errors import UserError
+from effrecipes.matrix.cells import fmt_value
+from effrecipes.matrix.results import read_results
+from effrecipes.matrix.state import read_json
+from effrecipes.rundir import (HISTORY_FILE, METRICS_FILE, RECIPE_FILE, CellStatus, cell_run_dir,
+                               read_metrics, status_of)
+from effrecipes.stats import (DIVERGED, DONE, FINISHED, NOISE_RULE, aggregate, best_index,
+                              group_key, mean_std, num, split_duplicates, status_counts)
 
-FINISHED = ("done", "diverged")
 BASELINE = "baseline"
-NOISE_RULE = ("within noise when |delta| <= sqrt(std_cell^2 + std_baseline^2) (sample standard "
-              "deviations over seeds), or when either side has fewer than 2 finished seeds")
+INTERRUPTED = CellStatus.INTERRUPTED
+REPEAT = "repeat"   # a run directory with the recipe and seed of an earlier one: counted once
 _SEED_SUFFIX = re.compile(r"(?:__|_|-|\.)s(?:eed)?[=_-]?(\d+)$")
 _CELL_COLUMNS = {"cell_id", "techniques", "seed", "status", "hash", "error", "test_accuracy",
                  "best_val_accuracy", "flops_used", "flops_cap", "stop_reason", "epochs", "params",
                  "model_size_bytes", "cpu_latency_ms_per_image", "wall_seconds", "train_seconds",
                  "samples_per_second"}
-
 
 @dataclass
 class Run:
@@ -43,7 +49,7 @@ class Run:
     history: list[dict[str, Optional[float]]]
     recipe: Optional[dict[str, Any]]
     cell_id: Optional[str] = None
-    status: str = "done"
+    status: str = DONE
 
     @property
     def name(self) -> str:
@@ -87,6 +93,28 @@ class Group:
     paper: Optional[float] = None          # the paper's figure for this cell
     paper_delta: Optional[float] = None    # the paper's figure minus the paper's baseline figure
     best: bool = False
+
+    @classmethod
+    def from_aggregate(cls, a: dict[str, Any], grid_keys: list[str],
+                       reference: Optional[str]) -> "Group":
+        """A group from one aggregate row (`effrecipes.stats.aggregate`, or results.json's)."""
+        g = cls(str(a.get("techniques")), {k: str(a.get(k)) for k in grid_keys})
+        g.n, g.n_cells = int(num(a.get("n")) or 0), int(num(a.get("n_cells")) or 0)
+        g.n_failed, g.n_diverged = int(num(a.get("n_failed")) or 0), int(num(a.get("n_diverged")) or 0)
+        g.acc_mean, g.acc_std = num(a.get("test_accuracy_mean")), num(a.get("test_accuracy_std"))
+        g.val_mean, g.flops_mean = num(a.get("best_val_accuracy_mean")), num(a.get("flops_used_mean"))
+        params = num(a.get("params"))
+        g.params = None if params is None else int(params)
+        g.delta_mean, g.delta_std = num(a.get("delta_mean")), num(a.get("delta_std"))
+        wn = a.get("within_noise")
+        g.within_noise = wn if isinstance(wn, bool) else None
+        g.is_reference = reference is not None and g.techniques == reference
+        g.paper = num(a.get("published"))
+        return g
+
+    @property
+    def key(self) -> tuple[str, tuple[str, ...]]:
+        return self.techniques, tuple(self.grid.values())
 
     @property
     def label(self) -> str:
@@ -132,10 +160,11 @@ class Collection:
 
 # --------------------------------------------------------------------------- reading files
 
-def _read_json(path: Path) -> Optional[dict[str, Any]]:
+def read_yaml_dict(path: Path) -> Optional[dict[str, Any]]:
+    """A YAML file holding a mapping (recipe.yaml, spec.yaml); None when missing or not one."""
     try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
+        data = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError):
         return None
     return data if isinstance(data, dict) else None
 
@@ -148,38 +177,26 @@ def read_history(path: Path) -> list[dict[str, Optional[float]]]:
         return []
 
 
+cell_status = status_of  # a matrix cell's status from its run's metrics, as composer-ablate sets it
+
+
 def read_run(path: Path, *, cell_id: Optional[str] = None, status: Optional[str] = None) -> Run:
     """A run directory; UserError when its metrics.json is missing or unreadable."""
-    metrics = _read_json(path / "metrics.json")
-    if metrics is None:
+    typed = read_metrics(path)
+    if typed is None:
         raise UserError("metrics.json is missing or unreadable (not a finished run directory)",
-                        file=str(path / "metrics.json"))
-    try:
-        recipe = yaml.safe_load((path / "recipe.yaml").read_text())
-    except (OSError, yaml.YAMLError):
-        recipe = None
+                        file=str(path / METRICS_FILE))
+    metrics = typed.model_dump(mode="json")
     if status is None:
-        status = "diverged" if metrics.get("stop_reason") == "diverged" else "done"
-    return Run(path, metrics, read_history(path / "history.csv"),
-               recipe if isinstance(recipe, dict) else None, cell_id, status)
+        status = DIVERGED if metrics.get("stop_reason") == DIVERGED else DONE
+    return Run(path, metrics, read_history(path / HISTORY_FILE), read_yaml_dict(path / RECIPE_FILE),
+               cell_id, status)
 
 
-# --------------------------------------------------------------------------- statistics
-
-def _fill_stats(g: Group) -> None:
-    fin = [r for r in g.runs if r.status in FINISHED]
-    acc = [x for r in fin if (x := r.get("test_accuracy")) is not None]
-    g.n = len(acc)
-    g.n_cells = max(g.n_cells, len(g.runs))
-    g.n_diverged = max(g.n_diverged, sum(r.status == "diverged" for r in g.runs))
-    g.acc_mean, g.acc_std = mean_std(acc)
-    g.val_mean = mean_std([x for r in fin if (x := r.get("best_val_accuracy")) is not None])[0]
-    g.params = next((int(p) for r in fin if (p := r.get("params")) is not None), None)
-    _fill_run_stats(g)
-
+# --------------------------------------------------------------------------- groups and stars
 
 def _fill_run_stats(g: Group) -> None:
-    """What results.json does not hold: FLOP spread and the final validation accuracy."""
+    """What an aggregate row does not hold: FLOP spread and the final validation accuracy."""
     fin = [r for r in g.runs if r.status in FINISHED]
     flops = [x for r in fin if (x := r.get("flops_used")) is not None]
     if flops:
@@ -187,28 +204,27 @@ def _fill_run_stats(g: Group) -> None:
     g.final_val_mean = mean_std([x for r in fin if (x := r.get("final_val_accuracy")) is not None])[0]
 
 
-def _deltas(groups: list[Group], reference: Optional[str]) -> None:
-    if reference is None:
-        return
-    refs = {tuple(g.grid.items()): g for g in groups if g.techniques == reference}
-    for g in groups:
-        g.is_reference = g.techniques == reference
-        ref = refs.get(tuple(g.grid.items()))
-        if g.is_reference or ref is None or g.acc_mean is None or ref.acc_mean is None:
-            continue
-        g.delta_mean = g.acc_mean - ref.acc_mean
-        if g.n >= 2 and ref.n >= 2 and g.acc_std is not None and ref.acc_std is not None:
-            g.delta_std = math.sqrt(g.acc_std ** 2 + ref.acc_std ** 2)
-            g.within_noise = abs(g.delta_mean) <= g.delta_std
-        else:
-            g.within_noise = True
+def _groups(rows: list[dict[str, Any]], grid_keys: list[str], reference: Optional[str],
+            runs: dict[tuple[str, tuple[str, ...]], list[Run]],
+            given: Optional[list[dict[str, Any]]] = None,
+            published: Optional[dict[str, Any]] = None) -> list[Group]:
+    """One Group per configuration of `rows`, aggregated by `effrecipes.stats.aggregate`; an
+    aggregate row of `given` (results.json's) is taken as it is written for its configuration."""
+    written = {group_key(a, grid_keys): a for a in given or []}
+    groups = []
+    for a in aggregate(rows, grid_keys, reference, published):
+        g = Group.from_aggregate(written.get(group_key(a, grid_keys), a), grid_keys, reference)
+        g.runs = runs.get(g.key, [])
+        _fill_run_stats(g)
+        groups.append(g)
+    return groups
 
 
 def _mark_best(groups: list[Group]) -> None:
-    scored = [g for g in groups if g.acc_mean is not None]
-    if scored:
-        best = max(scored, key=lambda g: (g.acc_mean, -(g.flops_mean or 0.0)))
-        best.best = True
+    """The star (effrecipes.stats.BEST_RULE): never on a cell within noise of its reference."""
+    i = best_index([(g.acc_mean, g.flops_mean, g.within_noise) for g in groups])
+    if i is not None:
+        groups[i].best = True
 
 
 # --------------------------------------------------------------------------- paper figures
@@ -216,7 +232,7 @@ def _mark_best(groups: list[Group]) -> None:
 def _cell_label(run: Run) -> Optional[str]:
     """The techniques label of a run that is a matrix cell (its `cell.json` lies beside the run
     directory), else None."""
-    rec = _read_json(run.path.parent / "cell.json")
+    rec = read_json(run.path.parent / "cell.json")
     if rec is None:
         return None
     t = rec.get("techniques")
@@ -233,8 +249,6 @@ def _paper_for_group(g: Group, *, in_matrix: bool) -> tuple[Optional[float], Opt
     paper and table are looked up in `effrecipes.reference` under the cell's techniques. A plain
     run's own recipe names its own figure and is taken as is.
     """
-    from effrecipes import reference as paper_ref
-
     for r in g.runs:
         ref = r.metrics.get("reference")
         if not isinstance(ref, dict) or num(ref.get("value")) is None:
@@ -252,11 +266,12 @@ def _paper_for_group(g: Group, *, in_matrix: bool) -> tuple[Optional[float], Opt
     return None, None
 
 
-def _papers(c: Collection, published: dict[int, Optional[float]], source: Optional[str]) -> None:
+def _papers(c: Collection, source: Optional[str]) -> None:
+    """Paper figures: the published ones of the aggregate rows, else what the runs recorded; and
+    the paper's own delta against its baseline figure."""
     sources: list[str] = [source] if source else []
-    for i, g in enumerate(c.groups):
-        if published.get(i) is not None:
-            g.paper = published[i]
+    for g in c.groups:
+        if g.paper is not None:
             continue
         value, src = _paper_for_group(g, in_matrix=c.kind == "matrix")
         if value is not None:
@@ -271,6 +286,12 @@ def _papers(c: Collection, published: dict[int, Optional[float]], source: Option
     c.paper_sources = sources
 
 
+def _finish(c: Collection, source: Optional[str] = None) -> Collection:
+    _papers(c, source)
+    _mark_best(c.groups)
+    return c
+
+
 # --------------------------------------------------------------------------- matrix directories
 
 def is_matrix_dir(path: Path) -> bool:
@@ -278,148 +299,108 @@ def is_matrix_dir(path: Path) -> bool:
         any(path.glob("cells/*/cell.json"))
 
 
-def _cell_run(matrix_dir: Path, cid: str, status: str) -> Optional[Run]:
-    run_dir = matrix_dir / "cells" / cid / cid
-    if not (run_dir / "metrics.json").is_file():
-        return None
-    try:
-        return read_run(run_dir, cell_id=cid, status=status)
-    except UserError:
-        return None
+def _record_rows(path: Path, grid_keys: list[str]) -> list[dict[str, Any]]:
+    """Cell rows from `cells/<id>/cell.json` (when results.json is missing or unreadable); the
+    grid keys found are appended to `grid_keys`."""
+    cells = []
+    for rec_path in sorted(path.glob("cells/*/cell.json")):
+        rec = read_json(rec_path) or {}
+        cid = str(rec.get("cell_id") or rec_path.parent.name)
+        techniques = rec.get("techniques")
+        label = "+".join(techniques) if isinstance(techniques, list) and techniques else (
+            techniques if isinstance(techniques, str) else BASELINE)
+        grid = rec.get("grid") if isinstance(rec.get("grid"), dict) else {}
+        row = {"cell_id": cid, "techniques": label, "seed": rec.get("seed"),
+               **{k: fmt_value(v) for k, v in grid.items()}}
+        metrics_ok = (cell_run_dir(path, cid) / METRICS_FILE).is_file()
+        row["status"] = (DONE if metrics_ok else
+                         rec.get("status") if rec.get("status") in ("failed", INTERRUPTED)
+                         else "pending")
+        cells.append(row)
+        grid_keys += [k for k in grid if k not in grid_keys]
+    return cells
 
 
-def load_matrix(path: Path) -> Collection:
-    results = _read_json(path / "results.json")
-    info = _read_json(path / "matrix.json") or {}
-    try:
-        spec = yaml.safe_load((path / "spec.yaml").read_text())
-    except (OSError, yaml.YAMLError):
-        spec = None
-    spec = spec if isinstance(spec, dict) else {}
+def _records_reference(cells: list[dict[str, Any]], info: dict[str, Any],
+                       spec: dict[str, Any]) -> Optional[str]:
+    """The reference of a matrix without results.json: the baseline, or for leave_one_out (no
+    baseline) the full set of techniques."""
+    if BASELINE in {c["techniques"] for c in cells}:
+        return BASELINE
+    mode = info.get("mode") or ((spec.get("algorithms") or {}).get("mode"))
+    if mode == "leave_one_out" and info.get("techniques"):
+        return "+".join(info["techniques"])
+    return None
+
+
+def _cell_runs(path: Path, cells: list[dict[str, Any]], grid_keys: list[str], *, fill: bool,
+               notes: list[str]) -> dict[tuple[str, tuple[str, ...]], list[Run]]:
+    """The run directories of the finished cells, by configuration (in cell order). With `fill`
+    (no results.json) each row takes its metrics and its status from its run directory."""
+    runs: dict[tuple[str, tuple[str, ...]], list[Run]] = {}
+    for row in cells:
+        cid, status = str(row["cell_id"]), str(row.get("status") or "pending")
+        if status not in FINISHED:
+            continue
+        run_dir = cell_run_dir(path, cid)
+        try:
+            run = read_run(run_dir, cell_id=cid, status=status)
+        except UserError:
+            notes.append(f"cell {cid}: finished but its run directory is missing or unreadable")
+            continue
+        if fill:
+            row.update({k: run.metrics.get(k) for k in _CELL_COLUMNS
+                        if k in run.metrics and k not in row})
+            row["status"] = run.status = cell_status(run.metrics)
+        if run.status in FINISHED:
+            runs.setdefault(group_key(row, grid_keys), []).append(run)
+    return runs
+
+
+def _matrix_meta(results: Optional[dict[str, Any]], info: dict[str, Any], spec: dict[str, Any],
+                 cells: list[dict[str, Any]], from_file: bool) -> dict[str, Any]:
+    res = results or {}
+    meta = {"view": res.get("view") or info.get("view") or spec.get("view"),
+            "mode": res.get("mode") or info.get("mode"),
+            "seeds": info.get("seeds") or spec.get("seeds"),
+            "counts": res.get("counts") or status_counts(c.get("status") for c in cells),
+            "updated": res.get("updated"),
+            "noise_rule": res.get("noise_rule") or NOISE_RULE,
+            "aggregates_from": "results.json" if from_file else "run directories"}
+    return {k: v for k, v in meta.items() if v is not None}
+
+
+def collect_matrix(path: Path) -> Collection:
+    """A matrix directory: its cells and aggregate rows from results.json when readable, else
+    from the cell records and run directories (aggregated the same way)."""
+    results = read_results(path)
+    info = read_json(path / "matrix.json") or {}
+    spec = read_yaml_dict(path / "spec.yaml") or {}
     notes: list[str] = []
     name = str((results or {}).get("matrix") or info.get("name") or spec.get("name") or path.name)
     grid_keys = [str(k) for k in info.get("grid", [])] if isinstance(info.get("grid"), list) else []
-    if results is not None and isinstance(results.get("cells"), list):
-        cells = [r for r in results["cells"] if isinstance(r, dict) and r.get("cell_id")]
+    if results is not None:
+        cells = results["cells"]
         if not grid_keys and cells:
             grid_keys = [k for k in cells[0] if k not in _CELL_COLUMNS]
-        aggregate = [a for a in results.get("aggregate") or [] if isinstance(a, dict)]
         reference = results.get("reference")
     else:
         if (path / "results.json").exists():
             notes.append("results.json is unreadable; aggregates computed from the run directories")
-        cells = []
-        for rec_path in sorted(path.glob("cells/*/cell.json")):
-            rec = _read_json(rec_path) or {}
-            cid = str(rec.get("cell_id") or rec_path.parent.name)
-            techniques = rec.get("techniques")
-            label = "+".join(techniques) if isinstance(techniques, list) and techniques else (
-                techniques if isinstance(techniques, str) else BASELINE)
-            grid = rec.get("grid") if isinstance(rec.get("grid"), dict) else {}
-            row = {"cell_id": cid, "techniques": label, "seed": rec.get("seed"),
-                   **{k: _fmt_grid(v) for k, v in grid.items()}}
-            metrics_ok = (path / "cells" / cid / cid / "metrics.json").is_file()
-            row["status"] = ("done" if metrics_ok else
-                             rec.get("status") if rec.get("status") in ("failed", "interrupted")
-                             else "pending")
-            cells.append(row)
-            for k in grid:
-                if k not in grid_keys:
-                    grid_keys.append(k)
-        aggregate = []
-        labels = {c["techniques"] for c in cells}
-        mode = info.get("mode") or ((spec.get("algorithms") or {}).get("mode"))
-        reference = BASELINE if BASELINE in labels else None
-        if reference is None and mode == "leave_one_out" and info.get("techniques"):
-            reference = "+".join(info["techniques"])
-    runs: list[Run] = []
-    groups: dict[tuple[str, tuple[tuple[str, str], ...]], Group] = {}
-    for row in cells:
-        cid = str(row["cell_id"])
-        status = str(row.get("status") or "pending")
-        grid = {k: str(row.get(k)) for k in grid_keys}
-        key = (str(row.get("techniques") or BASELINE), tuple(grid.items()))
-        g = groups.setdefault(key, Group(key[0], grid))
-        g.n_cells += 1
-        g.n_failed += status == "failed"
-        run = _cell_run(path, cid, status) if status in FINISHED else None
-        if run is not None:
-            if row.get("test_accuracy") is None and not results:
-                row.update({k: run.metrics.get(k) for k in _CELL_COLUMNS
-                            if k in run.metrics and k not in row})
-            runs.append(run)
-            g.runs.append(run)
-        elif status in FINISHED:
-            notes.append(f"cell {cid}: finished but its run directory is missing or unreadable")
-    published: dict[int, Optional[float]] = {}
-    glist = list(groups.values())
-    by_key = {(g.techniques, tuple(g.grid.items())): i for i, g in enumerate(glist)}
-    if aggregate:
-        for a in aggregate:
-            key = (str(a.get("techniques")), tuple((k, str(a.get(k))) for k in grid_keys))
-            i = by_key.get(key)
-            if i is None:
-                continue
-            g = glist[i]
-            g.n = int(a.get("n") or 0)
-            g.n_cells = int(a.get("n_cells") or g.n_cells)
-            g.n_failed = int(a.get("n_failed") or 0)
-            g.n_diverged = int(a.get("n_diverged") or 0)
-            g.acc_mean, g.acc_std = num(a.get("test_accuracy_mean")), num(a.get("test_accuracy_std"))
-            g.val_mean = num(a.get("best_val_accuracy_mean"))
-            g.flops_mean = num(a.get("flops_used_mean"))
-            g.params = int(a["params"]) if num(a.get("params")) is not None else None
-            g.delta_mean, g.delta_std = num(a.get("delta_mean")), num(a.get("delta_std"))
-            g.within_noise = a.get("within_noise") if isinstance(a.get("within_noise"), bool) else None
-            g.is_reference = reference is not None and g.techniques == reference
-            published[i] = num(a.get("published"))
-            _fill_run_stats(g)
-        for g in glist:  # a group results.json does not list (should not happen): compute it
-            if (g.techniques, tuple(g.grid.items())) not in {
-                    (str(a.get("techniques")), tuple((k, str(a.get(k))) for k in grid_keys))
-                    for a in aggregate}:
-                _fill_stats(g)
-        for g in glist:
-            g.is_reference = reference is not None and g.techniques == reference
-    else:
-        for g in glist:
-            _fill_stats(g)
-        _deltas(glist, reference)
-    source = None
-    sref = spec.get("reference")
-    if isinstance(sref, dict) and sref.get("source"):
-        source = f"{sref['source']} ({sref.get('metric', 'accuracy (%)')})"
-        if not aggregate and isinstance(sref.get("values"), dict):
-            for i, g in enumerate(glist):
-                published[i] = num(sref["values"].get(g.techniques))
-    meta = {k: v for k, v in {
-        "view": (results or {}).get("view") or info.get("view") or spec.get("view"),
-        "mode": (results or {}).get("mode") or info.get("mode"),
-        "seeds": info.get("seeds") or spec.get("seeds"),
-        "counts": (results or {}).get("counts") or _counts(cells),
-        "updated": (results or {}).get("updated"),
-        "noise_rule": (results or {}).get("noise_rule") or NOISE_RULE,
-        "aggregates_from": "results.json" if aggregate else "run directories",
-    }.items() if v is not None}
-    c = Collection("matrix", path, name, runs, glist, reference, grid_keys, cells, meta, notes=notes)
-    _papers(c, published, source)
-    _mark_best(glist)
-    return c
-
-
-def _fmt_grid(v: Any) -> str:
-    try:
-        from effrecipes.matrix.cells import fmt_value
-        return fmt_value(v)
-    except Exception:  # noqa: BLE001 - the matrix package is optional for reading
-        return str(v)
-
-
-def _counts(cells: list[dict[str, Any]]) -> dict[str, int]:
-    out: dict[str, int] = {}
-    for c in cells:
-        out[str(c.get("status"))] = out.get(str(c.get("status")), 0) + 1
-    return out
+        cells = _record_rows(path, grid_keys)
+        reference = _records_reference(cells, info, spec)
+    runs = _cell_runs(path, cells, grid_keys, fill=results is None, notes=notes)
+    order = {str(row["cell_id"]): i for i, row in enumerate(cells)}
+    sref = spec.get("reference") if isinstance(spec.get("reference"), dict) else {}
+    published = sref.get("values") if isinstance(sref.get("values"), dict) else None
+    given = (results or {}).get("aggregate") or []
+    groups = _groups(cells, grid_keys, reference, runs, given, published)
+    source = f"{sref['source']} ({sref.get('metric', 'accuracy (%)')})" if sref.get("source") else None
+    in_order = sorted((r for g in groups for r in g.runs), key=lambda r: order.get(str(r.cell_id), 0))
+    c = Collection("matrix", path, name, in_order, groups, reference,
+                   grid_keys, cells, _matrix_meta(results, info, spec, cells, bool(given)),
+                   notes=notes)
+    return _finish(c, source)
 
 
 # --------------------------------------------------------------------------- run directories
@@ -443,19 +424,56 @@ def _base_label(run: Run) -> str:
     return name or str(run.metrics.get("name") or run.path.name)
 
 
-def _runs_reference(groups: list[Group]) -> Optional[str]:
-    """The baseline among plain runs: the one group labelled 'baseline' (or '*baseline'),
-    else the one group without algorithms; None when ambiguous."""
-    named = [g for g in groups if g.techniques == BASELINE or g.techniques.endswith("baseline")]
+def _configurations(runs: list[Run]) -> dict[str, list[Run]]:
+    """Runs grouped by configuration (everything but the seed), each under a distinct label: the
+    run name without its seed suffix; two configurations with one name get a `#2` suffix."""
+    by_key: dict[str, list[Run]] = {}
+    for r in sorted(runs, key=lambda r: (r.name, r.seed or 0)):
+        by_key.setdefault(_config_key(r), []).append(r)
+    out: dict[str, list[Run]] = {}
+    seen: dict[str, int] = {}
+    for members in by_key.values():
+        label = _base_label(members[0])
+        seen[label] = seen.get(label, 0) + 1
+        out[label if seen[label] == 1 else f"{label}#{seen[label]}"] = members
+    return out
+
+
+def _runs_reference(configs: dict[str, list[Run]]) -> Optional[str]:
+    """The baseline among plain runs: the one configuration labelled 'baseline' (or
+    '*baseline'), else the one without algorithms; None when ambiguous."""
+    named = [label for label in configs if label == BASELINE or label.endswith("baseline")]
     if len(named) == 1:
-        return named[0].techniques
-    plain = [g for g in groups if g.runs and not g.runs[0].metrics.get("algorithms")]
-    if len(plain) == 1 and len(groups) > 1:
-        return plain[0].techniques
+        return named[0]
+    plain = [label for label, rs in configs.items() if not rs[0].metrics.get("algorithms")]
+    if len(plain) == 1 and len(configs) > 1:
+        return plain[0]
     return None
 
 
-def load_runs(root: Path, run_dirs: list[Path], kind: str) -> Collection:
+def _run_rows(configs: dict[str, list[Run]], notes: list[str]) -> tuple[list[dict[str, Any]], list[Run]]:
+    """One row per run (its recipe's hash: the configuration and the seed) and the runs counted;
+    a run repeating an earlier one (same recipe, same seed) is listed as a repeat, not a seed."""
+    rows, by_row = [], {}
+    for label, members in configs.items():
+        digest = hashlib.sha256(_config_key(members[0]).encode()).hexdigest()
+        for r in members:
+            row = {"cell_id": r.name, "techniques": label, "seed": r.seed, "status": r.status}
+            row.update({k: r.metrics.get(k) for k in _CELL_COLUMNS if k in r.metrics})
+            row["hash"] = digest
+            rows.append(row)
+            by_row[id(row)] = r
+    kept, repeats = split_duplicates(rows)
+    for row in repeats:
+        first = next(k for k in kept if k["hash"] == row["hash"] and k["seed"] == row["seed"])
+        notes.append(f"{by_row[id(row)].path}: the same recipe and seed as {by_row[id(first)].path}"
+                     " (a repeated run): counted once")
+        row["status"] = REPEAT
+    return rows, [by_row[id(k)] for k in kept]
+
+
+def collect_runs(root: Path, run_dirs: list[Path], kind: str) -> Collection:
+    """One run directory (`kind` "run") or many ("runs"), grouped by configuration."""
     runs: list[Run] = []
     notes: list[str] = []
     for d in run_dirs:
@@ -468,35 +486,16 @@ def load_runs(root: Path, run_dirs: list[Path], kind: str) -> Collection:
     if not runs:
         raise UserError("no readable run directory (every metrics.json is unreadable)",
                         file=str(root))
-    by_key: dict[str, Group] = {}
-    for r in sorted(runs, key=lambda r: (r.name, r.seed or 0)):
-        key = _config_key(r)
-        g = by_key.get(key)
-        if g is None:
-            g = by_key[key] = Group(_base_label(r))
-        g.runs.append(r)
-    groups = list(by_key.values())
-    seen: dict[str, int] = {}
-    for g in groups:  # distinct labels: two configurations with one name get a suffix
-        seen[g.techniques] = seen.get(g.techniques, 0) + 1
-        if seen[g.techniques] > 1:
-            g.techniques = f"{g.techniques}#{seen[g.techniques]}"
-    for g in groups:
-        _fill_stats(g)
-    reference = _runs_reference(groups)
-    _deltas(groups, reference)
-    cells = []
-    for g in groups:
-        for r in g.runs:
-            row = {"cell_id": r.name, "techniques": g.techniques, "seed": r.seed, "status": r.status}
-            row.update({k: r.metrics.get(k) for k in _CELL_COLUMNS if k in r.metrics})
-            cells.append(row)
+    configs = _configurations(runs)
+    rows, counted = _run_rows(configs, notes)
+    ids = {id(r) for r in counted}
+    by_config = {(label, ()): [r for r in members if id(r) in ids] for label, members in configs.items()}
+    reference = _runs_reference(configs)
+    groups = _groups(rows, [], reference, by_config)
     name = runs[0].name if kind == "run" else root.name
-    c = Collection(kind, root, name, runs, groups, reference, [], cells,
+    c = Collection(kind, root, name, counted, groups, reference, [], rows,
                    {"aggregates_from": "run directories", "noise_rule": NOISE_RULE}, notes=notes)
-    _papers(c, {}, None)
-    _mark_best(groups)
-    return c
+    return _finish(c)
 
 
 # --------------------------------------------------------------------------- entry point
@@ -510,18 +509,18 @@ def collect(path: str | Path) -> Collection:
         raise UserError("not a directory (give a run directory, a matrix directory or a directory "
                         "of runs)", file=str(p))
     p = p.resolve()
-    if (p / "metrics.json").is_file():
-        return load_runs(p, [p], "run")
+    if (p / METRICS_FILE).is_file():
+        return collect_runs(p, [p], "run")
     if is_matrix_dir(p):
-        c = load_matrix(p)
+        c = collect_matrix(p)
         if not c.runs:
             counts = ", ".join(f"{k} {v}" for k, v in sorted(c.meta.get("counts", {}).items()) if v)
             raise UserError(f"matrix {c.name!r} has no finished cells yet ({counts or 'no cells'}); "
                             "run composer-ablate first", file=str(p))
         return c
-    found = sorted({m.parent for m in p.rglob("metrics.json")
+    found = sorted({m.parent for m in p.rglob(METRICS_FILE)
                     if not any(part.startswith(".") for part in m.relative_to(p).parts)})
     if not found:
         raise UserError("no runs found (no metrics.json under this directory)", file=str(p),
                         hint="give a run directory, a matrix directory or a directory of runs")
-    return load_runs(p, found, "runs")
+    return collect_runs(p, found, "runs")

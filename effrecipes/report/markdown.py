@@ -4,22 +4,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from effrecipes.report.load import Collection
-from effrecipes.report.plots import PLOTS, missing_reason
-from effrecipes.report.table import Table, cells_table, results_table, summary_lines
-
-
-def md_table(t: Table) -> list[str]:
-    def esc(s: str) -> str:
-        return s.replace("|", "\\|").replace("\n", " ")
-
-    lines = ["| " + " | ".join(esc(h) for h in t.header) + " |",
-             "|" + "|".join("---:" if n else "---" for n in t.numeric) + "|"]
-    for row, hi in zip(t.rows, t.highlight or [False] * len(t.rows)):
-        cells = [esc(c.text) for c in row]
-        if hi:
-            cells = [f"**{x}**" if x not in ("", "-") else x for x in cells]
-        lines.append("| " + " | ".join(cells) + " |")
-    return lines
+from effrecipes.report.plots import PLOTS, heading, missing_reason
+from effrecipes.report.table import cells_table, results_table, summary_lines, table_md
 
 
 def render_markdown(c: Collection, plots: dict[str, Path], title: str) -> str:
@@ -27,16 +13,17 @@ def render_markdown(c: Collection, plots: dict[str, Path], title: str) -> str:
     lines += [f"- {k}: {v}" for k, v in summary_lines(c)]
     lines += ["", "## Results", ""]
     t = results_table(c)
-    lines += md_table(t) + ["", t.caption, "", "## Plots", ""]
-    for key, (_, heading) in PLOTS.items():
-        lines.append(f"### {heading}")
+    lines += [table_md(t), "", t.caption, "", "## Plots", ""]
+    for key in PLOTS:
+        head = heading(c, key)
+        lines.append(f"### {head}")
         lines.append("")
         if key in plots:
-            lines.append(f"![{heading}]({plots[key].name})")
+            lines.append(f"![{head}]({plots[key].name})")
         else:
             lines.append(f"_Not drawn: {missing_reason(c, key)}._")
         lines.append("")
-    lines += ["## Runs", ""] + md_table(cells_table(c))
+    lines += ["## Runs", "", table_md(cells_table(c))]
     if c.notes:
         lines += ["", "## Notes", ""] + [f"- {n}" for n in c.notes]
     return "\n".join(lines) + "\n"

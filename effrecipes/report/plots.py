@@ -1,23 +1,32 @@
 """The report's plots as PNG files (matplotlib, Agg backend): accuracy vs training FLOPs with the
-Pareto front, validation accuracy against FLOPs spent, and the delta-vs-baseline bars."""
+Pareto front (or, when every cell spent the same FLOPs, each cell's accuracy over its seeds),
+validation accuracy against FLOPs spent, and the delta-vs-baseline bars.
+
+Every label (point names, legends) lies inside the axes, and an accuracy axis never passes 100 %.
+"""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.ticker import FuncFormatter  # noqa: E402
 
 from effrecipes.report.load import Collection, Group  # noqa: E402
+from effrecipes.stats import FINISHED, fmt_flops  # noqa: E402
 
 PLOTS = {  # key -> (file name, title)
     "scatter": ("report_accuracy_vs_flops.png", "Test accuracy vs training FLOPs"),
     "curves": ("report_val_curves.png", "Validation accuracy vs FLOPs spent"),
     "deltas": ("report_delta_vs_baseline.png", "Δ test accuracy vs baseline"),
 }
+SPREAD_TITLE = "Test accuracy of every seed (all cells spent the same training FLOPs)"
+EQUAL_FLOPS = 1.1   # cells whose mean FLOPs are within this ratio spent "the same" FLOPs
 _COLORS = plt.get_cmap("tab10").colors
 _DPI = 110
 
@@ -26,28 +35,47 @@ def _color(i: int) -> tuple[float, float, float]:
     return _COLORS[i % len(_COLORS)]
 
 
-def _save(fig: "plt.Figure", path: Path) -> Path:
-    fig.tight_layout()
+def _save(fig: Figure, path: Path) -> Path:
     # no Software tag: the PNG (and so the HTML) carries no URL of any kind
     fig.savefig(path, dpi=_DPI, metadata={"Software": None})
     plt.close(fig)
     return path
 
 
-def _flops_axis(ax: "plt.Axes") -> None:
+def _flops_axis(ax: plt.Axes) -> None:
     """FLOP tick labels as 200M / 1.5G (no '1e8' offset text)."""
-    from matplotlib.ticker import FuncFormatter
-
-    from effrecipes.report.table import fmt_flops
-
-    fmt = FuncFormatter(lambda x, _pos: fmt_flops(x) if x > 0 else "0")
-    ax.xaxis.set_major_formatter(fmt)
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _pos: fmt_flops(x) if x > 0 else "0"))
     ax.xaxis.set_minor_formatter(FuncFormatter(lambda x, _pos: ""))
+
+
+def _accuracy_limit(ax: plt.Axes, axis: str) -> None:
+    """An accuracy axis stays within 0-100 % (autoscaling adds a margin past 100: 102 % of
+    accuracy means nothing). Call it once every point is drawn."""
+    get, put = (ax.get_xlim, ax.set_xlim) if axis == "x" else (ax.get_ylim, ax.set_ylim)
+    lo, hi = get()
+    put(max(lo, 0.0), min(hi, 100.0))
 
 
 def _log_x(values: list[float]) -> bool:
     pos = [v for v in values if v and v > 0]
     return len(pos) >= 2 and max(pos) / min(pos) > 20
+
+
+def _legend(ax: plt.Axes, n: int) -> None:
+    """The legend inside the axes (two small columns when long)."""
+    if n > 12:
+        ax.legend(fontsize=6.5, ncol=2, loc="best", framealpha=0.85)
+    else:
+        ax.legend(fontsize=8, loc="best", framealpha=0.85)
+
+
+def _label_inside(ax: plt.Axes, text: str, xy: tuple[float, float]) -> None:
+    """Name a point with its text on the side that faces the inside of the axes."""
+    fx, fy = ax.transAxes.inverted().transform(ax.transData.transform(xy))
+    right, top = fx > 0.6, fy > 0.8
+    ax.annotate(text, xy, textcoords="offset points", xytext=(-6 if right else 6, -6 if top else 6),
+                ha="right" if right else "left", va="top" if top else "bottom", fontsize=8,
+                color="0.2")
 
 
 def pareto(points: list[tuple[float, float]]) -> list[int]:
@@ -62,12 +90,33 @@ def pareto(points: list[tuple[float, float]]) -> list[int]:
     return front
 
 
-def scatter(c: Collection, path: Path) -> Optional[Path]:
-    gs = [g for g in c.groups if g.acc_mean is not None and g.flops_mean is not None]
+def _scored(c: Collection) -> list[Group]:
+    return [g for g in c.groups if g.acc_mean is not None and g.flops_mean is not None]
+
+
+def equal_flops(c: Collection) -> bool:
+    """Every cell spent about the same training FLOPs (an equal-FLOPs matrix): an accuracy-vs-FLOPs
+    plot would put every point on one vertical line."""
+    scored = _scored(c)
+    xs = [g.flops_mean for g in scored if g.flops_mean and g.flops_mean > 0]
+    return len(scored) >= 2 and len(xs) == len(scored) and max(xs) / min(xs) < EQUAL_FLOPS
+
+
+def heading(c: Collection, key: str) -> str:
+    """The plot's heading in report.md / report.html."""
+    if key == "scatter" and equal_flops(c):
+        return SPREAD_TITLE
+    return PLOTS[key][1]
+
+
+# --------------------------------------------------------------------------- figures
+
+def _flops_figure(c: Collection) -> Optional[Figure]:
+    gs = _scored(c)
     if not gs:
         return None
     fig, ax = plt.subplots(figsize=(7.2, 4.6))
-    pts = [(g.flops_mean, g.acc_mean) for g in gs]
+    pts = [(g.flops_mean or 0.0, g.acc_mean or 0.0) for g in gs]
     front = pareto(pts)
     for i, g in enumerate(gs):
         ax.errorbar(g.flops_mean, g.acc_mean, xerr=g.flops_std or None, yerr=g.acc_std or None,
@@ -75,34 +124,65 @@ def scatter(c: Collection, path: Path) -> Optional[Path]:
                     ecolor=_color(i), elinewidth=1, capsize=3, label=g.label, zorder=3,
                     markeredgecolor="black" if g.best else _color(i))
     if len(front) > 1:
-        fx = [pts[i][0] for i in front]
-        fy = [pts[i][1] for i in front]
-        ax.step(fx, fy, where="post", color="0.35", ls="--", lw=1.2, zorder=2, label="Pareto front")
+        ax.step([pts[i][0] for i in front], [pts[i][1] for i in front], where="post", color="0.35",
+                ls="--", lw=1.2, zorder=2, label="Pareto front")
     elif front:
         ax.plot([], [], color="0.35", ls="--", lw=1.2, label="Pareto front (one point)")
-    for i in front:
-        ax.annotate(gs[i].label, pts[i], textcoords="offset points", xytext=(6, 6), fontsize=8,
-                    color="0.2")
-    xs = [p[0] for p in pts]
-    if _log_x(xs):
+    if _log_x([p[0] for p in pts]):
         ax.set_xscale("log")
-    elif min(xs) > 0 and max(xs) / min(xs) < 1.1:  # equal-FLOP cells: a readable window
-        mid = (max(xs) + min(xs)) / 2
-        ax.set_xlim(mid * 0.8, mid * 1.2)
+    ax.margins(x=0.08, y=0.12)
     _flops_axis(ax)
+    _accuracy_limit(ax, "y")
+    for i in front:
+        _label_inside(ax, gs[i].label, pts[i])
     ax.set_xlabel("training FLOPs used (mean over seeds)")
     ax.set_ylabel("test accuracy % (mean ± std)")
     ax.set_title(PLOTS["scatter"][1] + (" — ★ best" if len(gs) > 1 else ""), fontsize=11)
     ax.grid(alpha=0.3)
     _legend(ax, len(gs) + 1)
-    return _save(fig, path)
+    return fig
 
 
-def _legend(ax: "plt.Axes", n: int) -> None:
-    if n > 12:
-        ax.legend(fontsize=7, ncol=2, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
-    else:
-        ax.legend(fontsize=8, loc="best", framealpha=0.85)
+def _seed_accuracies(g: Group) -> list[float]:
+    return [x for r in g.runs if r.status in FINISHED and (x := r.get("test_accuracy")) is not None]
+
+
+def _spread_figure(c: Collection) -> Figure:
+    """Equal FLOPs: one row per cell, a dot per seed, the mean ± std, the baseline's mean."""
+    gs = [g for g in c.groups if g.acc_mean is not None]
+    fig, ax = plt.subplots(figsize=(7.2, max(2.8, 0.42 * len(gs) + 1.6)))
+    ys = np.arange(len(gs))[::-1]
+    for i, (y, g) in enumerate(zip(ys, gs)):
+        accs = _seed_accuracies(g)
+        jitter = np.linspace(-0.12, 0.12, len(accs)) if len(accs) > 1 else np.zeros(len(accs))
+        ax.scatter(accs, y + jitter, s=18, color=_color(i), alpha=0.65, lw=0, zorder=3,
+                   label="one seed" if i == 0 else None)
+        ax.errorbar(g.acc_mean, y, xerr=g.acc_std or None, fmt="*" if g.best else "D",
+                    ms=13 if g.best else 6, color=_color(i), ecolor="0.25", elinewidth=1.2,
+                    capsize=4, zorder=4, markeredgecolor="black")
+    ax.plot([], [], "D", ms=6, color="0.6", markeredgecolor="black", label="mean ± std")
+    refs = [g for g in gs if g.is_reference]
+    if len(refs) == 1:
+        ax.axvline(refs[0].acc_mean or 0.0, color="0.4", ls="--", lw=1, zorder=2,
+                   label=f"{refs[0].label} mean")
+    ax.set_yticks(ys)
+    ax.set_yticklabels([g.label for g in gs], fontsize=9)
+    ax.set_ylim(-0.7, len(gs) + 0.4)  # a free band on top for the legend
+    ax.margins(x=0.08)
+    _accuracy_limit(ax, "x")
+    flops = np.mean([g.flops_mean for g in gs if g.flops_mean]) if any(g.flops_mean for g in gs) else None
+    ax.set_xlabel("test accuracy %")
+    ax.set_title(f"Test accuracy of every seed at {fmt_flops(flops)} training FLOPs"
+                 + (" — ★ best" if any(g.best for g in gs) else ""), fontsize=11)
+    ax.grid(axis="x", alpha=0.3)
+    ax.legend(fontsize=8, loc="upper center", ncol=3, framealpha=0.85)
+    return fig
+
+
+def scatter_figure(c: Collection) -> Optional[Figure]:
+    """Accuracy against training FLOPs with the Pareto front; when every cell spent the same FLOPs
+    (all points on one vertical line), each cell's accuracy over its seeds instead."""
+    return _spread_figure(c) if equal_flops(c) else _flops_figure(c)
 
 
 def _curve(g: Group) -> Optional[tuple[np.ndarray, np.ndarray, Optional[np.ndarray]]]:
@@ -128,7 +208,7 @@ def _curve(g: Group) -> Optional[tuple[np.ndarray, np.ndarray, Optional[np.ndarr
     return xs, ys.mean(axis=0), ys.std(axis=0, ddof=1)
 
 
-def curves(c: Collection, path: Path) -> Optional[Path]:
+def curves_figure(c: Collection) -> Optional[Figure]:
     data = [(i, g, cv) for i, g in enumerate(c.groups) if (cv := _curve(g)) is not None]
     if not data:
         return None
@@ -144,25 +224,26 @@ def curves(c: Collection, path: Path) -> Optional[Path]:
     if _log_x(allx) and min(allx) > 0:
         ax.set_xscale("log")
     _flops_axis(ax)
+    _accuracy_limit(ax, "y")
     ax.set_xlabel("training FLOPs spent")
     ax.set_ylabel("validation accuracy %")
     ax.set_title(PLOTS["curves"][1] + " (mean ± std over seeds)", fontsize=11)
     ax.grid(alpha=0.3)
     _legend(ax, len(data))
-    return _save(fig, path)
+    return fig
 
 
-def deltas(c: Collection, path: Path) -> Optional[Path]:
+def deltas_figure(c: Collection) -> Optional[Figure]:
     gs = [g for g in c.groups if not g.is_reference and g.delta_mean is not None]
     if c.reference is None or not gs:
         return None
     fig, ax = plt.subplots(figsize=(7.2, max(2.4, 0.5 * len(gs) + 1.4)))
     y = np.arange(len(gs))[::-1]
-    vals = [g.delta_mean for g in gs]
-    errs = [g.delta_std or 0.0 for g in gs]
+    vals = [g.delta_mean or 0.0 for g in gs]
     colors = ["#2e7d32" if v > 0 else "#c62828" for v in vals]
-    bars = ax.barh(y, vals, xerr=errs, color=colors, alpha=0.8, capsize=4, height=0.6,
-                   error_kw={"elinewidth": 1, "ecolor": "0.2"}, label="ours (mean ± std over seeds)")
+    bars = ax.barh(y, vals, xerr=[g.delta_std or 0.0 for g in gs], color=colors, alpha=0.8,
+                   capsize=4, height=0.6, error_kw={"elinewidth": 1, "ecolor": "0.2"},
+                   label="ours (mean ± std over seeds)")
     for b, g in zip(bars, gs):
         if g.within_noise:
             b.set_alpha(0.35)
@@ -178,19 +259,31 @@ def deltas(c: Collection, path: Path) -> Optional[Path]:
     ax.set_title(PLOTS["deltas"][1] + " (hatched: within noise)", fontsize=11)
     ax.grid(axis="x", alpha=0.3)
     ax.legend(fontsize=8, loc="best", framealpha=0.85)
-    return _save(fig, path)
+    return fig
+
+
+FIGURES: dict[str, Callable[[Collection], Optional[Figure]]] = {
+    "scatter": scatter_figure, "curves": curves_figure, "deltas": deltas_figure}
+
+
+def figure(c: Collection, key: str) -> Optional[Figure]:
+    """The laid-out figure of one plot (None: it does not apply to this collection)."""
+    fig = FIGURES[key](c)
+    if fig is not None:
+        fig.tight_layout()
+    return fig
 
 
 def render_all(c: Collection, outdir: Path) -> dict[str, Path]:
     """Write every plot that applies; returns key -> PNG path (missing keys: not applicable)."""
     out: dict[str, Path] = {}
-    for key, fn in (("scatter", scatter), ("curves", curves), ("deltas", deltas)):
-        path = outdir / PLOTS[key][0]
+    for key, (name, _) in PLOTS.items():
+        path = outdir / name
         if path.exists():
             path.unlink()  # never leave a stale plot from an earlier report beside this one
-        made = fn(c, path)
-        if made is not None:
-            out[key] = made
+        fig = figure(c, key)
+        if fig is not None:
+            out[key] = _save(fig, path)
     return out
 
 

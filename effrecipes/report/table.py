@@ -3,13 +3,16 @@ HTML and Markdown renderers so both show the same numbers."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Optional
 
-from effrecipes.report.load import Collection, num
+from effrecipes.report.load import Collection, Group
+from effrecipes.stats import fmt, fmt_count, fmt_flops, md_table, num, pm, signed_pm, yes_no
 
 
 @dataclass
-class Cell:
+class TableCell:
+    """One cell of a report table: its text, its sort key and its tint."""
+
     text: str
     sort: Optional[float | str] = None   # None: sorts last
     css: str = ""                        # "pos" / "neg" / "muted" tints in HTML
@@ -19,34 +22,17 @@ class Cell:
 class Table:
     key: str
     header: list[str]
-    rows: list[list[Cell]]
+    rows: list[list[TableCell]]
     highlight: list[bool] = field(default_factory=list)
     caption: str = ""
     numeric: list[bool] = field(default_factory=list)
 
 
-def fmt_flops(x: Any) -> str:
-    x = num(x)
-    if x is None:
-        return "-"
-    for unit, scale in (("E", 1e18), ("P", 1e15), ("T", 1e12), ("G", 1e9), ("M", 1e6), ("K", 1e3)):
-        if abs(x) >= scale * 0.9995:
-            return f"{x / scale:.3g}{unit}"
-    return f"{x:.3g}"
-
-
-def fmt(x: Any, spec: str = ".2f", signed: bool = False) -> str:
-    x = num(x)
-    if x is None:
-        return "-"
-    return format(x, ("+" if signed else "") + spec)
-
-
-def pm(m: Optional[float], s: Optional[float], signed: bool = False) -> str:
-    if m is None:
-        return "-"
-    text = fmt(m, signed=signed)
-    return f"{text} ± {s:.2f}" if s is not None else text
+def table_md(t: Table) -> str:
+    """A report table as markdown (effrecipes.stats.md_table): numeric columns right-aligned,
+    the highlighted (best) row in bold."""
+    return md_table(t.header, [[c.text for c in row] for row in t.rows], t.numeric,
+                    t.highlight or None)
 
 
 def _signed_css(x: Optional[float], noise: Optional[bool] = None) -> str:
@@ -57,13 +43,10 @@ def _signed_css(x: Optional[float], noise: Optional[bool] = None) -> str:
     return "pos" if x > 0 else "neg" if x < 0 else ""
 
 
-def results_table(c: Collection) -> Table:
-    """One row per cell (configuration): mean +/- std over seeds, delta vs baseline, paper."""
-    has_ref = c.reference is not None
-    has_paper = any(g.paper is not None for g in c.groups)
+def _results_header(c: Collection, has_paper: bool) -> tuple[list[str], list[bool]]:
     header = ["cell"] + list(c.grid_keys) + ["n", "test acc % (mean ± std)"]
     numeric = [False] * (1 + len(c.grid_keys)) + [True, True]
-    if has_ref:
+    if c.reference is not None:
         header += [f"Δ vs {c.reference}", "within noise"]
         numeric += [True, False]
     header += ["best val %", "FLOPs used", "params"]
@@ -71,47 +54,66 @@ def results_table(c: Collection) -> Table:
     if has_paper:
         header += ["paper", "ours − paper"]
         numeric += [True, True]
-    rows, highlight = [], []
-    for g in c.groups:
-        note = ""
-        if g.n_failed or g.n_diverged:
-            note = f" ({g.n_failed} failed, {g.n_diverged} diverged)"
-        row = [Cell(g.techniques + (" ★" if g.best else ""), g.techniques)]
-        row += [Cell(g.grid.get(k, "-"), num(g.grid.get(k)) if num(g.grid.get(k)) is not None
-                     else g.grid.get(k)) for k in c.grid_keys]
-        row += [Cell(f"{g.n}/{g.n_cells}{note}", g.n),
-                Cell(pm(g.acc_mean, g.acc_std), g.acc_mean)]
-        if has_ref:
-            if g.is_reference:
-                row.append(Cell("(baseline)", 0.0, "muted"))
-                row.append(Cell("-", None))
-            else:
-                row.append(Cell(pm(g.delta_mean, g.delta_std, signed=True), g.delta_mean,
-                                _signed_css(g.delta_mean, g.within_noise)))
-                wn = g.within_noise
-                row.append(Cell("-" if wn is None else ("yes" if wn else "no"),
-                                None if wn is None else ("yes" if wn else "no")))
-        row += [Cell(fmt(g.val_mean), g.val_mean),
-                Cell(fmt_flops(g.flops_mean) + (f" ± {fmt_flops(g.flops_std)}"
-                                                if g.flops_std else ""), g.flops_mean),
-                Cell("-" if g.params is None else f"{g.params:,}", g.params)]
-        if has_paper:
-            diff = g.ours_minus_paper
-            row += [Cell(fmt(g.paper), g.paper),
-                    Cell(fmt(diff, signed=True), diff, _signed_css(diff))]
-        rows.append(row)
-        highlight.append(g.best)
+    return header, numeric
+
+
+def _results_row(c: Collection, g: Group, has_paper: bool) -> list[TableCell]:
+    note = f" ({g.n_failed} failed, {g.n_diverged} diverged)" if g.n_failed or g.n_diverged else ""
+    row = [TableCell(g.techniques + (" ★" if g.best else ""), g.techniques)]
+    row += [TableCell(g.grid.get(k, "-"), num(g.grid.get(k)) if num(g.grid.get(k)) is not None
+                      else g.grid.get(k)) for k in c.grid_keys]
+    row += [TableCell(f"{g.n}/{g.n_cells}{note}", g.n), TableCell(pm(g.acc_mean, g.acc_std), g.acc_mean)]
+    if c.reference is not None:
+        if g.is_reference:
+            row += [TableCell("(baseline)", 0.0, "muted"), TableCell("-", None)]
+        else:
+            wn = None if g.within_noise is None else yes_no(g.within_noise)
+            row += [TableCell(signed_pm(g.delta_mean, g.delta_std), g.delta_mean,
+                              _signed_css(g.delta_mean, g.within_noise)),
+                    TableCell(yes_no(g.within_noise), wn)]
+    flops = fmt_flops(g.flops_mean) + (f" ± {fmt_flops(g.flops_std)}" if g.flops_std else "")
+    row += [TableCell(fmt(g.val_mean), g.val_mean), TableCell(flops, g.flops_mean),
+            TableCell(fmt_count(g.params), g.params)]
+    if has_paper:
+        diff = g.ours_minus_paper
+        row += [TableCell(fmt(g.paper), g.paper), TableCell(fmt(diff, signed=True), diff, _signed_css(diff))]
+    return row
+
+
+def _not_starred(c: Collection, best: Group) -> str:
+    """'' or the cells with a higher mean than the star's that are within noise of their
+    reference (effrecipes.stats.BEST_RULE), said after the star."""
+    higher = [g.label for g in c.groups if g.within_noise and g.acc_mean is not None
+              and best.acc_mean is not None and g.acc_mean > best.acc_mean]
+    if not higher:
+        return ""
+    return f"; a higher mean but within noise of `{c.reference}`, so not starred: {', '.join(higher)}"
+
+
+def best_text(c: Collection) -> Optional[str]:
+    """The star's caption: the best cell, and the cells with a higher mean left without it."""
+    best = c.best
+    if best is None:
+        return None
+    return f"★ best cell: {best.label} ({pm(best.acc_mean, best.acc_std)} %){_not_starred(c, best)}"
+
+
+def results_table(c: Collection) -> Table:
+    """One row per cell (configuration): mean +/- std over seeds, delta vs baseline, paper."""
+    has_paper = any(g.paper is not None for g in c.groups)
+    header, numeric = _results_header(c, has_paper)
+    rows = [_results_row(c, g, has_paper) for g in c.groups]
     cap = ["test accuracy in %, mean ± sample std over seeds"]
-    if has_ref:
+    if c.reference is not None:
         cap.append(f"Δ: mean test accuracy minus the `{c.reference}` cell with the same settings; "
                    f"{c.meta.get('noise_rule') or ''}".rstrip("; "))
     if has_paper:
         cap.append("paper: " + "; ".join(c.paper_sources or ["the runs' recorded reference"])
                    + " (ours is test accuracy; the paper's metric is named in its source)")
-    best = c.best
+    best = best_text(c)
     if best is not None:
-        cap.append(f"★ best cell: {best.label} ({pm(best.acc_mean, best.acc_std)} %)")
-    return Table("results", header, rows, highlight, ". ".join(cap) + ".", numeric)
+        cap.append(best)
+    return Table("results", header, rows, [g.best for g in c.groups], ". ".join(cap) + ".", numeric)
 
 
 def cells_table(c: Collection) -> Table:
@@ -121,20 +123,20 @@ def cells_table(c: Collection) -> Table:
     numeric = [False, False, True, True, True, True, False, True, True, True, True]
     rows = []
     for r in c.cells:
+        status = r.get("status")
         rows.append([
-            Cell(str(r.get("cell_id")), str(r.get("cell_id"))),
-            Cell(str(r.get("status") or "-"), str(r.get("status") or ""),
-                 "" if r.get("status") in ("done", None) else "neg"),
-            Cell("-" if r.get("seed") is None else str(r.get("seed")), num(r.get("seed"))),
-            Cell(fmt(r.get("test_accuracy")), num(r.get("test_accuracy"))),
-            Cell(fmt(r.get("best_val_accuracy")), num(r.get("best_val_accuracy"))),
-            Cell(f"{fmt_flops(r.get('flops_used'))} / {fmt_flops(r.get('flops_cap'))}",
-                 num(r.get("flops_used"))),
-            Cell(str(r.get("stop_reason") or "-"), str(r.get("stop_reason") or "")),
-            Cell(fmt(r.get("epochs")), num(r.get("epochs"))),
-            Cell("-" if num(r.get("params")) is None else f"{int(r['params']):,}", num(r.get("params"))),
-            Cell(fmt(r.get("cpu_latency_ms_per_image"), ".3f"), num(r.get("cpu_latency_ms_per_image"))),
-            Cell(fmt(r.get("wall_seconds"), ".1f"), num(r.get("wall_seconds"))),
+            TableCell(str(r.get("cell_id")), str(r.get("cell_id"))),
+            TableCell(str(status or "-"), str(status or ""), "" if status in ("done", None) else "neg"),
+            TableCell("-" if r.get("seed") is None else str(r.get("seed")), num(r.get("seed"))),
+            TableCell(fmt(r.get("test_accuracy")), num(r.get("test_accuracy"))),
+            TableCell(fmt(r.get("best_val_accuracy")), num(r.get("best_val_accuracy"))),
+            TableCell(f"{fmt_flops(r.get('flops_used'))} / {fmt_flops(r.get('flops_cap'))}",
+                      num(r.get("flops_used"))),
+            TableCell(str(r.get("stop_reason") or "-"), str(r.get("stop_reason") or "")),
+            TableCell(fmt(r.get("epochs")), num(r.get("epochs"))),
+            TableCell(fmt_count(r.get("params")), num(r.get("params"))),
+            TableCell(fmt(r.get("cpu_latency_ms_per_image"), ".3f"), num(r.get("cpu_latency_ms_per_image"))),
+            TableCell(fmt(r.get("wall_seconds"), ".1f"), num(r.get("wall_seconds"))),
         ])
     return Table("cells", header, rows, [False] * len(rows), "", numeric)
 
@@ -167,5 +169,5 @@ def summary_lines(c: Collection) -> list[tuple[str, str]]:
     best = c.best
     if best is not None:
         out.append(("best cell", f"{best.label}: {pm(best.acc_mean, best.acc_std)} % test accuracy "
-                    f"at {fmt_flops(best.flops_mean)} training FLOPs"))
+                    f"at {fmt_flops(best.flops_mean)} training FLOPs{_not_starred(c, best)}"))
     return out

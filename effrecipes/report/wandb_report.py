@@ -4,9 +4,10 @@ The report holds a runset filtered to the runs' W&B group (a matrix's name: the 
 every cell), grouped by the recipe settings that differ between cells so that each W&B group is
 one cell (its seeds aggregated: mean, band = std); a table of the cells (ours, the deltas and the
 paper's figures, from the run directories); an accuracy-vs-FLOPs scatter panel; learning-curve
-line plots against `budget/flops_used` (logged every batch by `effrecipes.budget`); and one bar
-panel of deltas vs the baseline (a custom expression subtracting the baseline's mean final
-validation accuracy from each run's, grouped by cell: mean +/- std over seeds).
+line plots against `flops_used` (logged every batch by `effrecipes.budget`); and one bar
+panel of deltas vs the baseline (a custom expression subtracting the baseline's mean test accuracy
+from each run's, the metric the HTML report's deltas use; grouped by cell: mean +/- std over
+seeds).
 
 Saving needs the network and an API key: `.save()` is called only when online (an API key is set
 and WANDB_MODE does not say offline). Otherwise the report object is still built and its blocks
@@ -21,11 +22,17 @@ from pathlib import Path
 from typing import Any, Optional
 
 from effrecipes.errors import UserError
-from effrecipes.report.load import Collection, mean_std
+from effrecipes.report.load import Collection
+from effrecipes.report.table import results_table, table_md
+from effrecipes.stats import mean_std
+from effrecipes.wandb_mode import has_api_key
 
-VAL_METRIC = "metrics/eval/MulticlassAccuracy"     # Composer's eval accuracy, a fraction
-LOSS_METRIC = "loss/train/total"
-FLOPS_METRIC = "budget/flops_used"                 # effrecipes.budget.FlopBudget, every batch
+# One naming scheme with the run directory: W&B history keys are history.csv's columns, summary
+# keys are metrics.json's, accuracies in percent (effrecipes.wandb_logging).
+VAL_METRIC = "val_accuracy"          # history: per evaluation (%)
+TEST_METRIC = "test_accuracy"        # summary (%): what the HTML report's table and deltas use
+LOSS_METRIC = "loss/train/total"     # Composer's, every batch
+FLOPS_METRIC = "flops_used"          # history: every batch (effrecipes.budget.FlopBudget)
 _IGNORED = ("seed", "output", "loggers", "notes", "name", "reference")
 
 
@@ -65,12 +72,13 @@ def varying_config_keys(c: Collection) -> list[str]:
     return sorted(varying, key=lambda k: (k != "algorithms", k))
 
 
-def _baseline_val(c: Collection) -> Optional[float]:
-    """Mean final validation accuracy (%) of the baseline cell (the W&B summary of VAL_METRIC)."""
+def _baseline_test(c: Collection) -> Optional[float]:
+    """Mean test accuracy (%) of the baseline cell: the same metric and the same runs as the HTML
+    report's deltas."""
     refs = [g for g in c.groups if g.is_reference]
     if len(refs) != 1:  # with a grid each setting has its own baseline: no single constant
         return None
-    vals = [x for r in refs[0].runs if (x := r.get("final_val_accuracy")) is not None]
+    vals = [x for r in refs[0].runs if (x := r.get("test_accuracy")) is not None]
     return mean_std(vals)[0]
 
 
@@ -83,57 +91,61 @@ def wandb_target(c: Collection) -> tuple[str, Optional[str]]:
     return project, entity
 
 
-def build_report(c: Collection, title: str, *, online: bool = False) -> tuple[Any, dict[str, Any]]:
-    """The W&B Report object and a JSON-able summary of its blocks and panels."""
-    wr = _wr()
-    from wandb_workspaces import expr
+def _runset(wr: Any, c: Collection, project: str, entity: Optional[str]) -> tuple[Any, list[str]]:
+    """The runs of the report: the W&B group (else the runs by name), grouped by the recipe keys
+    that differ between cells (one W&B group per cell)."""
+    from wandb_workspaces import expr  # optional dependency (the report extra), like _wr()
 
-    from effrecipes.report.markdown import md_table
-    from effrecipes.report.table import results_table
-
-    project, entity = wandb_target(c)
-    group = c.wandb_group
-    if group:
-        filters = expr.And(expr.Metric("Group") == group)
-        runset_name = f"group {group}"
+    if c.wandb_group:
+        filters = expr.And(expr.Metric("Group") == c.wandb_group)
+        name = f"group {c.wandb_group}"
     else:
         filters = expr.And(expr.Metric("Name").isin(sorted({r.name for r in c.runs})))
-        runset_name = c.name
+        name = c.name
     groupby = [f"config.{k}" for k in varying_config_keys(c)]
-    runset = wr.Runset(entity=entity or "", project=project, name=runset_name, filters=filters,
-                       groupby=groupby)
+    return wr.Runset(entity=entity or "", project=project, name=name, filters=filters,
+                     groupby=groupby), groupby
+
+
+def _panels(wr: Any, c: Collection) -> tuple[list[Any], Optional[float], Optional[str]]:
+    """(panels, the baseline's mean test accuracy, the Δ bar panel's expression)."""
     agg = {"groupby_aggfunc": "mean", "groupby_rangefunc": "stddev"}
     panels = [
-        wr.ScatterPlot(title="Accuracy vs training FLOPs (final val accuracy, per run)",
-                       x=wr.SummaryMetric(FLOPS_METRIC), y=wr.SummaryMetric(VAL_METRIC),
+        wr.ScatterPlot(title="Test accuracy vs training FLOPs (per run)",
+                       x=wr.SummaryMetric(FLOPS_METRIC), y=wr.SummaryMetric(TEST_METRIC),
                        log_x=True, layout=wr.Layout(x=0, y=0, w=12, h=8)),
         wr.LinePlot(title="Validation accuracy vs FLOPs spent", x=FLOPS_METRIC, y=[VAL_METRIC],
-                    title_x="training FLOPs", title_y="val accuracy", smoothing_type="none",
+                    title_x="training FLOPs", title_y="val accuracy (%)", smoothing_type="none",
                     layout=wr.Layout(x=12, y=0, w=12, h=8), **agg),
         wr.LinePlot(title="Training loss vs FLOPs spent", x=FLOPS_METRIC, y=[LOSS_METRIC],
                     title_x="training FLOPs", title_y="train loss", smoothing_factor=0.6,
                     layout=wr.Layout(x=0, y=8, w=12, h=8), **agg),
     ]
-    base = _baseline_val(c)
-    delta_expr = None
-    if base is not None:
-        delta_expr = f"${{{VAL_METRIC}}} * 100 - {base:.4f}"
-        panels.append(wr.BarPlot(
-            title=f"Δ final val accuracy vs {c.reference} (pp, mean ± std over seeds)",
-            metrics=[VAL_METRIC], custom_expressions=[delta_expr], orientation="h",
-            title_x="percentage points", layout=wr.Layout(x=12, y=8, w=12, h=8), **agg))
-    table_md = "\n".join(md_table(results_table(c)))
+    base = _baseline_test(c)
+    if base is None:
+        return panels, None, None
+    delta_expr = f"${{{TEST_METRIC}}} - {base:.4f}"
+    panels.append(wr.BarPlot(
+        title=f"Δ test accuracy vs {c.reference} (pp, mean ± std over seeds)",
+        metrics=[TEST_METRIC], custom_expressions=[delta_expr], orientation="h",
+        title_x="percentage points", layout=wr.Layout(x=12, y=8, w=12, h=8), **agg))
+    return panels, base, delta_expr
+
+
+def build_report(c: Collection, title: str, *, online: bool = False) -> tuple[Any, dict[str, Any]]:
+    """The W&B Report object and a JSON-able summary of its blocks and panels."""
+    wr = _wr()
+    project, entity = wandb_target(c)
+    group = c.wandb_group
+    runset, groupby = _runset(wr, c, project, entity)
+    panels, base, delta_expr = _panels(wr, c)
     intro = (f"Built by composer-report from {c.root} ({len(c.runs)} runs, {len(c.groups)} cells). "
              f"Runs are the W&B {'group ' + repr(group) if group else 'runs named in the runset'}"
              f" of project {project!r}, grouped by "
              f"{', '.join(k.removeprefix('config.') for k in groupby) or 'nothing (one cell)'}.")
-    blocks = [
-        wr.P(intro),
-        wr.H2("Cells"),
-        wr.MarkdownBlock(table_md),
-        wr.H2("Accuracy, learning curves and deltas"),
-        wr.PanelGrid(runsets=[runset], panels=panels),
-    ]
+    blocks = [wr.P(intro), wr.H2("Cells"), wr.MarkdownBlock(table_md(results_table(c))),
+              wr.H2("Accuracy, learning curves and deltas"),
+              wr.PanelGrid(runsets=[runset], panels=panels)]
     if base is None:
         blocks.append(wr.P("No bar panel of deltas: "
                            + ("there is no baseline cell." if c.reference is None else
@@ -150,7 +162,7 @@ def build_report(c: Collection, title: str, *, online: bool = False) -> tuple[An
         "title": report.title, "project": project, "entity": entity, "group": group,
         "runset": {"name": runset.name, "filters": runset.filters, "groupby": groupby},
         "blocks": [_describe(b) for b in blocks],
-        "baseline": c.reference, "baseline_final_val_accuracy": base, "delta_expression": delta_expr,
+        "baseline": c.reference, "baseline_test_accuracy": base, "delta_expression": delta_expr,
         "not_logged_to_wandb": sorted(r.name for r in c.runs if not r.wandb.get("enabled")),
     }
     return report, summary
@@ -175,21 +187,9 @@ def _describe(block: Any) -> dict[str, Any]:
     return d
 
 
-def has_api_key() -> bool:
-    """Same rule as `effrecipes.report.wandb_logging.has_api_key` (tested to agree), without
-    importing that module: it imports Composer (~10 s), which a report does not need."""
-    if os.environ.get("WANDB_API_KEY"):
-        return True
-    try:
-        with open(os.path.expanduser("~/.netrc")) as f:
-            return "api.wandb.ai" in f.read()
-    except OSError:
-        return False
-
-
 def is_online() -> tuple[bool, str]:
     """(online, why not): online needs an API key and WANDB_MODE not offline/disabled (the
-    logger's `mode: auto` rule, `wandb_logging.resolve_mode`)."""
+    logger's `mode: auto` rule, `effrecipes.wandb_mode`)."""
     if not has_api_key():
         return False, "no W&B API key (set WANDB_API_KEY or run `wandb login`)"
     mode = os.environ.get("WANDB_MODE")

@@ -1,0 +1,149 @@
+"""The FLOP cap holds for every algorithm, checked against an independent count.
+
+Each run trains a tiny recipe through the real runner and Composer Trainer while a second
+`FlopCounterMode` wraps the whole of `Trainer.fit` (`effrecipes.audit.counting_fit`: not the
+ledger's per-batch windows, caches or algorithm declarations). There is no validation split, so everything inside `fit` is training
+work: forward and backward passes, SAM's second pass, selective backprop's scoring pass, SWA's
+BatchNorm recompute. For each run:
+  - `flops_used <= cap`,
+  - `cap - flops_used` is below one step's cost (the run used the cap),
+  - the independent count is within 1% of `flops_used`,
+  - `stop_reason == "flops"`.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from effrecipes import registry
+from effrecipes.audit import AUDIT_ARGS as ARGS
+from effrecipes.audit import audit_cases, counting_fit
+from effrecipes.cli import main
+from tests.conftest import record_lrs, tiny_recipe, write_recipe
+
+def _bottleneck_net(in_channels: int, num_classes: int, image_size: int = 0) -> torch.nn.Module:
+    """Two torchvision ResNet bottlenecks: the block Composer's stochastic depth targets."""
+    from torchvision.models.resnet import Bottleneck
+
+    return torch.nn.Sequential(
+        torch.nn.Conv2d(in_channels, 16, 3, padding=1, bias=False), torch.nn.BatchNorm2d(16),
+        Bottleneck(16, 4), Bottleneck(16, 4), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(),
+        torch.nn.Linear(16, num_classes))
+
+
+if "test_bottleneck_net" not in registry.models:
+    registry.models.add("test_bottleneck_net", _bottleneck_net, description="test only")
+
+CAP = 4e8  # ~55 steps of the tiny recipe: long enough for every "dur" start/end to pass
+
+MODEL = {"stochastic_depth": "test_bottleneck_net"}  # the tiny default model has no bottleneck
+
+
+def _run(tmp_path: Path, name: str, algorithms: list[dict[str, Any]], **overrides: Any) -> dict[str, Any]:
+    recipe = tiny_recipe(tmp_path, **{"budget.flops": CAP, "data.val_fraction": 0.0,
+                                      "data.kwargs.num_train": 320, "output.run_name": name,
+                                      "algorithms": algorithms, **overrides})
+    assert main([str(write_recipe(tmp_path, recipe, f"{name}.yaml")), "--quiet"]) == 0
+    return json.loads((tmp_path / "runs" / name / "metrics.json").read_text())
+
+
+def _check(m: dict[str, Any], independent: float) -> None:
+    one_step = m["train_flops_per_sample"] * 16  # the planned most expensive step (batch 16)
+    assert m["max_step_flops"] <= one_step * (1 + 1e-9)  # ... really is the most expensive
+    assert m["stop_reason"] == "flops"
+    assert m["flops_used"] <= CAP
+    # FLOPs held back for SWA's BatchNorm recompute are an upper bound (under stochastic depth the
+    # recompute's forward passes skip blocks too): what that bound over-reserved is reported
+    assert CAP - m["flops_used"] < one_step + m["reserve_unspent_flops"], (CAP - m["flops_used"]) / one_step
+    assert m["reserve_unspent_flops"] < one_step
+    assert independent == pytest.approx(m["flops_used"], rel=0.01)
+
+
+def _cases() -> list[tuple[str, list[dict[str, Any]]]]:
+    return audit_cases(registry.algorithms.names())
+
+
+def _model_for(algorithms: list[dict[str, Any]]) -> str:
+    return next((MODEL[n] for a in algorithms for n in a if n in MODEL), "gap_1p5k_dw")
+
+
+def test_every_registered_algorithm_is_covered() -> None:
+    assert len(registry.algorithms.names()) == 22
+
+
+@pytest.mark.parametrize("name,algorithms", _cases(), ids=[c[0] for c in _cases()])
+def test_cap_holds_against_an_independent_count(tmp_path: Path,
+                                                name: str, algorithms: list[dict[str, Any]]) -> None:
+    with counting_fit() as totals:
+        m = _run(tmp_path, name, algorithms, **{"model.name": _model_for(algorithms)})
+    _check(m, totals[0])
+    assert not [w for w in m["warnings"] if "changes nothing" in w and name != "gyro_dropout"], m["warnings"]
+
+
+def test_swa_interrupted_then_resumed_equals_uninterrupted(tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """An interrupted run never performs the final swap; the resumed run keeps averaging; total
+    FLOPs and batches equal the uninterrupted run's."""
+    from effrecipes import callbacks, runner
+
+    algos = [{"swa": ARGS["swa"]}]
+    whole = _run(tmp_path, "whole", algos)
+
+    class StopAt(callbacks.RunGuard):
+        def batch_end(self, state: Any, logger: Any) -> None:
+            if int(state.timestamp.batch) == 40:  # after SWA started (0.5dur), before the end
+                self.request_stop()
+            super().batch_end(state, logger)
+
+    monkeypatch.setattr(runner, "RunGuard", StopAt)
+    first = _run(tmp_path, "split", algos)
+    assert first["stop_reason"] == "interrupted" and first["batches"] == 40
+    assert first["extra_train_flops"] == 0  # no swap, no BatchNorm recompute on an interruption
+    monkeypatch.setattr(runner, "RunGuard", callbacks.RunGuard)
+    path = tmp_path / "split.yaml"
+    assert main([str(path), "--quiet", "--resume"]) == 0
+    resumed = json.loads((tmp_path / "runs" / "split" / "metrics.json").read_text())
+    assert resumed["stop_reason"] == "flops"
+    assert resumed["batches"] == whole["batches"]
+    assert resumed["flops_used"] == pytest.approx(whole["flops_used"], rel=1e-12)
+    assert resumed["extra_train_flops"] == whole["extra_train_flops"] > 0
+
+
+def test_swa_that_never_starts_holds_nothing_back(tmp_path: Path) -> None:
+    """SWA starting after the end of the run reserves nothing: the run spends the cap."""
+    m = _run(tmp_path, "late", [{"swa": {"swa_start": "20ep", "swa_end": "30ep"}}])
+    assert m["stop_reason"] == "flops" and CAP - m["flops_used"] < m["train_flops_per_sample"] * 16
+    assert any("swa changed nothing" in w for w in m["warnings"])
+
+
+def test_varying_cost_schedule_ends_where_the_run_ends(tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """Steps get cheaper under selective backprop; the one-cycle schedule still reaches its end
+    on the last step (the horizon follows the FLOPs, not the planned batch count)."""
+    lrs = record_lrs(monkeypatch)
+    m = _run(tmp_path, "sb", [{"selective_backprop": {"keep": 0.25, "start": 0.1, "end": 0.9}}],
+             **{"scheduler.name": "one_cycle", "optimizer.lr": 0.1})
+    assert m["batches"] > m["planned_batches"]  # cheaper steps: more of them than first planned
+    assert len(lrs) == m["batches"]
+    assert lrs[-1] < 0.1 / 100  # the cycle annealed to its end on the last step
+    assert max(lrs) == pytest.approx(0.1, rel=0.02)
+
+
+def test_interrupt_mid_epoch_on_a_varying_cost_run_stops_there(tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """The budget's re-projected duration must not undo an interruption's stop."""
+    from effrecipes import callbacks, runner
+
+    class StopAt(callbacks.RunGuard):
+        def batch_end(self, state: Any, logger: Any) -> None:
+            if int(state.timestamp.batch) == 7:
+                self.request_stop()
+            super().batch_end(state, logger)
+
+    monkeypatch.setattr(runner, "RunGuard", StopAt)
+    m = _run(tmp_path, "sam2", [{"sam": {"interval": 2}}])
+    assert m["stop_reason"] == "interrupted" and m["batches"] == 7

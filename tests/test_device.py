@@ -1,0 +1,274 @@
+"""The training device: resolution of `trainer:` (CUDA availability patched), the one-line error for
+an absent GPU, the in-memory data path on the training device, MFU and latency. CPU only, fast."""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from effrecipes import device as devices
+from effrecipes.data.loader import BatchLoader, crop_flip
+from effrecipes.errors import RecipeError
+from tests.conftest import tiny_recipe, write_recipe
+
+
+def _cuda(monkeypatch: pytest.MonkeyPatch, available: bool, bf16: bool = True) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: available)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: bf16)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a, **k: "NVIDIA Test GPU")
+
+
+def _trainer(device: str = "auto", precision: str = "auto", compile: bool = False) -> Any:
+    return SimpleNamespace(device=device, precision=precision, compile=compile)
+
+
+@pytest.fixture(autouse=True)
+def _no_device_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(devices.DEVICE_ENV, raising=False)
+    monkeypatch.delenv("LOCAL_RANK", raising=False)
+
+
+# --------------------------------------------------------------------------- resolution
+
+@pytest.mark.parametrize("cuda,bf16,device,precision,want", [
+    (False, False, "auto", "auto", ("cpu", "fp32", "cpu")),
+    (False, False, "cpu", "fp32", ("cpu", "fp32", "cpu")),
+    (True, True, "auto", "auto", ("gpu", "amp_bf16", "cuda:0")),
+    (True, False, "auto", "auto", ("gpu", "amp_fp16", "cuda:0")),   # an older GPU: no bf16
+    (True, True, "gpu", "fp32", ("gpu", "fp32", "cuda:0")),
+    (True, True, "gpu", "amp_fp16", ("gpu", "amp_fp16", "cuda:0")),
+    (True, True, "cpu", "auto", ("cpu", "fp32", "cpu")),            # CPU asked on a GPU machine
+])
+def test_resolution(monkeypatch: pytest.MonkeyPatch, cuda: bool, bf16: bool, device: str,
+                    precision: str, want: tuple[str, str, str]) -> None:
+    _cuda(monkeypatch, cuda, bf16)
+    rd = devices.resolve(_trainer(device, precision))
+    assert (rd.device, rd.precision, str(rd.torch_device)) == want
+    assert rd.compile_config is None
+
+
+def test_each_rank_takes_its_local_gpu_and_compile_maps_to_compile_config(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Composer's launcher sets LOCAL_RANK; DeviceGPU then uses cuda:LOCAL_RANK, and so do we."""
+    _cuda(monkeypatch, True)
+    monkeypatch.setenv("LOCAL_RANK", "3")
+    rd = devices.resolve(_trainer(compile=True))
+    assert rd.torch_device == torch.device("cuda", 3)
+    assert rd.compile_config == {}  # Composer: an empty dict = torch.compile with its defaults
+
+
+@pytest.mark.parametrize("cuda,bf16,device,precision,field", [
+    (False, False, "gpu", "auto", "trainer.device"),
+    (False, False, "auto", "amp_bf16", "trainer.precision"),
+    (False, False, "cpu", "amp_fp16", "trainer.precision"),
+    (True, False, "gpu", "amp_bf16", "trainer.precision"),
+])
+def test_impossible_requests_are_one_line_recipe_errors(monkeypatch: pytest.MonkeyPatch, cuda: bool,
+                                                        bf16: bool, device: str, precision: str,
+                                                        field: str) -> None:
+    _cuda(monkeypatch, cuda, bf16)
+    with pytest.raises(RecipeError) as e:
+        devices.resolve(_trainer(device, precision))
+    text = str(e.value)
+    assert text.startswith(f"{field}: ") and "\n" not in text
+    assert "set trainer." in text  # the fix is named
+
+
+def test_a_process_given_no_gpu_uses_the_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A Ray cell with --gpus-per-cell 0 on a GPU node: auto -> CPU; gpu -> an error."""
+    _cuda(monkeypatch, True)
+    monkeypatch.setenv(devices.DEVICE_ENV, "cpu")
+    assert devices.resolve(_trainer()).device == "cpu"
+    with pytest.raises(RecipeError, match="trainer.device: .*given no GPU"):
+        devices.resolve(_trainer("gpu"))
+
+
+def test_ray_cells_set_the_device_env_from_their_gpu_request(monkeypatch: pytest.MonkeyPatch) -> None:
+    from effrecipes.matrix.execute import run_cell
+
+    for gpus, env in ((0, "cpu"), (1, None), (0.5, None)):
+        monkeypatch.setenv(devices.DEVICE_ENV, "stale")
+        res = run_cell({"cell_id": "c", "recipe": {"name": "bad"}, "gpus": gpus})
+        assert not res["ok"]  # invalid recipe: the cell fails fast, after the env is set
+        assert os.environ.get(devices.DEVICE_ENV) == env
+    monkeypatch.setenv(devices.DEVICE_ENV, "cpu")
+    run_cell({"cell_id": "c", "recipe": {"name": "bad"}})  # the local executor leaves it alone
+    assert os.environ.get(devices.DEVICE_ENV) == "cpu"
+
+
+def test_gpu_peak_comes_from_composers_table(monkeypatch: pytest.MonkeyPatch) -> None:
+    from composer.callbacks.speed_monitor import GPU_AVAILABLE_FLOPS
+
+    _cuda(monkeypatch, True)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a, **k: "NVIDIA H100 80GB HBM3")
+    for precision in ("amp_bf16", "amp_fp16", "fp32"):
+        assert devices.gpu_peak_flops(precision) == GPU_AVAILABLE_FLOPS["h100-sxm"][precision]
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a, **k: "Some Unknown GPU")
+    assert devices.gpu_peak_flops("amp_bf16") is None  # not in the table: MFU unknown, not guessed
+
+
+def test_mfu() -> None:
+    assert devices.mfu(2e12, 2.0, 1e12) == pytest.approx(1.0)
+    assert devices.mfu(1e12, 0.0, 1e12) is None and devices.mfu(1e12, 1.0, None) is None
+
+
+# --------------------------------------------------------------------------- the CLI
+
+@pytest.mark.parametrize("override,field", [("trainer.device=gpu", "trainer.device"),
+                                            ("trainer.precision=amp_bf16", "trainer.precision")])
+def test_cli_absent_gpu_is_one_line_exit_2_before_any_data(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                           capsys: pytest.CaptureFixture[str],
+                                                           override: str, field: str) -> None:
+    from effrecipes.cli import main
+
+    _cuda(monkeypatch, False)
+    # a dataset that is not there: had the data been loaded first, this would be a data error
+    recipe = tiny_recipe(tmp_path, data={"name": "cifar10", "root": str(tmp_path / "none"),
+                                         "download": False})
+    path = write_recipe(tmp_path, recipe)
+    assert main([str(path), override, "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert err.startswith(f"error: {path}: {field}: ")
+    assert not (tmp_path / "runs").exists()
+
+
+# --------------------------------------------------------------------------- the data path
+
+class _OpLog(TorchDispatchMode):
+    """Every aten op with the devices of its tensor inputs and outputs."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ops: list[tuple[str, set[str], dict[str, Any]]] = []
+
+    def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        seen: set[str] = set()
+        for t in torch.utils._pytree.tree_leaves((args, kwargs, out)):
+            if isinstance(t, torch.Tensor):
+                seen.add(t.device.type)
+        self.ops.append((str(func), seen, kwargs))
+        return out
+
+
+def _loader(**kw: Any) -> BatchLoader:
+    g = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (64, 3, 8, 8), dtype=torch.uint8, generator=g)
+    labels = torch.randint(0, 10, (64,), generator=g)
+    return BatchLoader(images, labels, 8, mean=(0.5,) * 3, std=(0.25,) * 3, **kw)
+
+
+def test_batches_are_made_on_the_cache_device_with_no_per_batch_copy() -> None:
+    """A loader on a device other than the host ("meta" stands in for a GPU here: a real device
+    distinct from the CPU) makes every batch there: no op after the first batch reads a host
+    tensor or copies across devices (the epoch's order is copied once, before the first batch)."""
+    loader = _loader(shuffle=True, drop_last=True, augment=("random_crop", "hflip")).to("meta")
+    assert loader.images.device.type == loader.labels.device.type == "meta"
+    it = iter(loader)
+    x, y = next(it)  # the epoch's set-up (permutation, its one copy) happens here
+    assert x.device.type == y.device.type == "meta" and x.dtype == torch.float32
+    with _OpLog() as log:
+        rest = list(it)
+    assert len(rest) == len(loader) - 1 and all(b[0].device.type == "meta" for b in rest)
+    assert log.ops, "no ops recorded"
+    # a host tensor anywhere (a per-batch copy in, an index made on the CPU) shows up here
+    offending = [(op, seen) for op, seen, _ in log.ops if seen != {"meta"}]
+    assert not offending, offending[:5]
+
+
+def test_crop_flip_makes_its_index_tensors_on_the_images_device() -> None:
+    """Every tensor crop_flip creates names the images' device: under a different default device
+    (meta) it still returns exactly the CPU result."""
+    images = _loader().images[:6]
+    want = crop_flip(images, 2, True, torch.Generator().manual_seed(1))
+    with torch.device("meta"):
+        got = crop_flip(images, 2, True, torch.Generator().manual_seed(1))
+    assert got.device.type == "cpu" and torch.equal(got, want)
+
+
+def test_run_keeps_the_cache_on_the_resolved_device_and_passes_it_to_the_trainer(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """device=cpu through the runner's own code path: the resolved device reaches the loaders
+    (their uint8 cache is there), the Trainer (device, precision, compile_config) and metrics.json."""
+    from effrecipes import runner
+    from effrecipes.recipe import load_recipe
+
+    _cuda(monkeypatch, False)
+    resolved: list[devices.RunDevice] = []
+    real_resolve = devices.resolve
+
+    def spy_resolve(*a: Any, **k: Any) -> devices.RunDevice:
+        resolved.append(real_resolve(*a, **k))
+        return resolved[-1]
+
+    moved: list[tuple[int, torch.device]] = []
+    real_to = BatchLoader.to
+
+    def spy_to(self: BatchLoader, device: Any) -> BatchLoader:
+        if resolved:  # moved after the device was resolved (not BatchLoader's own init)
+            moved.append((id(self), torch.device(device)))
+        return real_to(self, device)
+
+    seen: list[dict[str, Any]] = []
+    real_trainer = runner.Trainer
+
+    def capture(*a: Any, **k: Any) -> Any:
+        seen.append(dict(k))
+        k["compile_config"] = None  # checked above; compiling would take minutes here
+        return real_trainer(*a, **k)
+
+    monkeypatch.setattr(devices, "resolve", spy_resolve)
+    monkeypatch.setattr(BatchLoader, "to", spy_to)
+    monkeypatch.setattr(runner, "Trainer", capture)
+    recipe = tiny_recipe(tmp_path, **{"budget.flops": 5e7, "trainer": {"compile": True}})
+    m = runner.run(load_recipe(write_recipe(tmp_path, recipe)), quiet=True).metrics
+    rd = resolved[-1]
+    assert (rd.device, rd.precision) == ("cpu", "fp32")
+    kw = seen[0]
+    assert (kw["device"], kw["precision"], kw["compile_config"]) == ("cpu", "fp32", {})
+    train, val = kw["train_dataloader"], kw["eval_dataloader"]
+    for loader in (train, val):
+        assert isinstance(loader, BatchLoader)
+        assert (id(loader), rd.torch_device) in moved
+        assert loader.device == rd.torch_device == loader.images.device == loader.labels.device
+    assert (m["device"], m["precision"], m["compile"]) == ("cpu", "fp32", True)
+    assert m["device_name"] == devices.cpu_model() and m["device_latency_ms"] is None
+    assert m["peak_flops_source"].startswith("measured fp32 matmul")
+    assert m["mfu"] == pytest.approx(m["flops_used"] / m["train_seconds"] / m["peak_flops_per_device"])
+    assert json.loads((tmp_path / "runs" / "tiny" / "metrics.json").read_text())["mfu"] == m["mfu"]
+
+
+def test_device_latency_times_each_batch_size() -> None:
+    """The GPU-only latency helper, run on the CPU (the synchronisation is a no-op there)."""
+    from effrecipes.evaluate import measure_device_latency
+
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 8 * 8, 10))
+    out = measure_device_latency(model, _loader(), (1, 16, 1000), iters=3, warmup=1)
+    assert set(out) == {"batch_1_ms", "batch_16_ms", "batch_1000_ms"}
+    assert out["batch_1_ms"] > 0 and out["batch_16_ms"] > 0 and out["batch_1000_ms"] is None
+
+
+def test_per_sample_loaders_pin_memory_only_for_a_gpu() -> None:
+    """Disk datasets (per-sample DataLoader): pinned batches when the run trains on a GPU, so the
+    trainer's non_blocking copies overlap; not pinned on the CPU."""
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from effrecipes.data import DataBundle
+
+    ds = TensorDataset(torch.zeros(4, 1, 2, 2), torch.zeros(4, dtype=torch.int64))
+    bundle = DataBundle(train=DataLoader(ds, batch_size=2), val=None, test=DataLoader(ds, batch_size=2),
+                        num_classes=2, in_channels=1, image_size=2, num_train=4, num_val=0,
+                        num_test=4, per_sample=True)
+    assert not bundle.train.pin_memory
+    bundle.to(torch.device("cuda", 0))  # only flags the loaders: no CUDA needed to check
+    assert bundle.train.pin_memory and bundle.test.pin_memory
+    bundle.to("cpu")
+    assert not bundle.train.pin_memory and not bundle.test.pin_memory

@@ -1,0 +1,199 @@
+"""Faults around a run: resuming from checkpoints that are crafted, corrupt or hold a varying
+schedule (issue #15 item 4, issue #14 point 4)."""
+from __future__ import annotations
+
+import json
+import pickle
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from effrecipes import callbacks, runner
+from effrecipes.cli import main
+from tests.conftest import tiny_recipe, write_recipe
+
+CAP = 3e8
+
+
+class StopAt(callbacks.RunGuard):
+    """Ctrl-C at batch 9, as a user would press it."""
+
+    def batch_end(self, state: Any, logger: Any) -> None:
+        if int(state.timestamp.batch) == 9:
+            self.request_stop()
+        super().batch_end(state, logger)
+
+
+def _interrupted_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, **overrides: Any) -> Path:
+    monkeypatch.setattr(runner, "RunGuard", StopAt)
+    path = write_recipe(tmp_path, tiny_recipe(tmp_path, **{"budget.flops": CAP, **overrides}))
+    assert main([str(path), "--quiet"]) == 0
+    monkeypatch.setattr(runner, "RunGuard", callbacks.RunGuard)
+    assert (tmp_path / "runs" / "tiny" / "resume.pt").exists()
+    return path
+
+
+def _metrics(root: Path, name: str = "tiny") -> dict[str, Any]:
+    return json.loads((root / name / "metrics.json").read_text())
+
+
+def test_resume_of_a_varying_cost_one_cycle_run_equals_the_uninterrupted_run(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """One-cycle follows the budget's horizon (a function, never saved in the checkpoint); SAM
+    every 2nd step makes the horizon move. Resumed = uninterrupted, batch for batch."""
+    over = {"scheduler.name": "one_cycle", "algorithms": [{"sam": {"interval": 2}}]}
+    ref = tiny_recipe(tmp_path, **{"budget.flops": CAP, "output.root": str(tmp_path / "ref"), **over})
+    assert main([str(write_recipe(tmp_path, ref, "ref.yaml")), "--quiet"]) == 0
+    path = _interrupted_run(tmp_path, monkeypatch, **over)
+    assert main([str(path), "--quiet", "--resume"]) == 0
+    whole, resumed = _metrics(tmp_path / "ref"), _metrics(tmp_path / "runs")
+    assert resumed["stop_reason"] == "flops"
+    assert (resumed["batches"], resumed["flops_used"]) == (whole["batches"], whole["flops_used"])
+    assert resumed["test_accuracy"] == whole["test_accuracy"]
+
+
+class _Payload:
+    """A pickle that runs code when loaded with code execution allowed."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> Any:
+        return (Path.write_text, (self.marker, "code ran"))
+
+
+def test_a_crafted_resume_checkpoint_never_runs_code(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    import torch
+
+    path = _interrupted_run(tmp_path, monkeypatch)
+    ckpt = tmp_path / "runs" / "tiny" / "resume.pt"
+    marker = tmp_path / "pwned"
+    state = torch.load(ckpt, weights_only=False)
+    state["state"]["metadata"] = _Payload(marker)
+    torch.save(state, ckpt)
+    capsys.readouterr()
+    assert main([str(path), "--quiet", "--resume"]) == 2
+    err = capsys.readouterr().err
+    assert not marker.exists()
+    assert err.count("\n") == 1 and "refusing to load" in err and "resume.pt" in err, err
+
+
+@pytest.mark.parametrize("damage", ["truncate", "garbage", "plain_pickle"])
+def test_a_corrupt_resume_checkpoint_is_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                 capsys: pytest.CaptureFixture[str], damage: str) -> None:
+    path = _interrupted_run(tmp_path, monkeypatch)
+    ckpt = tmp_path / "runs" / "tiny" / "resume.pt"
+    data = ckpt.read_bytes()
+    ckpt.write_bytes({"truncate": data[: len(data) // 2], "garbage": b"\x00junk" * 100,
+                      "plain_pickle": pickle.dumps({"state": 1})}[damage])
+    capsys.readouterr()
+    assert main([str(path), "--quiet", "--resume"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err and "resume.pt" in err, err
+
+
+def test_a_byte_flipped_gzip_dataset_file_is_one_line(tmp_path: Path,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    import numpy as np
+
+    from effrecipes.data.formats import write_idx
+
+    root = tmp_path / "fmnist"
+    root.mkdir()
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 64), ("t10k", 16)):
+        write_idx(root / f"{split}-images-idx3-ubyte.gz", (rng.random((n, 28, 28)) * 255).astype(np.uint8))
+        write_idx(root / f"{split}-labels-idx1-ubyte.gz", rng.integers(0, 10, n).astype(np.uint8))
+    f = root / "train-images-idx3-ubyte.gz"
+    data = bytearray(f.read_bytes())
+    for i in range(40, len(data) - 20, 97):  # flip bytes inside the deflate stream
+        data[i] ^= 0xFF
+    f.write_bytes(bytes(data))
+    recipe = tiny_recipe(tmp_path, **{"data": {"name": "fashion_mnist", "root": str(root),
+                                               "download": False, "batch_size": 16}})
+    capsys.readouterr()
+    assert main([str(write_recipe(tmp_path, recipe)), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "train-images-idx3-ubyte.gz" in err and "Traceback" not in err, err
+
+
+def test_a_killed_runs_temp_dir_is_cleaned_and_a_live_ones_is_refused(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import subprocess
+
+    recipe = tiny_recipe(tmp_path, **{"budget.flops": 5e7})
+    path = write_recipe(tmp_path, recipe)
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    (runs / f".tiny.tmp-{dead.pid}").mkdir()  # as SIGKILL leaves it
+    alive = subprocess.Popen(["sleep", "30"])
+    try:
+        (runs / f".tiny.tmp-{alive.pid}").mkdir()  # another run writing right now
+        capsys.readouterr()
+        assert main([str(path), "--quiet"]) == 2
+        err = capsys.readouterr().err
+        assert f"another run (process {alive.pid})" in err and err.count("\n") == 1, err
+    finally:
+        alive.kill()
+        alive.wait()
+    assert main([str(path), "--quiet"]) == 0
+    err = capsys.readouterr().err
+    assert "removed .tiny.tmp-" in err
+    assert not list(runs.glob(".tiny.tmp-*")) and (runs / "tiny" / "metrics.json").exists()
+
+
+@pytest.mark.slow
+def test_ablate_workers_die_with_their_parent(tmp_path: Path) -> None:
+    """SIGKILL of the composer-ablate process alone (not its group): its worker gets SIGTERM,
+    stops after its batch and exits instead of training on as an orphan."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import yaml
+
+    write_recipe(tmp_path, tiny_recipe(tmp_path, **{"budget.flops": 5e10,
+                                                    "data.kwargs.num_train": 2000}), "base.yaml")
+    spec = {"name": "m", "base": "base.yaml", "output": str(tmp_path / "matrices"),
+            "algorithms": {"mode": "one_at_a_time", "pool": {"cutout": {"length": 4}}}, "seeds": [0]}
+    (tmp_path / "spec.yaml").write_text(yaml.safe_dump(spec))
+    env = {**os.environ, "WANDB_MODE": "disabled", "PYTHONPATH": str(Path(__file__).parents[1])}
+    proc = subprocess.Popen([sys.executable, "-m", "effrecipes.matrix.cli", str(tmp_path / "spec.yaml"),
+                             "--workers", "1"], env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.time() + 120
+        while not list((tmp_path / "matrices" / "m").glob("cells/*/.*.tmp-*/recipe.yaml")):
+            assert proc.poll() is None and time.time() < deadline, "no cell started"
+            time.sleep(0.1)
+        children = [int(p) for p in subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True,
+                                                    text=True).stdout.split()]
+        assert children
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        deadline = time.time() + 60
+        while any(Path(f"/proc/{c}").exists() and "zombie" not in Path(f"/proc/{c}/status").read_text()
+                  for c in children):
+            assert time.time() < deadline, [Path(f"/proc/{c}/cmdline").read_text() for c in children if Path(f"/proc/{c}").exists()]
+            time.sleep(0.2)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL) if proc.poll() is None else None
+        for c in subprocess.run(["pgrep", "-s", str(proc.pid)], capture_output=True, text=True).stdout.split():
+            os.kill(int(c), signal.SIGKILL)
+
+
+def test_a_mistake_found_while_preparing_leaves_no_directory(tmp_path: Path,
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    """The cap affords no batch: found after the recipe validated, before training; the output
+    root (several levels that do not exist yet) must not be created."""
+    out = tmp_path / "a" / "b" / "runs"
+    recipe = tiny_recipe(tmp_path, **{"budget.flops": 10, "output.root": str(out)})
+    assert main([str(write_recipe(tmp_path, recipe)), "--quiet"]) == 2
+    assert "budget.flops" in capsys.readouterr().err
+    assert not (tmp_path / "a").exists()
