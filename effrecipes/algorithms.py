@@ -31,7 +31,7 @@ from torch import nn
 
 from effrecipes.budget import AlgoCost, count_flops
 from effrecipes.models import network_of
-from effrecipes.errors import RecipeError, closest_first
+from effrecipes.errors import RecipeError
 from effrecipes.registry import algorithms
 
 log = logging.getLogger(__name__)

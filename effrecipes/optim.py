@@ -1,4 +1,8 @@
-"""Optimizers and learning-rate schedules from the recipe.
+"""Optimizers and learning-rate schedules, registered by name (`composer-run --list optimizers`,
+`--list schedulers`): each a builder with `@optimizers.register` / `@schedulers.register`.
+
+torch and Composer are imported inside the builders, when a run builds them: listing or
+validating names stays fast (well under a second; importing torch alone takes ~3 s here).
 
 Schedules end where the run ends. The FLOP budget re-projects Composer's `max_duration` after
 every step (batches done + batches the remaining FLOPs buy), so a fraction of the duration is a
@@ -8,80 +12,146 @@ step cost is fixed the horizon never moves and every schedule spans exactly the 
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Iterable, Union
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Callable, Iterable
 
-import torch
-from composer.optim import (ConstantWithWarmupScheduler, CosineAnnealingWithWarmupScheduler,
-                            DecoupledAdamW, DecoupledSGDW,
-                            LinearWithWarmupScheduler, StepScheduler)
+if TYPE_CHECKING:
+    import torch
 
+from effrecipes.errors import RecipeError
 from effrecipes.recipe import OptimizerConfig, SchedulerConfig
+from effrecipes.registry import optimizers, schedulers
 
 
-def build_optimizer(cfg: OptimizerConfig, params: Iterable[torch.nn.Parameter]) -> torch.optim.Optimizer:
-    params = list(params)
-    if cfg.name == "sgd":
-        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0,
-                               weight_decay=cfg.weight_decay)
-    if cfg.name == "adam":
-        return torch.optim.Adam(params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
-    if cfg.name == "adamw":
-        return torch.optim.AdamW(params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
-    if cfg.name == "decoupled_sgdw":
-        return DecoupledSGDW(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+@dataclass(frozen=True)
+class OptimizerInfo:
+    """Which of the recipe's optimizer settings the optimizer uses: any other one set away from
+    its default is an error (`check_optimizer`), never silently ignored."""
+
+    uses: frozenset[str]  # of "momentum", "nesterov", "betas"
+
+
+SGD_LIKE = OptimizerInfo(frozenset({"momentum"}))
+ADAM_LIKE = OptimizerInfo(frozenset({"betas"}))
+
+
+@optimizers.register("sgd", description="torch SGD with momentum (nesterov optional)",
+                     info=OptimizerInfo(frozenset({"momentum", "nesterov"})))
+def _sgd(cfg: OptimizerConfig, params: list[torch.nn.Parameter]) -> torch.optim.Optimizer:
+    import torch  # heavy: at build time only (see the module docstring)
+
+    return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum,
+                           nesterov=cfg.nesterov and cfg.momentum > 0, weight_decay=cfg.weight_decay)
+
+
+@optimizers.register("adam", description="torch Adam (L2 weight decay)", info=ADAM_LIKE)
+def _adam(cfg: OptimizerConfig, params: list[torch.nn.Parameter]) -> torch.optim.Optimizer:
+    import torch  # heavy: at build time only
+
+    return torch.optim.Adam(params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
+
+
+@optimizers.register("adamw", description="torch AdamW (decoupled weight decay)", info=ADAM_LIKE)
+def _adamw(cfg: OptimizerConfig, params: list[torch.nn.Parameter]) -> torch.optim.Optimizer:
+    import torch  # heavy: at build time only
+
+    return torch.optim.AdamW(params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
+
+
+@optimizers.register("decoupled_sgdw", description="Composer's SGD with decoupled weight decay",
+                     info=SGD_LIKE)
+def _decoupled_sgdw(cfg: OptimizerConfig, params: list[torch.nn.Parameter]) -> torch.optim.Optimizer:
+    from composer.optim import DecoupledSGDW  # heavy: at build time only
+
+    return DecoupledSGDW(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+
+
+@optimizers.register("decoupled_adamw", description="Composer's AdamW with weight decay scaled by lr",
+                     info=ADAM_LIKE)
+def _decoupled_adamw(cfg: OptimizerConfig, params: list[torch.nn.Parameter]) -> torch.optim.Optimizer:
+    from composer.optim import DecoupledAdamW  # heavy: at build time only
+
     return DecoupledAdamW(params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
 
 
-class ElasticOneCycleLR(torch.optim.lr_scheduler.OneCycleLR):
-    """torch's one-cycle schedule whose total step count follows a moving horizon.
+def check_optimizer(cfg: OptimizerConfig, *, file: str = "<recipe>") -> None:
+    """Unknown name, or a setting the chosen optimizer ignores, as a one-line RecipeError.
+    Compared with the defaults (not 'was it written'), so a resolved recipe - every default
+    filled in - validates again, and a grid switching a momentum-SGD base to adam works."""
+    uses = optimizers.entry(cfg.name, field_path="optimizer.name", file=file).meta["info"].uses
+    defaults = OptimizerConfig.model_fields
+    if "momentum" not in uses and cfg.momentum != defaults["momentum"].default:
+        why = f"momentum={cfg.momentum} is ignored by {cfg.name} (use betas); remove optimizer.momentum or use name: sgd"
+    elif "nesterov" not in uses and cfg.nesterov:
+        why = f"nesterov is ignored by {cfg.name}; remove optimizer.nesterov or use name: sgd"
+    elif "betas" not in uses and cfg.betas != defaults["betas"].default:
+        why = (f"betas are ignored by {cfg.name} (use momentum); remove optimizer.betas or use an "
+               "adam optimizer")
+    else:
+        return
+    raise RecipeError(why, file=file, field="optimizer")
 
-    Before each lr is computed the phase boundaries are placed at `pct_start` and the end of
-    `horizon()` (the budget's projected total batches), so the cycle ends where the run ends even
-    when steps get cheaper or dearer; with a fixed horizon it is exactly `OneCycleLR`.
-    """
 
-    def __init__(self, optimizer: torch.optim.Optimizer, *, horizon: Callable[[], int],
-                 pct_start: float, **kwargs: Any) -> None:
-        self._horizon = horizon
-        self._pct_start = pct_start
-        super().__init__(optimizer, total_steps=max(int(horizon()), 1), pct_start=pct_start, **kwargs)
+def build_optimizer(cfg: OptimizerConfig, params: Iterable[torch.nn.Parameter]) -> torch.optim.Optimizer:
+    return optimizers.get(cfg.name, field_path="optimizer.name")(cfg, list(params))
 
-    def state_dict(self) -> dict[str, Any]:
-        """torch's state without the horizon function (a checkpoint holds data, not code)."""
-        return {k: v for k, v in super().state_dict().items() if k != "_horizon"}
 
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        super().load_state_dict({k: v for k, v in state_dict.items() if k != "_horizon"})
+Horizon = Callable[[], int]  # the budget's projected total number of batches
 
-    def get_lr(self) -> list[float]:
-        total = max(int(self._horizon()), self.last_epoch, 1)
-        if total != self.total_steps:
-            self.total_steps = total
-            self._schedule_phases[0]["end_step"] = float(self._pct_start * total) - 1
-            self._schedule_phases[-1]["end_step"] = float(total) - 1
-        return super().get_lr()
+
+@schedulers.register("constant", description="constant lr after an optional linear warm-up")
+def _constant(cfg: SchedulerConfig, opt: OptimizerConfig, optimizer: torch.optim.Optimizer,
+              horizon: Horizon, batches_per_epoch: int) -> Any:
+    from composer.optim import ConstantWithWarmupScheduler  # heavy: at build time only
+
+    return ConstantWithWarmupScheduler(t_warmup=f"{cfg.warmup_fraction}dur")
+
+
+@schedulers.register("cosine", description="cosine decay to alpha_f x lr after an optional warm-up")
+def _cosine(cfg: SchedulerConfig, opt: OptimizerConfig, optimizer: torch.optim.Optimizer,
+            horizon: Horizon, batches_per_epoch: int) -> Any:
+    from composer.optim import CosineAnnealingWithWarmupScheduler  # heavy: at build time only
+
+    return CosineAnnealingWithWarmupScheduler(t_warmup=f"{cfg.warmup_fraction}dur", alpha_f=cfg.alpha_f)
+
+
+@schedulers.register("linear", description="linear decay to alpha_f x lr after an optional warm-up")
+def _linear(cfg: SchedulerConfig, opt: OptimizerConfig, optimizer: torch.optim.Optimizer,
+            horizon: Horizon, batches_per_epoch: int) -> Any:
+    from composer.optim import LinearWithWarmupScheduler  # heavy: at build time only
+
+    return LinearWithWarmupScheduler(t_warmup=f"{cfg.warmup_fraction}dur", alpha_f=cfg.alpha_f)
+
+
+@schedulers.register("one_cycle", description="one-cycle (torch), its cycle following the FLOP horizon")
+def _one_cycle(cfg: SchedulerConfig, opt: OptimizerConfig, optimizer: torch.optim.Optimizer,
+               horizon: Horizon, batches_per_epoch: int) -> Any:
+    from effrecipes.one_cycle import ElasticOneCycleLR  # torch: at build time only
+
+    return ElasticOneCycleLR(optimizer, horizon=horizon, max_lr=opt.lr, pct_start=cfg.pct_start,
+                             div_factor=cfg.div_factor, final_div_factor=cfg.final_div_factor)
+
+
+@schedulers.register("step", description="lr x gamma every step_epochs epochs")
+def _step(cfg: SchedulerConfig, opt: OptimizerConfig, optimizer: torch.optim.Optimizer,
+          horizon: Horizon, batches_per_epoch: int) -> Any:
+    from composer.optim import StepScheduler  # heavy: at build time only
+
+    return StepScheduler(step_size=f"{cfg.step_epochs * batches_per_epoch}ba", gamma=cfg.gamma)
+
+
+@schedulers.register("exponential", description="lr x gamma once per epoch (paper 000's staircase)")
+def _exponential(cfg: SchedulerConfig, opt: OptimizerConfig, optimizer: torch.optim.Optimizer,
+                 horizon: Horizon, batches_per_epoch: int) -> Any:
+    from composer.optim import StepScheduler  # heavy: at build time only
+
+    return StepScheduler(step_size=f"{max(batches_per_epoch, 1)}ba", gamma=cfg.gamma)
 
 
 def build_scheduler(cfg: SchedulerConfig, opt_cfg: OptimizerConfig, optimizer: torch.optim.Optimizer,
-                    horizon: Callable[[], int], batches_per_epoch: int) -> tuple[list[Any], bool]:
-    """(schedulers, step_every_batch) for Composer's Trainer. `horizon()` is the projected total
-    number of batches. Always stepped every batch: Composer's `step_schedulers_every_batch=False`
-    would step even its own schedulers once per epoch (a warm-up would then hold lr at 0 for the
-    whole first epoch)."""
-    warm = f"{cfg.warmup_fraction}dur"
-    sched: Union[Any, torch.optim.lr_scheduler.LRScheduler]
-    if cfg.name == "one_cycle":
-        sched = ElasticOneCycleLR(optimizer, horizon=horizon, max_lr=opt_cfg.lr, pct_start=cfg.pct_start,
-                                  div_factor=cfg.div_factor, final_div_factor=cfg.final_div_factor)
-        return [sched], True
-    if cfg.name == "constant":
-        sched = ConstantWithWarmupScheduler(t_warmup=warm)
-    elif cfg.name == "cosine":
-        sched = CosineAnnealingWithWarmupScheduler(t_warmup=warm, alpha_f=cfg.alpha_f)
-    elif cfg.name == "linear":
-        sched = LinearWithWarmupScheduler(t_warmup=warm, alpha_f=cfg.alpha_f)
-    elif cfg.name == "step":
-        sched = StepScheduler(step_size=f"{cfg.step_epochs * batches_per_epoch}ba", gamma=cfg.gamma)
-    else:  # exponential: paper 000's decay by gamma once per epoch (a staircase, as its ExponentialLR)
-        sched = StepScheduler(step_size=f"{max(batches_per_epoch, 1)}ba", gamma=cfg.gamma)
-    return [sched], True
+                    horizon: Horizon, batches_per_epoch: int) -> tuple[list[Any], bool]:
+    """(schedulers, step_every_batch) for Composer's Trainer. Always stepped every batch:
+    Composer's `step_schedulers_every_batch=False` would step even its own schedulers once per
+    epoch (a warm-up would then hold lr at 0 for the whole first epoch)."""
+    build = schedulers.get(cfg.name, field_path="scheduler.name")
+    return [build(cfg, opt_cfg, optimizer, horizon, batches_per_epoch)], True

@@ -84,5 +84,8 @@ class Registry(Generic[T]):
 models: Registry = Registry("model", ("effrecipes.models",))
 datasets: Registry = Registry("dataset", ("effrecipes.data",))
 algorithms: Registry = Registry("algorithm", ("effrecipes.algorithms",))
+optimizers: Registry = Registry("optimizer", ("effrecipes.optim",))
+schedulers: Registry = Registry("scheduler", ("effrecipes.optim",))
 
-ALL = {"models": models, "datasets": datasets, "algorithms": algorithms}
+ALL = {"models": models, "datasets": datasets, "algorithms": algorithms, "optimizers": optimizers,
+       "schedulers": schedulers}

@@ -24,12 +24,12 @@ from pathlib import Path
 from typing import Any, Iterator, Optional
 
 import torch
+from torch import nn
 from composer import Trainer
 from composer.algorithms import ChannelsLast
 from composer.core import Algorithm
 from composer.models import ComposerClassifier
 from composer.utils import dist, reproducibility
-from torch import nn
 from torchmetrics import MetricCollection
 
 from effrecipes import algorithms as algos
@@ -126,24 +126,12 @@ def prepare(recipe: Recipe, *, data_may_be_missing: bool = False) -> Prepared:
     names = recipe.algorithm_names
     per_sample = any(algos.info(n).dataset_transform for n in names)
     notes: list[str] = []
-    try:
-        data = build_data(recipe.data, recipe.seed, per_sample=per_sample)
-    except DataError as e:
-        stand_in = stand_in_data(recipe.data, recipe.seed) if data_may_be_missing else None
-        if stand_in is None:
-            raise
-        data = stand_in
-        why = " ".join(str(e).split())
-        notes.append(f"data not available yet ({why[:150] + '...' if len(why) > 150 else why}); planned from "
-                     f"random batches of the registered shape {data.in_channels}x{data.image_size}x"
-                     f"{data.image_size} and size ({data.num_train:,} training images after the "
-                     "split): the plan is the real one, nothing was trained")
+    data = _build_data(recipe, per_sample, data_may_be_missing, notes)
     try:
         module = build_model(recipe.model.name, data.in_channels, data.num_classes,
                              data.image_size, **recipe.model.kwargs)
     except (TypeError, ValueError) as e:  # a builder's argument check (e.g. a torchvision kwarg)
         raise RecipeError(f"cannot build {recipe.model.name}: {e}", field="model.kwargs") from None
-    shape = (data.in_channels, data.image_size, data.image_size)
     sample = next(iter(data.train))
     effects = algos.describe_effects(module, recipe.algorithms, sample)
     noops = {n: e["noop_reason"] for n, e in effects.items() if e["noop_reason"]}
@@ -165,8 +153,38 @@ def prepare(recipe: Recipe, *, data_may_be_missing: bool = False) -> Prepared:
 
     # Apply model surgery to a copy exactly as the Trainer will, and measure a real step on it.
     surgered = algos.apply_surgery(copy.deepcopy(module), recipe.algorithms)
+    plan = _plan(recipe, surgered, model, sample, len(data.train))
+    prepared = Prepared(recipe, data, model, algorithm_objs, effects, plan,
+                        params_after_surgery=sum(t.numel() for t in surgered.parameters()),
+                        warnings=notes)
+    return prepared
+
+
+def _build_data(recipe: Recipe, per_sample: bool, data_may_be_missing: bool,
+                notes: list[str]) -> DataBundle:
+    """The recipe's loaders; for a dry run, a registered dataset that is not there yet is
+    replaced by random batches of its shape and size (with a note)."""
+    try:
+        return build_data(recipe.data, recipe.seed, per_sample=per_sample)
+    except DataError as e:
+        stand_in = stand_in_data(recipe.data, recipe.seed) if data_may_be_missing else None
+        if stand_in is None:
+            raise
+        why = " ".join(str(e).split())
+        notes.append(f"data not available yet ({why[:150] + '...' if len(why) > 150 else why}); "
+                     f"planned from random batches of the registered shape {stand_in.in_channels}x"
+                     f"{stand_in.image_size}x{stand_in.image_size} and size ({stand_in.num_train:,} "
+                     "training images after the split): the plan is the real one, nothing was trained")
+        return stand_in
+
+
+def _plan(recipe: Recipe, surgered: nn.Module, model: ComposerClassifier,
+          sample: tuple[torch.Tensor, torch.Tensor], batches_per_epoch: int) -> BudgetPlan:
+    """Measure one real forward+backward pass of the surgered model (in its dearest state) and
+    its inference cost, and turn the caps into a plan; a cap that affords no batch is an error."""
     world = dist.get_world_size()
     x, y = sample
+    shape = tuple(x.shape[1:])
     pass_local = train_step_flops(algos.dearest_step_model(copy.deepcopy(surgered), recipe.algorithms),
                                   _loss(model), (x, y))
     fwd = forward_flops_per_sample(surgered, shape, batch=x.shape[0])
@@ -174,7 +192,7 @@ def prepare(recipe: Recipe, *, data_may_be_missing: bool = False) -> Prepared:
     b = recipe.budget
     plan = plan_budget(flops_cap=b.flops, max_epochs=b.max_epochs, max_seconds=b.max_seconds,
                        pass_flops=pass_local * world, forward_flops_per_sample=fwd, fvcore_macs=fv,
-                       global_batch_size=x.shape[0] * world, batches_per_epoch=len(data.train),
+                       global_batch_size=x.shape[0] * world, batches_per_epoch=batches_per_epoch,
                        cost=algos.cost_of(recipe.algorithms))
     if plan.flops_cap is not None and plan.flops_cap < plan.step_flops:
         raise RecipeError(f"the cap affords no training batch: one batch costs up to "
@@ -184,10 +202,7 @@ def prepare(recipe: Recipe, *, data_may_be_missing: bool = False) -> Prepared:
         raise RecipeError(f"budget.max_epochs={b.max_epochs} is less than one batch "
                           f"({plan.batches_per_epoch} batches per epoch)", field="budget.max_epochs",
                           hint="raise budget.max_epochs")
-    prepared = Prepared(recipe, data, model, algorithm_objs, effects, plan,
-                        params_after_surgery=sum(t.numel() for t in surgered.parameters()),
-                        warnings=notes)
-    return prepared
+    return plan
 
 
 def _loss(model: ComposerClassifier):
@@ -243,26 +258,23 @@ def _claim_run_dir(final: Path, overwrite: bool) -> None:
     """Temporary directories `.NAME.tmp-PID` of processes that died (SIGKILL, a crash of the
     machine) are removed, with a note; one of a live process means another run is writing this
     run directory right now, which is an error (its result would silently replace ours)."""
-    for stale in final.parent.glob(f".{final.name}.tmp-*"):
-        pid_text = stale.name.rsplit("-", 1)[-1]
-        if not pid_text.isdigit() or int(pid_text) == os.getpid():
-            continue
-        if _pid_alive(int(pid_text)):
-            if not overwrite:
-                raise UserError(f"another run (process {pid_text}) is writing this run directory "
-                                "now", file=str(final), field="output.run_name",
-                                hint="wait for it, or choose another output.run_name")
+    others: list[tuple[Path, int]] = []
+    for path in final.parent.glob(f".{final.name}.tmp-*"):
+        pid = path.name.rsplit("-", 1)[-1]
+        if pid.isdigit() and int(pid) != os.getpid():
+            others.append((path, int(pid)))
+    live = [pid for _, pid in others if _pid_alive(pid)]
+    if live and not overwrite:
+        raise UserError(f"another run (process {live[0]}) is writing this run directory now",
+                        file=str(final), field="output.run_name",
+                        hint="wait for it, or choose another output.run_name")
+    for stale, pid in others:
+        if pid in live:
             continue
         log.warning("removing %s: the unfinished run of a process that no longer exists", stale)
-        print(f"note: removed {stale.name}, left by run process {pid_text} that was killed",
+        print(f"note: removed {stale.name}, left by run process {pid} that was killed",
               file=sys.stderr)
         shutil.rmtree(stale, ignore_errors=True)
-
-
-def _write_json(path: Path, obj: Any) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=False, default=str))
-    os.replace(tmp, path)
 
 
 def _finalise(tmp: Path, final: Path) -> None:
@@ -380,11 +392,39 @@ def _previous_wall(final: Path) -> float:
         return 0.0
 
 
+@dataclass
+class Training:
+    """What `_build_trainer` made: the Trainer and the callbacks whose records the metrics read."""
+
+    trainer: Trainer
+    budget: FlopBudget
+    history: History
+    best: Optional[BestWeights]
+    device: devices.RunDevice
+
+
 def _train_and_evaluate(prepared: Prepared, out: Path, *, quiet: bool, guard: RunGuard,
                         resume: bool = False) -> dict[str, Any]:
-    recipe, data, plan = prepared.recipe, prepared.data, prepared.plan
-    (out / RECIPE_FILE).write_text(recipe_to_yaml(recipe))
-    model = prepared.model
+    """Train, keep the weights the recipe asks for, test them, and return metrics.json's data."""
+    (out / RECIPE_FILE).write_text(recipe_to_yaml(prepared.recipe))
+    run = _build_trainer(prepared, out, quiet=quiet, guard=guard, resume=resume)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", module="composer")
+        warnings.filterwarnings("ignore", category=UserWarning)
+        run.trainer.fit()
+    module = _final_module(prepared, run, out, guard)
+    metrics = _measure(prepared, run, module)
+    if prepared.recipe.loggers.wandb.enabled:
+        from effrecipes.wandb_logging import log_summary  # optional: wandb only when asked
+        log_summary(metrics)
+    run.trainer.close()  # flushes and closes the loggers (W&B finishes its run here)
+    return metrics
+
+
+def _build_trainer(prepared: Prepared, out: Path, *, quiet: bool, guard: RunGuard,
+                   resume: bool) -> Training:
+    """The Composer Trainer with the budget, history/progress, guard and data-order callbacks."""
+    recipe, data, plan, model = prepared.recipe, prepared.data, prepared.plan, prepared.model
     # the device the recipe asks for (one-line RecipeError when absent); the data's uint8 cache and
     # the model go there before the optimizer and the Trainer see them
     run_device = devices.resolve(recipe.trainer)
@@ -405,7 +445,7 @@ def _train_and_evaluate(prepared: Prepared, out: Path, *, quiet: bool, guard: Ru
                                               plan.batches_per_epoch)
     loggers = []
     if recipe.loggers.wandb.enabled:
-        from effrecipes.wandb_logging import build_wandb_logger
+        from effrecipes.wandb_logging import build_wandb_logger  # optional: wandb only when asked
         loggers.append(build_wandb_logger(recipe))
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", module="composer")
@@ -423,9 +463,14 @@ def _train_and_evaluate(prepared: Prepared, out: Path, *, quiet: bool, guard: Ru
             log_to_console=False, run_name=recipe.run_name, python_log_level=None,
             load_path=str(out / RESUME_CHECKPOINT) if resume else None,
         )
-        prepared.trainer = trainer
-        trainer.fit()
-    ledger = budget.ledger
+    prepared.trainer = trainer
+    return Training(trainer, budget, history, best, run_device)
+
+
+def _final_module(prepared: Prepared, run: Training, out: Path, guard: RunGuard) -> nn.Module:
+    """Save or drop the resume state; the weights to test (last, best-val, or the last finite
+    ones of a diverged run), ready for inference; the final checkpoint."""
+    trainer, ledger = run.trainer, run.budget.ledger
     if ledger.stop_reason == StopReason.INTERRUPTED:
         from composer.utils.checkpoint import save_checkpoint
         save_checkpoint(trainer.state, str(out / RESUME_CHECKPOINT))
@@ -437,77 +482,57 @@ def _train_and_evaluate(prepared: Prepared, out: Path, *, quiet: bool, guard: Ru
                                  "with a finite loss were kept")
     prepared.warnings += [a.end_warning for a in prepared.algorithms if getattr(a, "end_warning", None)]
     module = network_of(trainer.state.model)
-    if best is not None and best.state is not None:
-        module.load_state_dict(best.state)
+    if run.best is not None and run.best.state is not None:
+        module.load_state_dict(run.best.state)
     module = algos.inference_module(module)
+    if prepared.recipe.output.save_checkpoint:
+        weights = {k: v.detach().cpu() for k, v in module.state_dict().items()}  # loadable anywhere
+        torch.save({"model": weights, "recipe": prepared.recipe.model_dump(mode="json"),
+                    "ledger": ledger.as_plain()}, out / CHECKPOINT_FILE)
+    return module
+
+
+def _measure(prepared: Prepared, run: Training, module: nn.Module) -> dict[str, Any]:
+    """Test accuracy, latency, size and everything the ledger and the plan know: metrics.json."""
+    recipe, data, plan, ledger, dev = (prepared.recipe, prepared.data, prepared.plan,
+                                       run.budget.ledger, run.device)
     test = evaluate(module, data.test, data.num_classes, per_class=recipe.eval.per_class,
-                    device=run_device.torch_device)
+                    device=dev.torch_device)
     # CPU latency on a CPU copy of the model; on a GPU also the device latency (batch 1 and the
     # eval batch, synchronised)
-    latency = measure_latency(copy.deepcopy(module).cpu() if run_device.is_gpu else module,
+    latency = measure_latency(copy.deepcopy(module).cpu() if dev.is_gpu else module,
                               data.test, recipe.eval.latency_images)
-    device_latency = (measure_device_latency(module, data.test,
-                                             (1, recipe.data.eval_batch_size),
-                                             precision=run_device.precision)
-                      if run_device.is_gpu and recipe.eval.latency_images > 0 else None)
-    peak, peak_source = devices.peak_flops(run_device, torch.get_num_threads())
-    size = model_size_bytes(module)
-    if recipe.output.save_checkpoint:
-        weights = {k: v.detach().cpu() for k, v in module.state_dict().items()}  # loadable anywhere
-        torch.save({"model": weights, "recipe": recipe.model_dump(mode="json"),
-                    "ledger": ledger.as_plain()}, out / CHECKPOINT_FILE)
-    eval_samples = history.eval_samples + test["samples"]
-    metrics: dict[str, Any] = {
-        "name": recipe.name,
-        "run_name": recipe.run_name,
-        "seed": recipe.seed,
-        "dataset": recipe.data.name,
-        "model": recipe.model.name,
-        "algorithms": recipe.algorithm_names,
-        "test_accuracy": test["accuracy"],
-        "best_val_accuracy": history.best_val_accuracy,
-        "final_val_accuracy": history.last_val_accuracy,
-        "tested_weights": recipe.eval.checkpoint,
-        "flops_used": ledger.flops_used,
-        "flops_cap": plan.flops_cap,
-        "stop_reason": ledger.stop_reason,
-        "train_flops_per_sample": plan.train_flops_per_sample,
-        "mean_train_flops_per_sample": (ledger.flops_used / ledger.samples) if ledger.samples else None,
-        "measured_flops_per_sample": ledger.measured_step_flops,
-        "inference_flops_per_sample": plan.forward_flops_per_sample,
-        "fvcore_forward_macs_per_sample": plan.fvcore_forward_macs_per_sample,
-        "eval_flops": eval_samples * plan.forward_flops_per_sample,
-        "extra_train_flops": ledger.extra_flops,
-        "max_step_flops": ledger.max_step_flops,
-        "reserve_unspent_flops": ledger.reserve_unspent,
-        "params": sum(t.numel() for t in module.parameters()),
-        "model_size_bytes": size,
-        "cpu_latency_ms_per_image": latency,
-        "batches": ledger.batches,
-        "samples": ledger.samples,
-        "epochs": ledger.batches / plan.batches_per_epoch,
-        "planned_batches": plan.planned_batches,
-        "train_seconds": ledger.train_seconds,
-        "samples_per_second": ledger.samples / ledger.train_seconds if ledger.train_seconds else None,
-        "algorithm_effects": prepared.effects,
-        "warnings": prepared.warnings,
-        "reference": recipe.reference.model_dump() if recipe.reference else None,
-        "threads": torch.get_num_threads(),
-        "device": run_device.device,
-        "device_name": run_device.name,
-        "precision": run_device.precision,
-        "compile": run_device.compile,
+    device_latency = (measure_device_latency(module, data.test, (1, recipe.data.eval_batch_size),
+                                             precision=dev.precision)
+                      if dev.is_gpu and recipe.eval.latency_images > 0 else None)
+    peak, peak_source = devices.peak_flops(dev, torch.get_num_threads())
+    eval_samples = run.history.eval_samples + test["samples"]
+    return RunMetrics(
+        name=recipe.name, run_name=recipe.run_name, seed=recipe.seed, dataset=recipe.data.name,
+        model=recipe.model.name, algorithms=recipe.algorithm_names,
+        test_accuracy=test["accuracy"], best_val_accuracy=run.history.best_val_accuracy,
+        final_val_accuracy=run.history.last_val_accuracy, tested_weights=recipe.eval.checkpoint,
+        flops_used=ledger.flops_used, flops_cap=plan.flops_cap, stop_reason=ledger.stop_reason,
+        train_flops_per_sample=plan.train_flops_per_sample,
+        mean_train_flops_per_sample=ledger.flops_used / ledger.samples if ledger.samples else None,
+        measured_flops_per_sample=ledger.measured_step_flops,
+        inference_flops_per_sample=plan.forward_flops_per_sample,
+        fvcore_forward_macs_per_sample=plan.fvcore_forward_macs_per_sample,
+        eval_flops=eval_samples * plan.forward_flops_per_sample,
+        extra_train_flops=ledger.extra_flops, max_step_flops=ledger.max_step_flops,
+        reserve_unspent_flops=ledger.reserve_unspent,
+        params=sum(t.numel() for t in module.parameters()), model_size_bytes=model_size_bytes(module),
+        cpu_latency_ms_per_image=latency, batches=ledger.batches, samples=ledger.samples,
+        epochs=ledger.batches / plan.batches_per_epoch, planned_batches=plan.planned_batches,
+        train_seconds=ledger.train_seconds,
+        samples_per_second=ledger.samples / ledger.train_seconds if ledger.train_seconds else None,
+        algorithm_effects=prepared.effects, warnings=prepared.warnings,
+        reference=recipe.reference.model_dump() if recipe.reference else None,
+        threads=torch.get_num_threads(), device=dev.device, device_name=dev.name,
+        precision=dev.precision, compile=dev.compile,
         # achieved train FLOP/s over the peak of every rank's device in this precision
-        "mfu": devices.mfu(ledger.flops_used, ledger.train_seconds,
-                           peak * dist.get_world_size() if peak else None),
-        "peak_flops_per_device": peak,
-        "peak_flops_source": peak_source,
-        "device_latency_ms": device_latency,
-    }
-    if recipe.eval.per_class:
-        metrics["per_class"] = test["per_class"]
-    if recipe.loggers.wandb.enabled:
-        from effrecipes.wandb_logging import log_summary
-        log_summary(metrics)
-    trainer.close()  # flushes and closes the loggers (W&B finishes its run here)
-    return metrics
+        mfu=devices.mfu(ledger.flops_used, ledger.train_seconds,
+                        peak * dist.get_world_size() if peak else None),
+        peak_flops_per_device=peak, peak_flops_source=peak_source, device_latency_ms=device_latency,
+        per_class=test["per_class"] if recipe.eval.per_class else None,
+    ).model_dump(mode="json")

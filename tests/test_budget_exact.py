@@ -35,8 +35,14 @@ def _bottleneck_net(in_channels: int, num_classes: int, image_size: int = 0) -> 
         torch.nn.Linear(16, num_classes))
 
 
-if "test_bottleneck_net" not in registry.models:
-    registry.models.add("test_bottleneck_net", _bottleneck_net, description="test only")
+@pytest.fixture(autouse=True)
+def _bottleneck_model(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Registered for these tests only (other modules list the registry)."""
+    from effrecipes.registry import Entry
+
+    registry.models.names()  # load the registry first
+    monkeypatch.setitem(registry.models._entries, "test_bottleneck_net",
+                        Entry("test_bottleneck_net", _bottleneck_net, "test only"))
 
 CAP = 4e8  # ~55 steps of the tiny recipe: long enough for every "dur" start/end to pass
 

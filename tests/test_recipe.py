@@ -70,7 +70,7 @@ BAD_CASES: list[tuple[str, Any, str]] = [
     # (dotted key to set or special, value, expected fragment of the message)
     ("model.nmae", "x", "model.nmae: unknown key; valid keys (closest first): name"),
     ("optimizer.lr", "fast", "optimizer.lr: Input should be a valid number"),
-    ("optimizer.name", "sgdd", "optimizer.name: Input should be 'sgd'"),
+    ("optimizer.name", "sgdd", "optimizer.name: unknown optimizer 'sgdd'; valid choices (closest first): sgd"),
     ("model.name", "gap_1p5k", "model.name: unknown model 'gap_1p5k'; valid choices (closest first): gap_1p5k_dw"),
     ("data.name", "cifar11", "data.name: unknown dataset 'cifar11'; valid choices (closest first): cifar10"),
     ("algorithms", [{"blurpol": {}}], "algorithms.blurpol: unknown algorithm 'blurpol'; valid choices (closest first): blurpool"),

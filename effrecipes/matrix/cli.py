@@ -13,8 +13,8 @@ import os
 import sys
 from typing import Optional, Sequence
 
-from effrecipes.cli import (ENVIRONMENT, OneLineParser, _guard, dotted_flags_to_overrides,
-                            finite_float, int_at_least, package_version)
+from effrecipes.cli_common import (ENVIRONMENT, OneLineParser, dotted_flags_to_overrides, finite_float,
+                                   guard, int_at_least, package_version)
 from effrecipes.errors import UserError
 
 EPILOG = """\
@@ -157,7 +157,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 print(line, file=sys.stderr)
             raise
 
-    return _guard(go)
+    return guard(go)
 
 
 def entrypoint() -> None:

@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
-from effrecipes.cli import OneLineParser, _guard, package_version
+from effrecipes.cli_common import OneLineParser, guard, package_version
 from effrecipes.errors import UserError, writable_dir
 
 EPILOG = """\
@@ -102,7 +102,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
               f"{len([k for k in written if k.startswith('plot:')])} PNG plots beside it)")
         return 0
 
-    return _guard(go)
+    return guard(go)
 
 
 def entrypoint() -> None:
