@@ -9,7 +9,6 @@ import argparse
 import contextlib
 import json
 import logging
-import os
 import signal
 import sys
 from typing import Any, Optional, Sequence
@@ -17,7 +16,7 @@ from typing import Any, Optional, Sequence
 import yaml
 
 from effrecipes.cli_common import (ENVIRONMENT, OneLineParser, dotted_flags_to_overrides, guard,
-                                   int_at_least, package_version, stdout_to_stderr)
+                                   int_at_least, package_version, run_entrypoint, stdout_to_stderr)
 from effrecipes.errors import UserError
 
 LISTABLE = ("algorithms", "models", "datasets", "optimizers", "schedulers")  # effrecipes.registry.ALL
@@ -235,8 +234,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 def entrypoint() -> None:
-    os.environ.setdefault("WANDB_SILENT", "true")
-    sys.exit(main())
+    run_entrypoint(main)
 
 
 if __name__ == "__main__":

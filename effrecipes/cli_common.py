@@ -145,3 +145,9 @@ def guard(main: Callable[[], int], file: Optional[str] = None) -> int:
         with contextlib.suppress(OSError):
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
+
+
+def run_entrypoint(main: Callable[[], int]) -> NoReturn:
+    """A console script: W&B quiet unless asked, exit with main()'s code."""
+    os.environ.setdefault("WANDB_SILENT", "true")
+    sys.exit(main())

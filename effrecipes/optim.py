@@ -99,28 +99,24 @@ def build_optimizer(cfg: OptimizerConfig, params: Iterable[torch.nn.Parameter]) 
 Horizon = Callable[[], int]  # the budget's projected total number of batches
 
 
-@schedulers.register("constant", description="constant lr after an optional linear warm-up")
-def _constant(cfg: SchedulerConfig, opt: OptimizerConfig, optimizer: torch.optim.Optimizer,
+def _warmup_schedule(composer_class: str, decays: bool) -> Callable[..., Any]:
+    """A Composer schedule with a linear warm-up over `warmup_fraction` of the run ("dur": the
+    FLOP horizon), then constant or decaying to alpha_f x lr."""
+    def build(cfg: SchedulerConfig, opt: OptimizerConfig, optimizer: torch.optim.Optimizer,
               horizon: Horizon, batches_per_epoch: int) -> Any:
-    from composer.optim import ConstantWithWarmupScheduler  # heavy: at build time only
+        import composer.optim  # heavy: at build time only
 
-    return ConstantWithWarmupScheduler(t_warmup=f"{cfg.warmup_fraction}dur")
-
-
-@schedulers.register("cosine", description="cosine decay to alpha_f x lr after an optional warm-up")
-def _cosine(cfg: SchedulerConfig, opt: OptimizerConfig, optimizer: torch.optim.Optimizer,
-            horizon: Horizon, batches_per_epoch: int) -> Any:
-    from composer.optim import CosineAnnealingWithWarmupScheduler  # heavy: at build time only
-
-    return CosineAnnealingWithWarmupScheduler(t_warmup=f"{cfg.warmup_fraction}dur", alpha_f=cfg.alpha_f)
+        kwargs = {"alpha_f": cfg.alpha_f} if decays else {}
+        return getattr(composer.optim, composer_class)(t_warmup=f"{cfg.warmup_fraction}dur", **kwargs)
+    return build
 
 
-@schedulers.register("linear", description="linear decay to alpha_f x lr after an optional warm-up")
-def _linear(cfg: SchedulerConfig, opt: OptimizerConfig, optimizer: torch.optim.Optimizer,
-            horizon: Horizon, batches_per_epoch: int) -> Any:
-    from composer.optim import LinearWithWarmupScheduler  # heavy: at build time only
-
-    return LinearWithWarmupScheduler(t_warmup=f"{cfg.warmup_fraction}dur", alpha_f=cfg.alpha_f)
+schedulers.add("constant", _warmup_schedule("ConstantWithWarmupScheduler", decays=False),
+               description="constant lr after an optional linear warm-up")
+schedulers.add("cosine", _warmup_schedule("CosineAnnealingWithWarmupScheduler", decays=True),
+               description="cosine decay to alpha_f x lr after an optional warm-up")
+schedulers.add("linear", _warmup_schedule("LinearWithWarmupScheduler", decays=True),
+               description="linear decay to alpha_f x lr after an optional warm-up")
 
 
 @schedulers.register("one_cycle", description="one-cycle (torch), its cycle following the FLOP horizon")

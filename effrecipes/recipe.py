@@ -15,10 +15,11 @@ import os
 import re
 import stat
 from pathlib import Path
-from typing import Any, Literal, Optional, Union
+from typing import Annotated, Any, Literal, Optional, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator,
+                      model_validator)
 
 from effrecipes.algorithm_args import parse_time
 from effrecipes.errors import RecipeError, closest_first, shorten
@@ -33,6 +34,23 @@ MAX_EPOCHS = 100_000
 MAX_SECONDS = 10_000_000
 MAX_FLOPS = 1e24              # more than GPT-3's whole training (3.1e23)
 _NUMBER = re.compile(r"\s*[-+]?(?:[0-9][0-9_]*\.?[0-9_]*|\.[0-9]+)(?:[eE][-+]?[0-9]+)?\s*")
+
+
+def finite_tree(v: Any) -> Any:
+    """Free-form values (builder kwargs) hold no inf or nan, at any depth."""
+    stack = [v]
+    while stack:
+        x = stack.pop()
+        if isinstance(x, float) and not math.isfinite(x):
+            raise ValueError(f"numbers must be finite (got {x})")
+        if isinstance(x, dict):
+            stack.extend(x.values())
+        elif isinstance(x, (list, tuple)):
+            stack.extend(x)
+    return v
+
+
+FiniteKwargs = Annotated[dict[str, Any], AfterValidator(finite_tree)]  # builder kwargs, no inf/nan
 
 
 class Section(BaseModel):
@@ -73,24 +91,14 @@ class DataConfig(Section):
     train_subset: Optional[int] = Field(None, ge=1, description="use only the first N training images")
     test_subset: Optional[int] = Field(None, ge=1, description="use only the first N test images")
     num_workers: int = Field(0, ge=0, le=64, description="loader worker processes (image-folder datasets)")
-    kwargs: dict[str, Any] = Field(default_factory=dict,
-                                   description="dataset-specific options (e.g. synthetic sizes)")
-
-    @field_validator("kwargs")
-    @classmethod
-    def _finite_kwargs(cls, v: dict[str, Any]) -> dict[str, Any]:
-        return finite_tree(v)
+    kwargs: FiniteKwargs = Field(default_factory=dict,
+                                 description="dataset-specific options (e.g. synthetic sizes)")
 
 
 class ModelConfig(Section):
     name: str = Field(description="model name (composer-run --list models)")
-    kwargs: dict[str, Any] = Field(default_factory=dict,
-                                   description="extra builder arguments (e.g. width_mult, dropout)")
-
-    @field_validator("kwargs")
-    @classmethod
-    def _finite_kwargs(cls, v: dict[str, Any]) -> dict[str, Any]:
-        return finite_tree(v)
+    kwargs: FiniteKwargs = Field(default_factory=dict,
+                                 description="extra builder arguments (e.g. width_mult, dropout)")
     channels_last: bool = Field(
         True, description="NHWC memory format after all surgery: 1.4-1.6x faster CPU training "
                           "measured (benchmarks/README.md); false keeps NCHW")
@@ -147,20 +155,14 @@ class BudgetConfig(Section):
     def _seconds_timestring(cls, v: Any) -> Any:
         return parse_time(v, ("sec",))[0] if isinstance(v, str) else v
 
-    @field_validator("max_epochs")
+    @field_validator("max_epochs", "max_seconds")
     @classmethod
-    def _epochs_bound(cls, v: Optional[float]) -> Optional[float]:
-        if v is not None and v > MAX_EPOCHS:
-            raise ValueError(f"at most {MAX_EPOCHS:,} epochs: a run needs a cap that binds "
-                             "(set null to leave epochs uncapped when budget.flops is set)")
-        return v
-
-    @field_validator("max_seconds")
-    @classmethod
-    def _seconds_bound(cls, v: Optional[float]) -> Optional[float]:
-        if v is not None and v > MAX_SECONDS:
-            raise ValueError(f"at most {MAX_SECONDS:,} seconds (~115 days): a run needs a cap that "
-                             "binds (set null to leave time uncapped when budget.flops is set)")
+    def _bounded(cls, v: Optional[float], info: Any) -> Optional[float]:
+        limit, what = {"max_epochs": (MAX_EPOCHS, "epochs"),
+                       "max_seconds": (MAX_SECONDS, "seconds (~115 days)")}[info.field_name]
+        if v is not None and v > limit:
+            raise ValueError(f"at most {limit:,} {what}: a run needs a cap that binds (set null to "
+                             f"leave {what.split()[0]} uncapped when budget.flops is set)")
         return v
 
     @field_validator("flops", mode="before")
@@ -288,18 +290,6 @@ def check_name(v: str, charset_hint: str) -> str:
     return v
 
 
-def finite_tree(v: Any) -> Any:
-    """Free-form values (builder kwargs) hold no inf or nan, at any depth."""
-    stack = [v]
-    while stack:
-        x = stack.pop()
-        if isinstance(x, float) and not math.isfinite(x):
-            raise ValueError(f"numbers must be finite (got {x})")
-        if isinstance(x, dict):
-            stack.extend(x.values())
-        elif isinstance(x, (list, tuple)):
-            stack.extend(x)
-    return v
 
 
 def epochs_value(v: Any) -> Any:
@@ -396,19 +386,22 @@ def section_keys(loc: tuple[Any, ...], root: Any = None) -> list[str]:
     return list(model.model_fields) if hasattr(model, "model_fields") else []
 
 
-def validation_error_to_recipe_error(err: ValidationError, data: Any, file: str) -> RecipeError:
-    """The first pydantic error as one line naming file, field path and (for unknown keys) valid keys."""
+def validation_error_to_recipe_error(err: ValidationError, data: Any, file: str, *,
+                                     root: Any = None) -> RecipeError:
+    """The first pydantic error as one line naming file, field path and (for unknown keys) valid
+    keys. `root` is the schema (default: Recipe; a matrix spec passes its own); recipes name
+    algorithm list items by the algorithm, other schemas use plain dotted paths."""
     e = err.errors()[0]
     loc = tuple(e["loc"])
-    path = _field_path(loc, data) or "(top level)"
+    path = (_field_path(loc, data) if root is None else ".".join(str(p) for p in loc)) or "(top level)"
     if e["type"] == "extra_forbidden":
-        valid = closest_first(str(loc[-1]), section_keys(loc))
+        valid = closest_first(str(loc[-1]), section_keys(loc, root))
         return RecipeError(f"unknown key; valid keys (closest first): {', '.join(valid)}",
                            file=file, field=path)
     if e["type"] == "missing":
         return RecipeError("required field is missing", file=file, field=path)
     msg = e["msg"].removeprefix("Value error, ")
-    if "input" in e and e["type"] not in ("missing",):
+    if "input" in e and not isinstance(e["input"], dict):
         msg = f"{msg} (got {shorten(repr(e['input']), 60)})"
     return RecipeError(msg, file=file, field=path)
 
@@ -435,6 +428,21 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     except yaml.YAMLError:
         value = raw
     return path, value
+
+
+def set_dotted(data: dict[str, Any], path: list[str], value: Any, *, file: Optional[str] = None) -> None:
+    """Set `a.b.c` in a plain dict, creating sections; a non-mapping on the way is a one-line
+    error naming the override and the field."""
+    node: Any = data
+    for depth, part in enumerate(path[:-1]):
+        nxt = node.get(part)
+        if nxt is None:
+            nxt = node[part] = {}
+        if not isinstance(nxt, dict):
+            raise RecipeError(f"override {'.'.join(path)!r}: {part!r} is not a section", file=file,
+                              field=".".join(path[:depth + 1]))
+        node = nxt
+    node[path[-1]] = value
 
 
 def apply_override(data: dict[str, Any], path: list[str], value: Any) -> None:
@@ -467,15 +475,7 @@ def apply_override(data: dict[str, Any], path: list[str], value: Any) -> None:
             node[path[-1]] = value
         data["algorithms"] = algos
         return
-    node: Any = data
-    for p in path[:-1]:
-        nxt = node.get(p)
-        if nxt is None:
-            nxt = node[p] = {}
-        if not isinstance(nxt, dict):
-            raise RecipeError(f"override {'.'.join(path)}: {p!r} is not a section")
-        node = nxt
-    node[path[-1]] = value
+    set_dotted(data, path, value)
 
 
 # --------------------------------------------------------------------------- loading

@@ -9,12 +9,11 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import sys
 from typing import Optional, Sequence
 
 from effrecipes.cli_common import (ENVIRONMENT, OneLineParser, dotted_flags_to_overrides, finite_float,
-                                   guard, int_at_least, package_version)
+                                   guard, int_at_least, package_version, run_entrypoint)
 from effrecipes.errors import UserError
 
 EPILOG = """\
@@ -161,8 +160,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 def entrypoint() -> None:
-    os.environ.setdefault("WANDB_SILENT", "true")
-    sys.exit(main())
+    run_entrypoint(main)
 
 
 if __name__ == "__main__":

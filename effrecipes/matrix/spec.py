@@ -16,7 +16,8 @@ from typing import Any, Literal, Optional
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from effrecipes.errors import RecipeError, closest_first, shorten
-from effrecipes.recipe import normalise_algorithms, parse_override, read_yaml, section_keys
+from effrecipes.recipe import (normalise_algorithms, parse_override, read_yaml, set_dotted,
+                               validation_error_to_recipe_error)
 
 MODES = ("one_at_a_time", "leave_one_out", "all_subsets", "cumulative", "explicit")
 VIEWS = ("equal_flops", "equal_epochs")
@@ -131,32 +132,12 @@ class MatrixSpec(_Section):
 # --------------------------------------------------------------------------- loading
 
 
-def _model_keys(loc: tuple[Any, ...]) -> list[str]:
-    return section_keys(loc, MatrixSpec)
-
-
-def _spec_error(err: ValidationError, file: str) -> RecipeError:
-    e = err.errors()[0]
-    loc = tuple(e["loc"])
-    path = ".".join(str(p) for p in loc) or "(top level)"
-    if e["type"] == "extra_forbidden":
-        valid = closest_first(str(loc[-1]), _model_keys(loc))
-        return RecipeError(f"unknown key; valid keys (closest first): {', '.join(valid)}",
-                           file=file, field=path)
-    if e["type"] == "missing":
-        return RecipeError("required field is missing", file=file, field=path)
-    msg = e["msg"].removeprefix("Value error, ")
-    if "input" in e and not isinstance(e["input"], dict):
-        msg = f"{msg} (got {shorten(repr(e['input']), 60)})"
-    return RecipeError(msg, file=file, field=path)
-
-
 def validate_spec(data: dict[str, Any], *, file: str = "<spec>") -> MatrixSpec:
     """Schema + registry checks of a spec dict; every error is one line naming file and field."""
     try:
         spec = MatrixSpec.model_validate(data)
     except ValidationError as err:
-        raise _spec_error(err, file) from None
+        raise validation_error_to_recipe_error(err, data, file, root=MatrixSpec) from None
     _check_techniques(spec, file)
     return spec
 
@@ -273,16 +254,7 @@ def apply_spec_override(data: dict[str, Any], text: str, *, file: str) -> None:
             except ValueError as e:
                 raise RecipeError(str(e), file=file, field="algorithms.pool") from None
         data["algorithms"] = {**algos, "pool": dict(pool) if isinstance(pool, dict) else {}}
-    node: Any = data
-    for part in path[:-1]:
-        nxt = node.get(part)
-        if nxt is None:
-            nxt = node[part] = {}
-        if not isinstance(nxt, dict):
-            raise RecipeError(f"override {shown!r}: {part!r} is not a section", file=file,
-                              field=".".join(path[:path.index(part) + 1]))
-        node = nxt
-    node[path[-1]] = value
+    set_dotted(data, path, value, file=file)
 
 
 def load_spec(path: str | Path, overrides: Optional[list[str]] = None) -> tuple[MatrixSpec, Path]:

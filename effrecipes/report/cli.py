@@ -7,12 +7,11 @@ interrupted.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
-from effrecipes.cli_common import OneLineParser, guard, package_version
+from effrecipes.cli_common import OneLineParser, guard, package_version, run_entrypoint
 from effrecipes.errors import UserError, writable_dir
 
 EPILOG = """\
@@ -106,8 +105,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 def entrypoint() -> None:
-    os.environ.setdefault("WANDB_SILENT", "true")
-    sys.exit(main())
+    run_entrypoint(main)
 
 
 if __name__ == "__main__":
