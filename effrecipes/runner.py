@@ -66,6 +66,7 @@ class Prepared:
     params_after_surgery: int = 0
     trainer: Optional[Trainer] = None
     warnings: list[str] = field(default_factory=list)
+    run_name: str = ""  # the run directory's name (set by `run`)
 
 
 @dataclass
@@ -229,8 +230,35 @@ def dry_run_report(prepared: Prepared) -> dict[str, Any]:
 
 # --------------------------------------------------------------------------- run directory
 
+LATEST = "-latest"  # `<root>/<name>-latest` -> the newest run directory of a recipe
+
+
 def run_dir_for(recipe: Recipe) -> Path:
-    return Path(recipe.output.root).expanduser() / recipe.run_name
+    """`output.run_name` when given (matrix cells, reruns meant to replace); else a new directory
+    `<name>-<YYYYmmdd-HHMMSS>` (as Composer and timm name runs), so a second run never collides
+    with or replaces the first."""
+    root = Path(recipe.output.root).expanduser()
+    if recipe.output.run_name:
+        return root / recipe.output.run_name
+    base = f"{recipe.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    final, n = root / base, 2
+    while final.exists() or final.is_symlink() or any(root.glob(f".{final.name}.tmp-*")):
+        final, n = root / f"{base}-{n}", n + 1
+    return final
+
+
+def latest_link(recipe: Recipe) -> Path:
+    return Path(recipe.output.root).expanduser() / f"{recipe.name}{LATEST}"
+
+
+def _point_latest(recipe: Recipe, final: Path) -> None:
+    """`<name>-latest` -> the run just written (replaced atomically; a relative link)."""
+    link = latest_link(recipe)
+    tmp = link.with_name(f".{link.name}.tmp-{os.getpid()}")
+    with contextlib.suppress(FileNotFoundError):
+        tmp.unlink()
+    os.symlink(final.name, tmp)
+    os.replace(tmp, link)
 
 
 def _check_output(recipe: Recipe) -> Path:
@@ -307,6 +335,7 @@ def run(recipe: Recipe, *, threads: Optional[int] = None, quiet: bool = False,
         final = Path(tempfile.mkdtemp(prefix=f"effrecipes-rank{rank}-")) / recipe.run_name
     wall0 = time.perf_counter()
     prepared = prepare(recipe)
+    prepared.run_name = final.name
     set_threads(threads, prepared.plan.step_flops)
     for note in prepared.warnings:
         log.warning(note)
@@ -331,6 +360,8 @@ def run(recipe: Recipe, *, threads: Optional[int] = None, quiet: bool = False,
         write_metrics(tmp, RunMetrics.model_validate(metrics))
         if rank == 0:
             _finalise(tmp, final)
+            if not recipe.output.run_name:
+                _point_latest(recipe, final)
         else:
             shutil.rmtree(final.parent, ignore_errors=True)
     except BaseException:
@@ -362,8 +393,9 @@ def _stop_on_signals(guard: RunGuard) -> Iterator[None]:
 
 
 def _check_resume(recipe: Recipe) -> Path:
-    """A run can be resumed when it was interrupted and its recipe is unchanged."""
-    final = run_dir_for(recipe)
+    """A run can be resumed when it was interrupted and its recipe is unchanged: the named run
+    directory, or (no output.run_name) the one `<name>-latest` points to."""
+    final = run_dir_for(recipe) if recipe.output.run_name else _latest_target(recipe)
     metrics_path, ckpt = final / METRICS_FILE, final / RESUME_CHECKPOINT
     if not metrics_path.exists():
         raise UserError("no run to resume here", file=str(final), field="output.run_name",
@@ -383,6 +415,14 @@ def _check_resume(recipe: Recipe) -> Path:
                         hint="resume with the same recipe and overrides")
     verify_checkpoint(ckpt)  # safe unpickler first: Composer's own load runs pickled code
     return final
+
+
+def _latest_target(recipe: Recipe) -> Path:
+    link = latest_link(recipe)
+    if not link.is_symlink():
+        raise UserError("no run to resume here", file=str(link), field="output.run_name",
+                        hint="run without --resume first, or name the run with output.run_name")
+    return link.parent / os.readlink(link)
 
 
 def _previous_wall(final: Path) -> float:
@@ -446,7 +486,7 @@ def _build_trainer(prepared: Prepared, out: Path, *, quiet: bool, guard: RunGuar
     loggers = []
     if recipe.loggers.wandb.enabled:
         from effrecipes.wandb_logging import build_wandb_logger  # optional: wandb only when asked
-        loggers.append(build_wandb_logger(recipe))
+        loggers.append(build_wandb_logger(recipe, run_name=prepared.run_name or None))
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", module="composer")
         warnings.filterwarnings("ignore", category=UserWarning)
@@ -460,7 +500,8 @@ def _build_trainer(prepared: Prepared, out: Path, *, quiet: bool, guard: RunGuar
             precision=run_device.precision, compile_config=run_device.compile_config,
             seed=recipe.seed,
             progress_bar=False,  # LiveProgress: the budget's unit, and no config dump first
-            log_to_console=False, run_name=recipe.run_name, python_log_level=None,
+            log_to_console=False, run_name=prepared.run_name or recipe.run_name,
+            python_log_level=None,
             load_path=str(out / RESUME_CHECKPOINT) if resume else None,
         )
     prepared.trainer = trainer
@@ -508,7 +549,7 @@ def _measure(prepared: Prepared, run: Training, module: nn.Module) -> dict[str, 
     peak, peak_source = devices.peak_flops(dev, torch.get_num_threads())
     eval_samples = run.history.eval_samples + test["samples"]
     return RunMetrics(
-        name=recipe.name, run_name=recipe.run_name, seed=recipe.seed, dataset=recipe.data.name,
+        name=recipe.name, run_name=prepared.run_name or recipe.run_name, seed=recipe.seed, dataset=recipe.data.name,
         model=recipe.model.name, algorithms=recipe.algorithm_names,
         test_accuracy=test["accuracy"], best_val_accuracy=run.history.best_val_accuracy,
         final_val_accuracy=run.history.last_val_accuracy, tested_weights=recipe.eval.checkpoint,

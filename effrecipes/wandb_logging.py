@@ -51,10 +51,12 @@ class SafeWandBLogger(WandBLogger):
                 pass
 
 
-def build_wandb_logger(recipe: Recipe, group: str | None = None) -> WandBLogger:
+def build_wandb_logger(recipe: Recipe, group: str | None = None,
+                       run_name: str | None = None) -> WandBLogger:
     cfg = recipe.loggers.wandb
     mode = resolve_mode(cfg.mode)
-    run_dir_hint = os.path.join(recipe.output.root, recipe.run_name)
+    run_name = run_name or recipe.run_name
+    run_dir_hint = os.path.join(recipe.output.root, run_name)
     if mode == "offline" and not os.environ.get(OFFLINE_HINT_SAID):
         print(offline_hint([recipe]))
     tags = list(dict.fromkeys([*recipe.algorithm_names, recipe.model.name, recipe.data.name, *cfg.tags]))
@@ -65,7 +67,7 @@ def build_wandb_logger(recipe: Recipe, group: str | None = None) -> WandBLogger:
         "notes": f"effrecipes run directory: {run_dir_hint}",
     }
     return SafeWandBLogger(project=cfg.project, entity=cfg.entity, group=group or cfg.group,
-                           name=recipe.run_name, tags=tags, init_kwargs=init_kwargs)
+                           name=run_name, tags=tags, init_kwargs=init_kwargs)
 
 
 def log_summary(metrics: dict[str, Any]) -> None:

@@ -29,7 +29,7 @@ def tiny_recipe(tmp_path: Path, **overrides: Any) -> dict[str, Any]:
         "budget": {"flops": 2e8},
         "eval": {"latency_images": 4},
         "loggers": {"progress_bar": False},
-        "output": {"root": str(tmp_path / "runs")},
+        "output": {"root": str(tmp_path / "runs"), "run_name": "tiny"},  # a fixed name to read back
     }
     for key, value in overrides.items():
         node = recipe

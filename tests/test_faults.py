@@ -197,3 +197,29 @@ def test_a_mistake_found_while_preparing_leaves_no_directory(tmp_path: Path,
     assert main([str(write_recipe(tmp_path, recipe)), "--quiet"]) == 2
     assert "budget.flops" in capsys.readouterr().err
     assert not (tmp_path / "a").exists()
+
+
+def test_runs_get_unique_directories_and_a_latest_link(tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """No output.run_name: each run gets `<name>-<timestamp>` (never replacing the last one) and
+    `<name>-latest` points to the newest; --resume follows the link."""
+    recipe = tiny_recipe(tmp_path, **{"budget.flops": CAP})
+    del recipe["output"]["run_name"]
+    path = write_recipe(tmp_path, recipe)
+    runs = tmp_path / "runs"
+    assert main([str(path), "--quiet"]) == 0
+    assert main([str(path), "--quiet"]) == 0
+    dirs = sorted(p for p in runs.iterdir() if p.is_dir() and not p.is_symlink())
+    assert len(dirs) == 2 and all(d.name.startswith("tiny-2") for d in dirs)
+    latest = runs / "tiny-latest"
+    assert latest.is_symlink() and latest.resolve() == dirs[-1].resolve()
+    m = _metrics(runs, "tiny-latest")
+    assert m["run_name"] == dirs[-1].name
+    # an interrupted run, resumed through the link
+    monkeypatch.setattr(runner, "RunGuard", StopAt)
+    assert main([str(path), "--quiet"]) == 0
+    monkeypatch.setattr(runner, "RunGuard", callbacks.RunGuard)
+    assert _metrics(runs, "tiny-latest")["stop_reason"] == "interrupted"
+    assert main([str(path), "--quiet", "--resume"]) == 0
+    assert _metrics(runs, "tiny-latest")["stop_reason"] == "flops"
+    assert len([p for p in runs.iterdir() if p.is_dir() and not p.is_symlink()]) == 3
