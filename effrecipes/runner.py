@@ -264,6 +264,10 @@ def _point_latest(recipe: Recipe, final: Path) -> None:
 def _check_output(recipe: Recipe) -> Path:
     final = run_dir_for(recipe)
     root = final.parent
+    if final.is_symlink():
+        raise UserError("the run directory's path is a symbolic link; effrecipes writes real "
+                        "directories only", field="output.run_name", file=str(final),
+                        hint="remove the link or choose another output.run_name")
     if final.exists() and not recipe.output.overwrite:
         raise UserError("run directory already exists", field="output.run_name", file=str(final),
                         hint="set output.overwrite=true, choose another output.run_name, "
@@ -364,6 +368,11 @@ def run(recipe: Recipe, *, threads: Optional[int] = None, quiet: bool = False,
                 _point_latest(recipe, final)
         else:
             shutil.rmtree(final.parent, ignore_errors=True)
+    except OSError as e:  # a full disk or a file system gone read-only: one line, not a traceback
+        shutil.rmtree(tmp if rank == 0 else final.parent, ignore_errors=True)
+        raise UserError(f"cannot write the run directory: {e.strerror or e}", file=str(final),
+                        field="output.root", hint="free space or choose another output.root; "
+                        "nothing of this run was kept") from None
     except BaseException:
         shutil.rmtree(tmp if rank == 0 else final.parent, ignore_errors=True)
         raise
@@ -408,6 +417,11 @@ def _check_resume(recipe: Recipe) -> Path:
         raise UserError(f"the run finished (stop_reason: {previous.get('stop_reason')}); "
                         "nothing to resume", file=str(final),
                         hint="set output.overwrite=true to train it again")
+    links = [p.name for p in final.rglob("*") if p.is_symlink()]
+    if links or (final.is_symlink() and recipe.output.run_name):
+        raise UserError(f"the run directory holds symbolic links ({', '.join(links[:3]) or final.name}); "
+                        "a resumed run copies real files only", file=str(final),
+                        hint="remove the links, or train the run again without --resume")
     saved = (final / RECIPE_FILE).read_text() if (final / RECIPE_FILE).exists() else ""
     if saved != recipe_to_yaml(recipe):
         raise UserError("the recipe changed since the run was interrupted; resuming would mix two "

@@ -223,3 +223,45 @@ def test_runs_get_unique_directories_and_a_latest_link(tmp_path: Path,
     assert main([str(path), "--quiet", "--resume"]) == 0
     assert _metrics(runs, "tiny-latest")["stop_reason"] == "flops"
     assert len([p for p in runs.iterdir() if p.is_dir() and not p.is_symlink()]) == 3
+
+
+def test_symlinks_at_or_in_a_run_directory_are_one_line_errors(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    import os
+
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    os.symlink(tmp_path / "nowhere", runs / "tiny")  # dangling, at the named run path
+    path = write_recipe(tmp_path, tiny_recipe(tmp_path, **{"budget.flops": CAP}))
+    capsys.readouterr()
+    assert main([str(path), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "symbolic link" in err, err
+    (runs / "tiny").unlink()
+    _interrupted_run(tmp_path, monkeypatch)
+    secret = tmp_path / "outside.txt"
+    secret.write_text("not the run's")
+    (runs / "tiny" / "history.csv").unlink()
+    os.symlink(secret, runs / "tiny" / "history.csv")
+    capsys.readouterr()
+    assert main([str(path), "--quiet", "--resume"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "symbolic links (history.csv)" in err, err
+
+
+def test_a_full_disk_is_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                 capsys: pytest.CaptureFixture[str]) -> None:
+    import errno
+
+    import torch
+
+    def full(*a: Any, **k: Any) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", full)
+    path = write_recipe(tmp_path, tiny_recipe(tmp_path, **{"budget.flops": 5e7}))
+    capsys.readouterr()
+    assert main([str(path), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "No space left on device" in err and "Traceback" not in err, err
+    assert not list((tmp_path / "runs").glob(".tiny.tmp-*"))
