@@ -486,6 +486,90 @@ class _InterruptSignals:
             signal.signal(sig, handler)
 
 
+class MatrixRun:
+    """One invocation of composer-ablate on a matrix: the bookkeeping the executors call back into
+    as cells start and end (cell records, failure records, results tables, progress lines)."""
+
+    def __init__(self, matrix: Matrix, why: dict[str, str], failed_ids: list[str],
+                 progress: "Progress") -> None:
+        self.matrix, self.why, self.failed_ids, self.progress = matrix, why, failed_ids, progress
+        self.by_id = {c.id: c for c in matrix.cells}
+        self.running: set[str] = set()
+
+    def started(self, payload: dict[str, Any]) -> None:
+        cid = payload["cell_id"]
+        cell = self.by_id[cid]
+        clean_partial(self.matrix, cell)
+        payload["resume"] = resumable(self.matrix, cell)  # e.g. re-queued after a worker crash
+        if payload["resume"]:
+            self.why[cid] = "interrupted (resumable)"
+        write_record(self.matrix, cell, RUNNING, started=time.time(), reason=self.why.get(cid))
+        self.running.add(cid)
+        reason = self.why.get(cid, "new")
+        self.progress.start(cid, "" if reason == "new" else
+                            "resuming" if reason == "interrupted (resumable)" else reason)
+
+    def finished(self, res: dict[str, Any]) -> None:
+        cid = res["cell_id"]
+        cell = self.by_id[cid]
+        self.running.discard(cid)
+        if res.get("requeue"):
+            write_record(self.matrix, cell, PENDING, note="worker process died; re-queued")
+            self.progress.finish(cid, PENDING, "(worker died; re-queued)")
+            return
+        if res.get("interrupted"):
+            write_record(self.matrix, cell, INTERRUPTED, seconds=res.get("seconds"),
+                         resumable=resumable(self.matrix, cell))
+            self.progress.finish(cid, INTERRUPTED)
+        elif not (res.get("ok") and self._record_done(cell, res)):
+            self._record_failed(cell, res)
+        write_results(self.matrix, frozenset(self.running))
+
+    def _record_done(self, cell: Cell, res: dict[str, Any]) -> bool:
+        metrics = finished_metrics(self.matrix, cell)
+        if metrics is None:
+            res.update(ok=False, error_type="MissingRunDir", traceback=None,
+                       error=f"the run finished but {self.matrix.run_dir(cell)} holds no matching "
+                       "metrics.json (with Ray, the matrix directory must be on a filesystem "
+                       "shared by every node)")
+            return False
+        status, secs, acc = metrics_status(metrics), res.get("seconds"), metrics.get("test_accuracy")
+        clear_failed(self.matrix, cell)
+        write_record(self.matrix, cell, status, seconds=secs, test_accuracy=acc,
+                     stop_reason=metrics.get("stop_reason"))
+        self.progress.finish(cell.id, status, (f"acc {acc:.2f}% " if isinstance(acc, (int, float))
+                                               else "") + f"in {secs or 0:.1f}s")
+        return True
+
+    def _record_failed(self, cell: Cell, res: dict[str, Any]) -> None:
+        write_failed(self.matrix, cell, res.get("error", "unknown error"),
+                     error_type=res.get("error_type", "Error"), traceback=res.get("traceback"),
+                     seconds=res.get("seconds"))
+        self.failed_ids.append(cell.id)
+        self.progress.finish(cell.id, FAILED, str(res.get("error", "")))
+
+
+def _sync_records(matrix: Matrix, skipped: list[tuple[Cell, str]]) -> None:
+    """Keep cell.json in step with the run directories (e.g. after a kill)."""
+    for c, status in skipped:
+        rec = read_json(record_path(matrix, c))
+        if status in FINISHED and (not rec or rec.get("status") != status or rec.get("hash") != c.hash):
+            write_record(matrix, c, status, note="found finished run directory")
+
+
+def _announce(matrix: Matrix, cells: list[Cell], to_run: list[Cell],
+              skipped: list[tuple[Cell, str]], stream: TextIO) -> None:
+    hint = offline_hint([c.recipe for c in cells])
+    if hint:
+        stream.write(hint + "\n")
+    n_fail = sum(1 for _, s in skipped if s == FAILED)
+    stream.write(f"matrix {matrix.spec.name}: {len(matrix.cells)} cells, {len(cells)} selected, "
+                 f"{len(to_run)} to run, {len(skipped)} skipped (finished"
+                 f"{f'; {n_fail} failed before, use --retry-failed' if n_fail else ''}) -> "
+                 f"{matrix.matrix_dir}\n")
+    stream.flush()
+
+
 def run_matrix(matrix: Matrix, *, executor: str = "local", workers: int = 1,
                retry_failed: bool = False, only: Optional[Iterable[str]] = None,
                ray_address: Optional[str] = None, cpus_per_cell: float = 1.0,
@@ -495,84 +579,17 @@ def run_matrix(matrix: Matrix, *, executor: str = "local", workers: int = 1,
     stream = stream or sys.stderr
     check_valid(matrix)
     cells = select(matrix, only)
-    by_id = {c.id: c for c in matrix.cells}
     lock = MatrixLock(matrix.matrix_dir).acquire()
     try:
         sweep_stale(matrix)
         _write_provenance(matrix)
         to_run, skipped, why = plan_work(matrix, cells, retry_failed)
-        for c, status in skipped:  # keep cell.json in step with the run dirs (e.g. after a kill)
-            rec = read_json(record_path(matrix, c))
-            if status in FINISHED and (not rec or rec.get("status") != status
-                                       or rec.get("hash") != c.hash):
-                write_record(matrix, c, status, note="found finished run directory")
-        running: set[str] = set()
-        write_results(matrix, frozenset(running))
-        progress = Progress(len(cells), len(skipped), stream, quiet=quiet)
-        hint = offline_hint([c.recipe for c in cells])
-        if hint and not quiet:
-            stream.write(hint + "\n")
+        _sync_records(matrix, skipped)
+        write_results(matrix, frozenset())
         if not quiet:
-            n_fail = sum(1 for _, s in skipped if s == FAILED)
-            stream.write(f"matrix {matrix.spec.name}: {len(matrix.cells)} cells, {len(cells)} selected, "
-                         f"{len(to_run)} to run, {len(skipped)} skipped (finished"
-                         f"{f'; {n_fail} failed before, use --retry-failed' if n_fail else ''}) -> "
-                         f"{matrix.matrix_dir}\n")
-            stream.flush()
-        failed_ids: list[str] = [c.id for c, s in skipped if s == FAILED]
-
-        def started(payload: dict[str, Any]) -> None:
-            cid = payload["cell_id"]
-            cell = by_id[cid]
-            clean_partial(matrix, cell)
-            payload["resume"] = resumable(matrix, cell)  # e.g. re-queued after a worker crash
-            if payload["resume"]:
-                why[cid] = "interrupted (resumable)"
-            write_record(matrix, cell, RUNNING, started=time.time(), reason=why.get(cid))
-            running.add(cid)
-            reason = why.get(cid, "new")
-            progress.start(cid, "" if reason == "new" else
-                           "resuming" if reason == "interrupted (resumable)" else reason)
-
-        def finished(res: dict[str, Any]) -> None:
-            cid = res["cell_id"]
-            cell = by_id[cid]
-            running.discard(cid)
-            if res.get("requeue"):
-                write_record(matrix, cell, PENDING, note="worker process died; re-queued")
-                progress.finish(cid, PENDING, "(worker died; re-queued)")
-                return
-            secs = res.get("seconds")
-            if res.get("interrupted"):
-                write_record(matrix, cell, INTERRUPTED, seconds=secs,
-                             resumable=resumable(matrix, cell))
-                progress.finish(cid, INTERRUPTED)
-                write_results(matrix, frozenset(running))
-                return
-            if res.get("ok"):
-                metrics = finished_metrics(matrix, cell)
-                if metrics is None:
-                    res = {**res, "ok": False, "error_type": "MissingRunDir",
-                           "error": f"the run finished but {matrix.run_dir(cell)} holds no matching "
-                           "metrics.json (with Ray, the matrix directory must be on a filesystem "
-                           "shared by every node)", "traceback": None}
-                else:
-                    status = metrics_status(metrics)
-                    clear_failed(matrix, cell)
-                    write_record(matrix, cell, status, seconds=secs,
-                                 test_accuracy=metrics.get("test_accuracy"),
-                                 stop_reason=metrics.get("stop_reason"))
-                    acc = metrics.get("test_accuracy")
-                    progress.finish(cid, status, (f"acc {acc:.2f}% " if isinstance(acc, (int, float))
-                                                  else "") + f"in {secs or 0:.1f}s")
-            if not res.get("ok"):
-                write_failed(matrix, cell, res.get("error", "unknown error"),
-                             error_type=res.get("error_type", "Error"),
-                             traceback=res.get("traceback"), seconds=secs)
-                failed_ids.append(cid)
-                progress.finish(cid, FAILED, str(res.get("error", "")))
-            write_results(matrix, frozenset(running))
-
+            _announce(matrix, cells, to_run, skipped, stream)
+        run = MatrixRun(matrix, why, [c.id for c, s in skipped if s == FAILED],
+                        Progress(len(cells), len(skipped), stream, quiet=quiet))
         payloads = [{"cell_id": c.id, "recipe": c.recipe.model_dump(mode="json")}  # type: ignore[union-attr]
                     for c in to_run]
 
@@ -583,20 +600,18 @@ def run_matrix(matrix: Matrix, *, executor: str = "local", workers: int = 1,
 
         try:
             with _InterruptSignals():
-                if not payloads:
-                    pass
-                elif executor == "ray":
+                if payloads and executor == "ray":
                     with RayExecutor(ray_address, cpus_per_cell, gpus_per_cell, window,
                                      notice) as ex:
-                        ex.run(payloads, started, finished)
-                else:
+                        ex.run(payloads, run.started, run.finished)
+                elif payloads:
                     LocalExecutor(workers, threads_per_worker(workers), notice).run(
-                        payloads, started, finished)
+                        payloads, run.started, run.finished)
         finally:
-            progress.close()
+            run.progress.close()
             results = write_results(matrix, frozenset())
-        failed_now = [cid for cid in dict.fromkeys(failed_ids)
-                      if classify(matrix, by_id[cid])[0] == FAILED]
+        failed_now = [cid for cid in dict.fromkeys(run.failed_ids)
+                      if classify(matrix, run.by_id[cid])[0] == FAILED]
         return MatrixOutcome(results["counts"], len(to_run), len(skipped), failed_now, results)
     finally:
         lock.release()
