@@ -140,6 +140,50 @@ def aggregate(rows: Iterable[Mapping[str, Any]], grid_keys: Sequence[str], refer
     return out
 
 
+TUNE_RULE = ("tuned: for each arm (technique set and the grid values not tuned), the tuned "
+             "setting with the highest mean best-validation accuracy over seeds is selected (test "
+             "data never takes part), and its test accuracy is reported; untuned: the setting of "
+             "the base recipe; tuning FLOPs: every run of the arm's search")
+
+
+def _pick(candidates: list[Mapping[str, Any]], tune_keys: Sequence[str],
+          default: Mapping[str, str]) -> tuple[Optional[Mapping[str, Any]], Optional[Mapping[str, Any]]]:
+    """(selected by validation accuracy, the base recipe's setting) among one arm's groups."""
+    scored = [g for g in candidates if g.get("best_val_accuracy_mean") is not None]
+    best = max(scored, key=lambda g: g["best_val_accuracy_mean"], default=None)
+    untuned = next((g for g in candidates if all(g.get(k) == default.get(k) for k in tune_keys)), None)
+    return best, untuned
+
+
+def tuned(groups: Sequence[Mapping[str, Any]], grid_keys: Sequence[str], tune_keys: Sequence[str],
+          reference: Optional[str], default: Mapping[str, str]) -> list[dict[str, Any]]:
+    """Per arm: the selected setting (TUNE_RULE) with its test accuracy and delta against the
+    reference arm's own selected setting, the untuned result and its delta against the untuned
+    reference, the FLOPs of one result and the FLOPs spent on the arm's whole search."""
+    fixed = [k for k in grid_keys if k not in tune_keys]
+    arms: dict[tuple[str, ...], list[Mapping[str, Any]]] = {}
+    for g in groups:
+        arms.setdefault((str(g["techniques"]), *(str(g.get(k)) for k in fixed)), []).append(g)
+    picked = {key: _pick(members, tune_keys, default) for key, members in arms.items()}
+    out = []
+    for key, members in arms.items():
+        best, untuned = picked[key]
+        ref_best, ref_untuned = picked.get((str(reference), *key[1:]), (None, None))
+        row: dict[str, Any] = {"techniques": key[0], **dict(zip(fixed, key[1:])),
+                               "selected": {k: best.get(k) for k in tune_keys} if best else None,
+                               "tuning_flops": sum((g.get("flops_used_mean") or 0) * g.get("n", 0)
+                                                   for g in members),
+                               "flops_per_result": best.get("flops_used_mean") if best else None}
+        for name, g, ref in (("tuned", best, ref_best), ("untuned", untuned, ref_untuned)):
+            row[f"{name}_n"] = g.get("n") if g else 0
+            row[f"{name}_test_mean"] = g.get("test_accuracy_mean") if g else None
+            row[f"{name}_test_std"] = g.get("test_accuracy_std") if g else None
+            d = delta(g, ref) if g and ref and key[0] != reference else (None, None, None)
+            row[f"{name}_delta_mean"], row[f"{name}_delta_std"], row[f"{name}_within_noise"] = d
+        out.append(row)
+    return out
+
+
 def best_index(groups: Sequence[tuple[Optional[float], Optional[float], Optional[bool]]]) -> Optional[int]:
     """The group that gets the "best cell" star (BEST_RULE), from (mean test accuracy, mean FLOPs
     used, within noise) per group: the highest mean (fewer FLOPs break ties) among the groups not

@@ -11,13 +11,15 @@ import io
 from pathlib import Path
 from typing import Any, Optional
 
+from effrecipes.recipe import read_recipe_data
 from effrecipes.rundir import TABLE_FIELDS
 from effrecipes.matrix.cells import Matrix, combo_label, fmt_value
 from effrecipes.matrix.state import (DIVERGED, DONE, FAILED, INTERRUPTED, PENDING, RUNNING,
                                      atomic_write_json, atomic_write_text, failure,
                                      finished_metrics, metrics_status, now, read_json, resumable)
-from effrecipes.stats import (NOISE_RULE, aggregate as aggregate_rows, fmt, fmt_count, fmt_flops,
-                              md_table, pm, signed_pm, status_counts, yes_no)
+from effrecipes.stats import (NOISE_RULE, TUNE_RULE, aggregate as aggregate_rows, fmt, fmt_count,
+                              fmt_flops, md_table, pm, signed_pm, status_counts,
+                              tuned as tuned_rows, yes_no)
 
 RESULTS_JSON = "results.json"
 
@@ -70,6 +72,39 @@ def aggregate(matrix: Matrix, rows: list[dict[str, Any]]) -> list[dict[str, Any]
     the reference combination with the same grid values, the published figure."""
     published = matrix.spec.reference.values if matrix.spec.reference else {}
     return aggregate_rows(rows, matrix.grid_keys, reference_label(matrix), published)
+
+
+def tuned_view(matrix: Matrix, groups: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The per-arm tuned and untuned results (effrecipes.stats.tuned), when the spec tunes keys."""
+    if not matrix.spec.tune:
+        return []
+    base = read_recipe_data(matrix.base_path)
+    default = {k: fmt_value(_dotted(base, k)) for k in matrix.spec.tune}
+    return tuned_rows(groups, matrix.grid_keys, matrix.spec.tune, reference_label(matrix), default)
+
+
+def _dotted(data: Any, key: str) -> Any:
+    for part in key.split("."):
+        data = data.get(part) if isinstance(data, dict) else None
+    return data
+
+
+def _md_tuned(matrix: Matrix, rows: list[dict[str, Any]]) -> str:
+    fixed = [k for k in matrix.grid_keys if k not in matrix.spec.tune]
+    ref = reference_label(matrix)
+    header = (["techniques"] + fixed + ["selected (on val)", "n", "tuned test acc",
+              f"Δ vs tuned {ref or '-'}", "within noise", "untuned test acc",
+              f"Δ vs untuned {ref or '-'}", "within noise", "FLOPs / result", "FLOPs tuning"])
+    body = []
+    for r in rows:
+        sel = ", ".join(f"{k}={v}" for k, v in (r["selected"] or {}).items()) or "-"
+        body.append([r["techniques"]] + [str(r[k]) for k in fixed] + [
+            sel, str(r["tuned_n"]), pm(r["tuned_test_mean"], r["tuned_test_std"]),
+            "(reference)" if r["techniques"] == ref else signed_pm(r["tuned_delta_mean"], r["tuned_delta_std"]),
+            yes_no(r["tuned_within_noise"]), pm(r["untuned_test_mean"], r["untuned_test_std"]),
+            "(reference)" if r["techniques"] == ref else signed_pm(r["untuned_delta_mean"], r["untuned_delta_std"]),
+            yes_no(r["untuned_within_noise"]), fmt_flops(r["flops_per_result"]), fmt_flops(r["tuning_flops"])])
+    return md_table(header, body)
 
 
 def counts(rows: list[dict[str, Any]]) -> dict[str, int]:
@@ -137,9 +172,14 @@ def _md_cells(rows: list[dict[str, Any]]) -> str:
     return md_table(header, body)
 
 
-def render_md(matrix: Matrix, rows: list[dict[str, Any]], groups: list[dict[str, Any]]) -> str:
+def render_md(matrix: Matrix, rows: list[dict[str, Any]], groups: list[dict[str, Any]],
+              tuned: Optional[list[dict[str, Any]]] = None) -> str:
     lines = _md_head(matrix, rows) + ["## Aggregate over seeds (test accuracy, %)", ""]
-    lines += [_md_aggregate(matrix, groups), "", "## Cells", "", _md_cells(rows)]
+    lines += [_md_aggregate(matrix, groups), ""]
+    if tuned:
+        lines += [f"## Tuned per arm: {', '.join(matrix.spec.tune)} (test accuracy, %)", "",
+                  f"{TUNE_RULE}.", "", _md_tuned(matrix, tuned), ""]
+    lines += ["## Cells", "", _md_cells(rows)]
     failed = [r for r in rows if r["status"] == FAILED]
     if failed:
         lines += ["", "## Failed cells", ""]
@@ -164,15 +204,18 @@ def write_results(matrix: Matrix, running: frozenset[str] = frozenset()) -> dict
     """Rebuild and atomically write results.csv/json/md; returns the JSON object."""
     rows = cell_rows(matrix, running)
     groups = aggregate(matrix, rows)
+    tuned = tuned_view(matrix, groups)
     d = matrix.matrix_dir
     obj = {"matrix": matrix.spec.name, "spec": str(matrix.spec_path), "base": str(matrix.base_path),
            "view": matrix.spec.view, "mode": matrix.spec.algorithms.mode,
            "reference": reference_label(matrix),
            "noise_rule": NOISE_RULE, "updated": now(), "counts": counts(rows),
            "cells": rows, "aggregate": groups}
+    if tuned:
+        obj.update(tune=list(matrix.spec.tune), tune_rule=TUNE_RULE, tuned=tuned)
     atomic_write_text(d / "results.csv", render_csv(matrix, rows))
     atomic_write_json(d / RESULTS_JSON, obj)
-    atomic_write_text(d / "results.md", render_md(matrix, rows, groups))
+    atomic_write_text(d / "results.md", render_md(matrix, rows, groups, tuned))
     return obj
 
 

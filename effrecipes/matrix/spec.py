@@ -76,6 +76,10 @@ class MatrixSpec(_Section):
     grid: dict[str, list[Any]] = Field(default_factory=dict,
                                        description="dotted recipe key -> values (full product)")
     seeds: list[int] = Field(default_factory=lambda: [0], description="seeds; every cell runs each")
+    tune: list[str] = Field(default_factory=list, description="grid keys tuned per arm: every "
+                            "technique set gets the same search over them, the setting with the "
+                            "best mean validation accuracy is selected and its test accuracy "
+                            "reported, beside the untuned (base recipe) setting")
     view: Literal["equal_flops", "equal_epochs"] = Field(
         "equal_flops", description="equal_flops: same FLOP cap for every cell; equal_epochs: "
         "budget.flops removed, budget.max_epochs required (the paper's protocol)")
@@ -88,6 +92,14 @@ class MatrixSpec(_Section):
         if not re.fullmatch(NAME_RE, v):
             raise ValueError("use letters, digits and . _ = + , - only (no path separators)")
         return v
+
+    @model_validator(mode="after")
+    def _tune_keys_in_grid(self) -> "MatrixSpec":
+        missing = [k for k in self.tune if k not in self.grid]
+        if missing:
+            raise ValueError(f"tune lists {missing[0]!r}, which the grid does not vary; add it to "
+                             "grid with the values to search")
+        return self
 
     @field_validator("seeds")
     @classmethod

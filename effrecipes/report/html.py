@@ -12,7 +12,7 @@ from pathlib import Path
 
 from effrecipes.report.load import Collection
 from effrecipes.report.plots import PLOTS, heading, missing_reason
-from effrecipes.report.table import Table, cells_table, results_table, summary_lines
+from effrecipes.report.table import Table, cells_table, results_table, summary_lines, tuned_table
 
 CSS = """
 :root { --fg:#1f2328; --muted:#656d76; --line:#d0d7de; --head:#f6f8fa; --best:#fff5c2;
@@ -131,6 +131,10 @@ def render_html(c: Collection, plots: dict[str, Path], title: str) -> str:
     parts.append("</dl>")
     parts.append("<h2>Results</h2>")
     parts.append(_table(results_table(c)))
+    tuned = tuned_table(c)
+    if tuned is not None:
+        parts.append("<h2>Tuned per arm</h2>")
+        parts.append(_table(tuned))
     parts.append('<h2>Plots</h2><div class="plots">')
     for key in PLOTS:
         head = heading(c, key)

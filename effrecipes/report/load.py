@@ -366,7 +366,8 @@ def _matrix_meta(results: Optional[dict[str, Any]], info: dict[str, Any], spec: 
             "counts": res.get("counts") or status_counts(c.get("status") for c in cells),
             "updated": res.get("updated"),
             "noise_rule": res.get("noise_rule") or NOISE_RULE,
-            "aggregates_from": "results.json" if from_file else "run directories"}
+            "aggregates_from": "results.json" if from_file else "run directories",
+            "tune": res.get("tune"), "tune_rule": res.get("tune_rule"), "tuned": res.get("tuned")}
     return {k: v for k, v in meta.items() if v is not None}
 
 

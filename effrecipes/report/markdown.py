@@ -5,7 +5,7 @@ from pathlib import Path
 
 from effrecipes.report.load import Collection
 from effrecipes.report.plots import PLOTS, heading, missing_reason
-from effrecipes.report.table import cells_table, results_table, summary_lines, table_md
+from effrecipes.report.table import cells_table, results_table, summary_lines, table_md, tuned_table
 
 
 def render_markdown(c: Collection, plots: dict[str, Path], title: str) -> str:
@@ -13,7 +13,11 @@ def render_markdown(c: Collection, plots: dict[str, Path], title: str) -> str:
     lines += [f"- {k}: {v}" for k, v in summary_lines(c)]
     lines += ["", "## Results", ""]
     t = results_table(c)
-    lines += [table_md(t), "", t.caption, "", "## Plots", ""]
+    lines += [table_md(t), "", t.caption, ""]
+    tuned = tuned_table(c)
+    if tuned is not None:
+        lines += ["## Tuned per arm", "", table_md(tuned), "", tuned.caption + ".", ""]
+    lines += ["## Plots", ""]
     for key in PLOTS:
         head = heading(c, key)
         lines.append(f"### {head}")

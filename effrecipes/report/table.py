@@ -116,6 +116,35 @@ def results_table(c: Collection) -> Table:
     return Table("results", header, rows, [g.best for g in c.groups], ". ".join(cap) + ".", numeric)
 
 
+def tuned_table(c: Collection) -> Optional[Table]:
+    """Tuned and untuned results side by side, per arm (a matrix with `tune:` only)."""
+    rows_in = c.meta.get("tuned") or []
+    if not rows_in:
+        return None
+    fixed = [k for k in c.grid_keys if k not in (c.meta.get("tune") or [])]
+    header = (["cell"] + fixed + ["selected (on val)", "tuned test %", "Δ tuned", "untuned test %",
+              "Δ untuned", "FLOPs / result", "FLOPs tuning"])
+    rows = []
+    for r in rows_in:
+        sel = ", ".join(f"{k}={v}" for k, v in (r.get("selected") or {}).items()) or "-"
+        rows.append([TableCell(r["techniques"], r["techniques"])] +
+                    [TableCell(str(r.get(k)), str(r.get(k))) for k in fixed] + [
+            TableCell(sel, sel),
+            TableCell(pm(r.get("tuned_test_mean"), r.get("tuned_test_std")), num(r.get("tuned_test_mean"))),
+            TableCell(signed_pm(r.get("tuned_delta_mean"), r.get("tuned_delta_std")),
+                      num(r.get("tuned_delta_mean")),
+                      _signed_css(num(r.get("tuned_delta_mean")), r.get("tuned_within_noise"))),
+            TableCell(pm(r.get("untuned_test_mean"), r.get("untuned_test_std")),
+                      num(r.get("untuned_test_mean"))),
+            TableCell(signed_pm(r.get("untuned_delta_mean"), r.get("untuned_delta_std")),
+                      num(r.get("untuned_delta_mean")),
+                      _signed_css(num(r.get("untuned_delta_mean")), r.get("untuned_within_noise"))),
+            TableCell(fmt_flops(r.get("flops_per_result")), num(r.get("flops_per_result"))),
+            TableCell(fmt_flops(r.get("tuning_flops")), num(r.get("tuning_flops")))])
+    numeric = [False] * (2 + len(fixed)) + [True] * 6
+    return Table("tuned", header, rows, [False] * len(rows), c.meta.get("tune_rule") or "", numeric)
+
+
 def cells_table(c: Collection) -> Table:
     """One row per run (matrix cell or run directory), seeds separate."""
     header = ["run", "status", "seed", "test acc %", "best val %", "FLOPs used / cap", "stop",
