@@ -270,27 +270,18 @@ def audit_recipe(case: str, algorithms: list[dict[str, Any]], cap: float, root: 
             "output": {"root": str(root), "run_name": case}}
 
 
-def _bottleneck_net(in_channels: int, num_classes: int, image_size: int = 0) -> nn.Module:
-    """Two torchvision ResNet bottlenecks: the block Composer's stochastic depth targets."""
-    from torchvision.models.resnet import Bottleneck
-
-    return nn.Sequential(nn.Conv2d(in_channels, 16, 3, padding=1, bias=False), nn.BatchNorm2d(16),
-                         Bottleneck(16, 4), Bottleneck(16, 4), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
-                         nn.Linear(16, num_classes))
-
-
 def ledger_audit(pattern: str) -> list[dict[str, Any]]:
     """Real capped runs per algorithm case: the ledger against `counting_fit`'s count."""
     import tempfile
 
     from effrecipes import registry, runner
-    from effrecipes.audit import audit_cases, counting_fit
+    from effrecipes.audit import audit_cases, bottleneck_net, counting_fit
     from effrecipes.budget import train_step_flops
     from effrecipes.models import build_model
     from effrecipes.recipe import validate_recipe
 
     if "test_bottleneck_net" not in registry.models:
-        registry.models.add("test_bottleneck_net", _bottleneck_net, description="benchmark only")
+        registry.models.add("test_bottleneck_net", bottleneck_net, description="benchmark only")
     names = [n for n in registry.algorithms.names() if pattern == "*" or n in pattern.split(",")]
     cases = [c for c in audit_cases(names) if pattern == "*" or c[0] in names]
     plain = train_step_flops(build_model("gap_1p5k_dw", 1, 10, 28), nn.functional.cross_entropy,

@@ -12,6 +12,8 @@ import contextlib
 from typing import Any, Iterator
 
 from composer import Trainer
+from torch import nn
+from torchvision.models.resnet import Bottleneck
 
 from effrecipes.budget import flop_counter_mode
 
@@ -40,6 +42,14 @@ AUDIT_EXTRA_CASES: dict[str, list[dict[str, Any]]] = {
                        {"progressive_resizing": AUDIT_ARGS["progressive_resizing"]},
                        {"stochastic_depth": AUDIT_ARGS["stochastic_depth"]}],
 }
+
+
+def bottleneck_net(in_channels: int, num_classes: int, image_size: int = 0) -> nn.Module:
+    """Two torchvision ResNet bottlenecks: the block Composer's stochastic depth targets (the
+    GAP CNNs have none). Registered by the tests and the benchmark as `test_bottleneck_net`."""
+    return nn.Sequential(nn.Conv2d(in_channels, 16, 3, padding=1, bias=False), nn.BatchNorm2d(16),
+                         Bottleneck(16, 4), Bottleneck(16, 4), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                         nn.Linear(16, num_classes))
 
 
 def audit_cases(names: list[str]) -> list[tuple[str, list[dict[str, Any]]]]:

@@ -17,23 +17,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import torch
 
 from effrecipes import registry
 from effrecipes.audit import AUDIT_ARGS as ARGS
-from effrecipes.audit import audit_cases, counting_fit
+from effrecipes.audit import audit_cases, bottleneck_net, counting_fit
 from effrecipes.cli import main
 from tests.conftest import record_lrs, tiny_recipe, write_recipe
-
-def _bottleneck_net(in_channels: int, num_classes: int, image_size: int = 0) -> torch.nn.Module:
-    """Two torchvision ResNet bottlenecks: the block Composer's stochastic depth targets."""
-    from torchvision.models.resnet import Bottleneck
-
-    return torch.nn.Sequential(
-        torch.nn.Conv2d(in_channels, 16, 3, padding=1, bias=False), torch.nn.BatchNorm2d(16),
-        Bottleneck(16, 4), Bottleneck(16, 4), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(),
-        torch.nn.Linear(16, num_classes))
-
 
 @pytest.fixture(autouse=True)
 def _bottleneck_model(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -42,7 +31,7 @@ def _bottleneck_model(monkeypatch: pytest.MonkeyPatch) -> None:
 
     registry.models.names()  # load the registry first
     monkeypatch.setitem(registry.models._entries, "test_bottleneck_net",
-                        Entry("test_bottleneck_net", _bottleneck_net, "test only"))
+                        Entry("test_bottleneck_net", bottleneck_net, "test only"))
 
 CAP = 4e8  # ~55 steps of the tiny recipe: long enough for every "dur" start/end to pass
 
