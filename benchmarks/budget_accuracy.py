@@ -59,9 +59,9 @@ _raw_conv_bwd = flop_counter.conv_backward_flop.__wrapped__  # torch's formula, 
 def natural_shape(name: str) -> tuple[int, int, int]:
     from effrecipes.registry import models
 
-    meta = models.entry(name).meta
-    spec = meta.get("default_input")
-    if isinstance(spec, str) and meta.get("family") == "paper004":
+    info = models.entry(name).info
+    spec = info.default_input if info else None
+    if spec and spec != "any" and info.family == "paper004":
         c, h, w = (int(v) for v in spec.split("x"))
         return (c, h, w)
     return (1, 28, 28)  # zoo models: Kuzushiji-49 / MNIST-sized input
@@ -341,7 +341,7 @@ def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
     rows: list[dict[str, Any]] = []
     for name in names:
         variants = ["plain"]
-        if not args.no_blurpool and models.entry(name).meta.get("family") == "paper004":
+        if not args.no_blurpool and models.entry(name).info.family == "paper004":
             variants.append("blurpool")
         for v in variants:
             try:

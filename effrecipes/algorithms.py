@@ -369,7 +369,7 @@ CONFLICTS: dict[frozenset[str], str] = {
 
 
 def info(name: str) -> AlgoInfo:
-    return algorithms.entry(name).meta["info"]
+    return algorithms.entry(name).info
 
 
 def check_algorithm(name: str, kwargs: dict[str, Any], *, file: str = "<recipe>") -> None:
@@ -400,7 +400,7 @@ def cost_of(spec: list[dict[str, dict[str, Any]]]) -> AlgoCost:
 
 def build_algorithm(name: str, kwargs: dict[str, Any]) -> Algorithm:
     entry = algorithms.entry(name)
-    merged = {**(entry.meta["info"].defaults or {}), **kwargs}
+    merged = {**(entry.info.defaults or {}), **kwargs}
     return entry.builder(**merged)
 
 

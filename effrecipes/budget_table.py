@@ -37,16 +37,16 @@ def budget_table(dataset: str, model_names: list[str], flops_cap: float,
     """One row per model. `stock_stem=True` keeps torchvision's stems unchanged on small images
     (the setting paper 000's Kuzushiji-49 figures fit); by default small images get our
     stride-1 stem (see effrecipes/models/zoo.py)."""
-    meta = datasets.entry(dataset, field_path="--dataset").meta
-    channels, size = int(meta["channels"]), int(image_size or meta["image_size"])
-    classes, n_train = int(meta["num_classes"]), int(meta["num_train"])
+    info = datasets.entry(dataset, field_path="--dataset").info
+    channels, size = info.channels, int(image_size or info.image_size)
+    classes, n_train = info.num_classes, info.num_train
     per_epoch_samples = round(n_train * (1 - val_fraction))
     rows = []
     for name in model_names:
         models.entry(name, field_path="--models")
         torch.manual_seed(0)
-        kwargs = {"small_stem": False} if stock_stem and models.entry(name).meta.get(
-            "family") in ("paper000", "reference") else {}
+        kwargs = ({"small_stem": False} if stock_stem and models.entry(name).info.family
+                  in ("paper000", "reference") else {})
         model = build_model(name, channels, classes, size, **kwargs)
         batch = (torch.randn(2, channels, size, size), torch.randint(0, classes, (2,)))
         per_sample = train_step_flops(model, torch.nn.functional.cross_entropy, batch) / 2

@@ -137,7 +137,7 @@ def _budget_table(args: argparse.Namespace) -> int:
     for pat in filter(None, (p.strip() for p in args.models.split(","))):
         names += models.names(pat) if any(c in pat for c in "*?[") else [pat]
     rows = budget_table(args.dataset, names, cap, stock_stem=args.stock_stem)
-    n = round(int(datasets.entry(args.dataset, field_path="--dataset").meta["num_train"]) * 0.9)
+    n = round(int(datasets.entry(args.dataset, field_path="--dataset").info.num_train) * 0.9)
     if args.json:
         print(json.dumps([r.__dict__ for r in rows], indent=2))
     else:

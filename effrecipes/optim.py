@@ -78,7 +78,7 @@ def check_optimizer(cfg: OptimizerConfig, *, file: str = "<recipe>") -> None:
     """Unknown name, or a setting the chosen optimizer ignores, as a one-line RecipeError.
     Compared with the defaults (not 'was it written'), so a resolved recipe - every default
     filled in - validates again, and a grid switching a momentum-SGD base to adam works."""
-    uses = optimizers.entry(cfg.name, field_path="optimizer.name", file=file).meta["info"].uses
+    uses = optimizers.entry(cfg.name, field_path="optimizer.name", file=file).info.uses
     defaults = OptimizerConfig.model_fields
     if "momentum" not in uses and cfg.momentum != defaults["momentum"].default:
         why = f"momentum={cfg.momentum} is ignored by {cfg.name} (use betas); remove optimizer.momentum or use name: sgd"

@@ -8,12 +8,35 @@ from __future__ import annotations
 
 import fnmatch
 import importlib
-from dataclasses import dataclass, field
-from typing import Any, Callable, Generic, TypeVar
+from dataclasses import dataclass
+from typing import Any, Callable, Generic, Optional, TypeVar
 
 from effrecipes.errors import RecipeError, unknown_name_message
 
 T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What a model registry entry knows besides its builder."""
+
+    family: str                        # paper004 | paper000 | reference
+    default_input: str = ""            # CxHxW the model is made for ("any": adapts)
+    paper_params: Optional[int] = None  # the parameter count the paper reports
+    paper_params_config: str = ""      # the configuration that count is for
+    paper_name: str = ""               # the model's name in the paper
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """Shape and size of a registered dataset (also what `--dry-run` plans from without data)."""
+
+    channels: int
+    image_size: int
+    num_classes: int
+    num_train: int
+    num_test: int
+    folder: bool = False               # images on disk, decoded per sample
 
 
 @dataclass
@@ -21,7 +44,7 @@ class Entry(Generic[T]):
     name: str
     builder: T
     description: str = ""
-    meta: dict[str, Any] = field(default_factory=dict)
+    info: Any = None  # the kind's typed metadata: ModelInfo, DatasetInfo, AlgoInfo, OptimizerInfo
 
 
 class Registry(Generic[T]):
@@ -39,22 +62,23 @@ class Registry(Generic[T]):
             for mod in self._modules:
                 importlib.import_module(mod)
 
-    def register(self, name: str, *, description: str = "", **meta: Any) -> Callable[[T], T]:
-        """Decorator: `@models.register("gap_1p5k_dw", description=...)`."""
+    def register(self, name: str, *, description: str = "", info: Any = None) -> Callable[[T], T]:
+        """Decorator: `@datasets.register("digits", description=..., info=DatasetInfo(...))`."""
 
         def wrap(builder: T) -> T:
-            self.add(name, builder, description=description, **meta)
+            self.add(name, builder, description=description, info=info)
             return builder
 
         return wrap
 
-    def add(self, name: str, builder: T, *, description: str = "", **meta: Any) -> None:
+    def add(self, name: str, builder: T, *, description: str = "", info: Any = None) -> None:
+        """The same as `register`, for builders made in a loop (one per table row)."""
         if name in self._entries:
             raise ValueError(f"{self.kind} {name!r} is registered twice")
         if not description:
             doc = getattr(builder, "__doc__", None) or ""
             description = doc.strip().splitlines()[0] if doc.strip() else ""
-        self._entries[name] = Entry(name, builder, description, dict(meta))
+        self._entries[name] = Entry(name, builder, description, info)
 
     def entry(self, name: str, *, field_path: str | None = None, file: str | None = None) -> Entry[T]:
         self._ensure_loaded()

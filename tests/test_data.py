@@ -60,8 +60,9 @@ def test_every_dataset_registered_with_meta() -> None:
                 "synthetic"}
     assert expected <= set(list_datasets())
     for name in expected:
-        meta = datasets.entry(name).meta
-        assert {"channels", "image_size", "num_classes"} <= set(meta), name
+        info = datasets.entry(name).info
+        assert info.channels in (1, 3) and info.image_size >= 8 and info.num_classes >= 2, name
+        assert info.num_train > 0 and info.num_test > 0, name
         assert datasets.entry(name).description
 
 

@@ -108,12 +108,12 @@ def test_all_registered_with_meta() -> None:
     assert set(NAMES) <= set(list_models())
     assert len(NAMES) == 10
     for name in NAMES:
-        meta = models.entry(name).meta
-        assert meta["family"] == ("reference" if name == "resnet18" else "paper000")
-        assert meta["default_input"] in ("1x28x28", "3x224x224")
+        info = models.entry(name).info
+        assert info.family == ("reference" if name == "resnet18" else "paper000")
+        assert info.default_input in ("1x28x28", "3x224x224")
         if name != "resnet18":
-            assert meta["paper_params"] == PAPER_TABLE_I_PARAMS[name]
-    assert "paper_params" not in models.entry("resnet18").meta
+            assert info.paper_params == PAPER_TABLE_I_PARAMS[name]
+    assert models.entry("resnet18").info.paper_params is None
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -131,7 +131,7 @@ def test_shapes_small_and_large(name: str) -> None:
 def test_paper_param_count_reproduced(name: str) -> None:
     channels, classes, kwargs = PAPER_SETTING[name]
     model = meta_model(name, channels, classes, 224, **kwargs)
-    assert n_params(model) == models.entry(name).meta["paper_params"]
+    assert n_params(model) == models.entry(name).info.paper_params
 
 
 def test_params_and_flops_table(capsys: pytest.CaptureFixture[str]) -> None:
@@ -144,7 +144,7 @@ def test_params_and_flops_table(capsys: pytest.CaptureFixture[str]) -> None:
             "name": name,
             "p_k49": n_params(k49),
             "p_in1k": n_params(imagenet),
-            "paper": models.entry(name).meta.get("paper_params"),
+            "paper": models.entry(name).info.paper_params,
             "f28": forward_flops(k49, 1, 28),
             "f28_stock": forward_flops(k49_stock, 1, 28),
             "f224": forward_flops(imagenet, 3, 224),

@@ -15,7 +15,7 @@ FAST = {"mobilenet_v3_small", "mnasnet_small"}  # the zoo's cheapest; the rest r
 
 
 def _param(name: str) -> object:
-    heavy = models.entry(name).meta.get("family") != "paper004" and name not in FAST
+    heavy = models.entry(name).info.family != "paper004" and name not in FAST
     return pytest.param(name, marks=pytest.mark.slow) if heavy else name
 
 

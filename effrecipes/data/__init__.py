@@ -95,7 +95,7 @@ def needs_per_sample(cfg: DataConfig, native_size: int) -> bool:
 
 def build_data(cfg: DataConfig, seed: int, *, per_sample: bool = False) -> DataBundle:
     """Build train/val/test loaders for a recipe's data section; deterministic for a seed."""
-    if datasets.entry(cfg.name, field_path="data.name").meta.get("folder"):
+    if datasets.entry(cfg.name, field_path="data.name").info.folder:
         return _build_folder_data(cfg, seed)
     raw = load_raw(cfg)
     _, channels, height, width = raw.train_x.shape
@@ -182,28 +182,27 @@ def stand_in_data(cfg: DataConfig, seed: int) -> Optional[DataBundle]:
     `--dry-run` plans exactly what the real data would (the plan depends on shapes, the batch
     size and the number of images, never on pixel values). None when the registry does not know
     the dataset's shape and size (synthetic, image folders)."""
-    meta = datasets.entry(cfg.name, field_path="data.name").meta
-    keys = ("channels", "image_size", "num_classes", "num_train", "num_test")
-    if not all(isinstance(meta.get(k), int) for k in keys):
+    info = datasets.entry(cfg.name, field_path="data.name").info
+    if info is None or info.folder:
         return None
-    train_idx, val_idx = split_indices(meta["num_train"], cfg.val_fraction, seed)
+    train_idx, val_idx = split_indices(info.num_train, cfg.val_fraction, seed)
     n_train = min(len(train_idx), cfg.train_subset or len(train_idx))
-    n_test = min(meta["num_test"], cfg.test_subset or meta["num_test"])
-    size = cfg.image_size or meta["image_size"]
-    shape = (meta["channels"], size, size)
+    n_test = min(info.num_test, cfg.test_subset or info.num_test)
+    size = cfg.image_size or info.image_size
+    shape = (info.channels, size, size)
     if n_train < cfg.batch_size:
         return None
 
     def loader(n: int, batch: int, drop_last: bool) -> StandInLoader:
         return StandInLoader(n // batch if drop_last else -(-n // batch), batch, shape,
-                             meta["num_classes"], seed)
+                             info.num_classes, seed)
 
     return DataBundle(train=loader(n_train, cfg.batch_size, True),
                       val=loader(len(val_idx), cfg.eval_batch_size, False) if len(val_idx) else None,
-                      test=loader(n_test, cfg.eval_batch_size, False), num_classes=meta["num_classes"],
-                      in_channels=meta["channels"], image_size=size, num_train=n_train,
+                      test=loader(n_test, cfg.eval_batch_size, False), num_classes=info.num_classes,
+                      in_channels=info.channels, image_size=size, num_train=n_train,
                       num_val=len(val_idx), num_test=n_test,
-                      per_sample=needs_per_sample(cfg, meta["image_size"]))
+                      per_sample=needs_per_sample(cfg, info.image_size))
 
 
 def _build_folder_data(cfg: DataConfig, seed: int) -> DataBundle:

@@ -18,7 +18,7 @@ from torchvision.datasets import VisionDataset
 
 from effrecipes.errors import DataError
 from effrecipes.recipe import DataConfig
-from effrecipes.registry import datasets
+from effrecipes.registry import DatasetInfo, datasets
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)  # photos: the usual ImageNet statistics
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -73,16 +73,16 @@ def _open(cls: Any, cfg: DataConfig, title: str, layout: str, download_ok: bool)
 
 
 @datasets.register("food101", description="Food-101 (101 classes, photos; torchvision)",
-                   channels=3, image_size=DEFAULT_SIZE, num_classes=101, num_train=75750,
-                   num_test=25250, folder=True)
+                   info=DatasetInfo(channels=3, image_size=DEFAULT_SIZE, num_classes=101,
+                                    num_train=75750, num_test=25250, folder=True))
 def food101(cfg: DataConfig) -> FolderData:
     return _open(torchvision.datasets.Food101, cfg, "Food-101",
                  "food-101/images/<class>/*.jpg and food-101/meta/{train,test}.json", True)
 
 
 @datasets.register("stanford_cars", description="Stanford Cars (196 classes, photos; torchvision)",
-                   channels=3, image_size=DEFAULT_SIZE, num_classes=196, num_train=8144,
-                   num_test=8041, folder=True)
+                   info=DatasetInfo(channels=3, image_size=DEFAULT_SIZE, num_classes=196,
+                                    num_train=8144, num_test=8041, folder=True))
 def stanford_cars(cfg: DataConfig) -> FolderData:
     return _open(torchvision.datasets.StanfordCars, cfg, "Stanford Cars",
                  "stanford_cars/{cars_train,cars_test,devkit}/ and cars_test_annos_withlabels.mat",

@@ -20,7 +20,7 @@ from effrecipes.data import cache
 from effrecipes.data.formats import read_cifar_batch, read_cifar_pickle, read_idx, read_npz_array
 from effrecipes.errors import DataError
 from effrecipes.recipe import DataConfig
-from effrecipes.registry import datasets
+from effrecipes.registry import DatasetInfo, datasets
 
 
 @dataclass
@@ -184,15 +184,15 @@ _DIGITS = [str(i) for i in range(10)]
 FASHION_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
                    "Sneaker", "Bag", "Ankle boot"]
 KMNIST_CLASSES = ["o", "ki", "su", "tsu", "na", "ha", "ma", "ya", "re", "wo"]
-_IDX_META = dict(channels=1, image_size=28, num_classes=10, num_train=60000, num_test=10000)
+_IDX_INFO = DatasetInfo(channels=1, image_size=28, num_classes=10, num_train=60000, num_test=10000)
 
 datasets.add("mnist", _idx_builder("mnist", "MNIST", "MNIST", _DIGITS),
-             description="MNIST handwritten digits, 28x28 grey, 10 classes", **_IDX_META)
+             description="MNIST handwritten digits, 28x28 grey, 10 classes", info=_IDX_INFO)
 datasets.add("fashion_mnist", _idx_builder("fashion_mnist", "FashionMNIST", "Fashion-MNIST",
                                            FASHION_CLASSES),
-             description="Fashion-MNIST clothing, 28x28 grey, 10 classes", **_IDX_META)
+             description="Fashion-MNIST clothing, 28x28 grey, 10 classes", info=_IDX_INFO)
 datasets.add("kmnist", _idx_builder("kmnist", "KMNIST", "KMNIST", KMNIST_CLASSES),
-             description="Kuzushiji-MNIST cursive Japanese, 28x28 grey, 10 classes", **_IDX_META)
+             description="Kuzushiji-MNIST cursive Japanese, 28x28 grey, 10 classes", info=_IDX_INFO)
 
 
 # --------------------------------------------------------------------------- CIFAR
@@ -251,13 +251,13 @@ def _cifar_builder(name: str, tv_class: str, title: str, sub: str, train_files: 
 datasets.add("cifar10", _cifar_builder(
     "cifar10", "CIFAR10", "CIFAR-10", "cifar-10-batches-py", [f"data_batch_{i}" for i in range(1, 6)],
     "labels", "batches.meta", "label_names", CIFAR10_CLASSES),
-    description="CIFAR-10, 32x32 RGB, 10 classes", channels=3, image_size=32, num_classes=10,
-    num_train=50000, num_test=10000)
+    description="CIFAR-10, 32x32 RGB, 10 classes",
+    info=DatasetInfo(channels=3, image_size=32, num_classes=10, num_train=50000, num_test=10000))
 datasets.add("cifar100", _cifar_builder(
     "cifar100", "CIFAR100", "CIFAR-100", "cifar-100-python", ["train"], "fine_labels", "meta",
     "fine_label_names", None),
-    description="CIFAR-100 (fine labels), 32x32 RGB, 100 classes", channels=3, image_size=32,
-    num_classes=100, num_train=50000, num_test=10000)
+    description="CIFAR-100 (fine labels), 32x32 RGB, 100 classes",
+    info=DatasetInfo(channels=3, image_size=32, num_classes=100, num_train=50000, num_test=10000))
 
 
 # --------------------------------------------------------------------------- Kuzushiji-49
@@ -283,7 +283,8 @@ def _k49_class_names(path: Path, n: int) -> list[str]:
 
 
 @datasets.register("kuzushiji49", description="Kuzushiji-49 hiragana, 28x28 grey, 49 classes",
-                   channels=1, image_size=28, num_classes=49, num_train=232365, num_test=38547)
+                   info=DatasetInfo(channels=1, image_size=28, num_classes=49, num_train=232365,
+                                    num_test=38547))
 def kuzushiji49(cfg: DataConfig) -> RawData:
     """Kuzushiji-49 (npz files, key arr_0; downloaded from codh.rois.ac.jp)."""
     _check_kwargs(cfg, {"cache"})
@@ -325,7 +326,8 @@ DIGITS_SPLIT_SEED = 1797  # fixed: the test set must not move with the recipe se
 
 
 @datasets.register("digits", description="scikit-learn digits, 8x8 grey, 10 classes (offline)",
-                   channels=1, image_size=8, num_classes=10, num_train=1438, num_test=359)
+                   info=DatasetInfo(channels=1, image_size=8, num_classes=10, num_train=1438,
+                                    num_test=359))
 def digits(cfg: DataConfig) -> RawData:
     """scikit-learn's bundled 8x8 digits; a fixed 20% test split (seed independent of the recipe)."""
     _check_kwargs(cfg, set())
@@ -348,7 +350,8 @@ SYNTHETIC_DEFAULTS: dict[str, int] = dict(num_train=512, num_test=256, channels=
 
 @datasets.register("synthetic", description="random learnable images for tests (data.kwargs sets "
                    "num_train, num_test, channels, image_size, num_classes, seed)",
-                   channels=3, image_size=32, num_classes=10, num_train=512, num_test=256)
+                   info=DatasetInfo(channels=3, image_size=32, num_classes=10, num_train=512,
+                                    num_test=256))
 def synthetic(cfg: DataConfig) -> RawData:
     """Class-dependent smooth patterns plus noise: learnable in a few steps, deterministic per seed.
 

@@ -6,7 +6,7 @@ from typing import Any, Sequence
 from torch import nn
 
 from effrecipes.models.gap_cnn import CIFAR_SPECS, MNIST_SPECS, PAPER_PARAMS, GapCNN, parse_layers
-from effrecipes.registry import models
+from effrecipes.registry import ModelInfo, models
 
 
 def _register(name: str, spec: Any, bias: bool, table: str, default_input: str) -> None:
@@ -15,8 +15,7 @@ def _register(name: str, spec: Any, bias: bool, table: str, default_input: str) 
         return GapCNN(spec, in_channels, num_classes, bias=bias, dropout=dropout)
 
     build.__doc__ = f"GAP CNN of paper 004 Table {table} ({PAPER_PARAMS[name]:,} params)"
-    models.add(name, build, family="paper004", paper_params=PAPER_PARAMS[name],
-               default_input=default_input)
+    models.add(name, build, info=ModelInfo("paper004", default_input, PAPER_PARAMS[name]))
 
 
 for _name, _spec in MNIST_SPECS.items():
@@ -36,4 +35,4 @@ def gap_custom(in_channels: int, num_classes: int, image_size: int = 0, *,
     return GapCNN(parse_layers(list(layers)), in_channels, num_classes, bias=bias, dropout=dropout)
 
 
-models.add("gap_custom", gap_custom, family="paper004", default_input="any")
+models.add("gap_custom", gap_custom, info=ModelInfo("paper004", "any"))

@@ -112,7 +112,7 @@ from torch import nn
 from torchvision import models as tvm
 from torchvision.models import efficientnet as tv_efficientnet
 
-from effrecipes.registry import models
+from effrecipes.registry import ModelInfo, models
 
 SMALL_IMAGE = 64  # image_size below this gets the small-image stem
 
@@ -342,10 +342,9 @@ def _register(name: str, ctor: Callable[..., nn.Module], family: str, paper_para
     build.__doc__ = (f"{name} from scratch ({where}); stem adapted to in_channels and, "
                      f"for image_size < {SMALL_IMAGE}, stride 1")
     build.__name__ = f"build_{name}"
-    meta: dict[str, Any] = {"family": family, "default_input": default_input}
-    if paper_params is not None:
-        meta.update(paper_params=paper_params, paper_params_config=config, paper_name=paper_name)
-    models.add(name, build, **meta)
+    info = (ModelInfo(family, default_input, paper_params, config, paper_name)
+            if paper_params is not None else ModelInfo(family, default_input))
+    models.add(name, build, info=info)
 
 
 for _name, _spec in ZOO.items():
