@@ -123,6 +123,42 @@ def _dur(s: Optional[float]) -> str:
     return f"{s / 3600:.1f}h"
 
 
+def _calibration(candidates: list[Any], plans: dict[str, dict[str, Any]], batches: int,
+                 threads: int) -> tuple[Optional[dict[str, Any]], str]:
+    """(calibration, what it says) from two short real runs of the first cell that prepared."""
+    usable = [c for c in candidates if not plans[c.id].get("error")]
+    if batches <= 0:
+        return None, "no calibration (--calibration-batches 0)"
+    if not usable:
+        return None, "no calibration (no cell could be prepared)"
+    rep = usable[0]
+    try:
+        cal = calibrate(rep, plans[rep.id], batches, threads)
+    except UserError as e:
+        return None, f"calibration failed: {e}"
+    return cal, (f"estimated from two calibration runs of cell {rep.id} ({cal['short_batches']} "
+                 f"and {cal['batches']} real training batches, in a temp dir): "
+                 f"{cal['seconds_per_batch'] * 1000:.1f} ms/batch at {cal['threads']} thread(s) after "
+                 f"warm-up, plus {cal['fixed_seconds']:.1f}s fixed cost per cell (data, model, "
+                 "warm-up, test, latency); scaled to each cell by its planned FLOPs. Rough: "
+                 "per-FLOP speed differs between algorithms (augmentations cost time, not "
+                 "FLOPs), periodic validation is not included, and other load on the machine "
+                 "skews it")
+
+
+def _headline(matrix: Matrix) -> list[str]:
+    labels = [matrix.grid_labels[k] for k in matrix.grid_keys]
+    n_grid = 1
+    for values in matrix.spec.grid.values():
+        n_grid *= len(values)
+    return [f"matrix {matrix.spec.name} ({matrix.spec.algorithms.mode}, view {matrix.spec.view}): "
+            f"{len(matrix.cells)} cells = {len(matrix.combos)} combos x {n_grid} grid point(s) x "
+            f"{len(matrix.spec.seeds)} seed(s)"
+            + (f" (grid keys: {', '.join(f'{k} as {l}' for k, l in zip(matrix.grid_keys, labels))})"
+               if matrix.grid_keys else ""),
+            f"matrix directory: {matrix.matrix_dir}"]
+
+
 def dry_run(matrix: Matrix, *, workers: int = 1, only: Optional[list[str]] = None,
             retry_failed: bool = False, calibration_batches: int = 30,
             executor: str = "local", cpus_per_cell: float = 1.0) -> tuple[str, dict[str, Any], bool]:
@@ -134,27 +170,8 @@ def dry_run(matrix: Matrix, *, workers: int = 1, only: Optional[list[str]] = Non
     to_run, _, why = plan_work(matrix, cells, retry_failed)
     run_ids = {c.id for c in to_run}
     plans = plan_cells(matrix, cells, threads)
-    cal: Optional[dict[str, Any]] = None
-    cal_note = "no calibration (no cell could be prepared)"
-    candidates = [c for c in (to_run or cells) if not plans[c.id].get("error")]
-    if calibration_batches > 0 and candidates:
-        rep = candidates[0]
-        try:
-            cal = calibrate(rep, plans[rep.id], calibration_batches, threads)
-            cal_note = (f"estimated from two calibration runs of cell {rep.id} ({cal['short_batches']} "
-                        f"and {cal['batches']} real training batches, in a temp dir): "
-                        f"{cal['seconds_per_batch'] * 1000:.1f} ms/batch at {cal['threads']} thread(s) after "
-                        f"warm-up, plus {cal['fixed_seconds']:.1f}s fixed cost per cell (data, model, "
-                        "warm-up, test, latency); scaled to each cell by its planned FLOPs. Rough: "
-                        "per-FLOP speed differs between algorithms (augmentations cost time, not "
-                        "FLOPs), periodic validation is not included, and other load on the machine "
-                        "skews it")
-        except UserError as e:
-            cal_note = f"calibration failed: {e}"
-    elif calibration_batches <= 0:
-        cal_note = "no calibration (--calibration-batches 0)"
+    cal, cal_note = _calibration(to_run or cells, plans, calibration_batches, threads)
 
-    labels = [matrix.grid_labels[k] for k in matrix.grid_keys]
     header = ["cell", "state", "FLOPs/batch", "batches", "epochs", "planned FLOPs", "cap", "est. wall"]
     rows, out_cells = [], []
     total_est = 0.0
@@ -180,21 +197,13 @@ def dry_run(matrix: Matrix, *, workers: int = 1, only: Optional[list[str]] = Non
     widths = [max(len(str(r[i])) for r in rows + [header]) for i in range(len(header))]
     fmt = "  ".join("{:<%d}" % w for w in widths)
     par = max(1, workers)
-    n_grid = 1
-    for values in matrix.spec.grid.values():
-        n_grid *= len(values)
-    lines = [f"matrix {matrix.spec.name} ({matrix.spec.algorithms.mode}, view {matrix.spec.view}): "
-             f"{len(matrix.cells)} cells = {len(matrix.combos)} combos x {n_grid} grid point(s) x "
-             f"{len(matrix.spec.seeds)} seed(s)"
-             + (f" (grid keys: {', '.join(f'{k} as {l}' for k, l in zip(matrix.grid_keys, labels))})"
-                if matrix.grid_keys else ""),
-             f"matrix directory: {matrix.matrix_dir}", "", fmt.format(*header)]
+    lines = _headline(matrix) + ["", fmt.format(*header)]
     lines += [fmt.format(*r) for r in rows]
     lines += ["", f"to run: {len(to_run)} of {len(cells)} selected cells; estimated wall time "
               f"{_dur(total_est / par if cal else None)} with {par} parallel "
               f"{'task' if executor == 'ray' else 'worker'}(s) (sum {_dur(total_est if cal else None)})",
               f"estimate: {cal_note}.",
-              "planned FLOPs = planned_batches x measured FLOPs per batch (runner.prepare); nothing "
+              "planned FLOPs = planned_batches x the expected FLOPs per batch (runner.prepare); nothing "
               "was written to the matrix directory."]
     report = {"matrix": matrix.spec.name, "matrix_dir": str(matrix.matrix_dir),
               "view": matrix.spec.view, "cells": out_cells, "calibration": cal,
