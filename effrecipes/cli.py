@@ -18,6 +18,7 @@ import yaml
 from effrecipes.cli_common import (ENVIRONMENT, OneLineParser, dotted_flags_to_overrides, guard,
                                    int_at_least, package_version, run_entrypoint, stdout_to_stderr)
 from effrecipes.errors import UserError
+from effrecipes.stats import fmt_flops
 
 LISTABLE = ("algorithms", "models", "datasets", "optimizers", "schedulers")  # effrecipes.registry.ALL
 
@@ -36,15 +37,6 @@ examples:
 exit codes: 0 done; 2 a mistake in the input (one line on stderr, nothing written); 130 interrupted
 
 {ENVIRONMENT}"""
-
-
-def _fmt_flops(x: Optional[float]) -> str:
-    if x is None:
-        return "-"
-    for unit, scale in (("P", 1e15), ("T", 1e12), ("G", 1e9), ("M", 1e6), ("K", 1e3)):
-        if abs(x) >= scale:
-            return f"{x / scale:.3g}{unit}"
-    return f"{x:.3g}"
 
 
 def list_entries(kind: str, pattern: str = "*") -> list[dict[str, str]]:
@@ -71,18 +63,18 @@ def format_dry_run(report: dict[str, Any]) -> str:
            "# model and budget",
            f"params:                      {report['params']:,}"
            f"  ({report['params_after_surgery']:,} after algorithm surgery)",
-           f"train FLOPs / sample:        {_fmt_flops(report['train_flops_per_sample'])}"
+           f"train FLOPs / sample:        {fmt_flops(report['train_flops_per_sample'])}"
            "  (FlopCounterMode, fwd+bwd, 2/MAC, after surgery)",
-           f"inference FLOPs / sample:    {_fmt_flops(report['forward_flops_per_sample'])}",
-           f"fvcore fwd MACs / sample:    {_fmt_flops(report['fvcore_forward_macs_per_sample'])}",
-           f"FLOPs per batch:             {_fmt_flops(plan['step_flops'])}"
+           f"inference FLOPs / sample:    {fmt_flops(report['forward_flops_per_sample'])}",
+           f"fvcore fwd MACs / sample:    {fmt_flops(report['fvcore_forward_macs_per_sample'])}",
+           f"FLOPs per batch:             {fmt_flops(plan['step_flops'])}"
            f"  (the dearest step; global batch {plan['global_batch_size']})",
-           f"FLOP cap:                    {_fmt_flops(plan['flops_cap'])}",
+           f"FLOP cap:                    {fmt_flops(plan['flops_cap'])}",
            f"planned batches:             {plan['planned_batches']:,}"
            f"  ({plan['planned_epochs']:.2f} epochs of {plan['batches_per_epoch']} batches;"
            f" binding cap: {plan['binding_cap']})"]
     if plan["mean_step_flops"] != plan["step_flops"]:
-        out.append(f"expected mean batch:         {_fmt_flops(plan['mean_step_flops'])}"
+        out.append(f"expected mean batch:         {fmt_flops(plan['mean_step_flops'])}"
                    "  (the step cost varies: the run stops when the next step could cross the cap)")
     out += ["", "# algorithms"]
     if not report["algorithms"]:
@@ -105,7 +97,7 @@ def format_summary(metrics: dict[str, Any], run_dir: str) -> str:
 
     rows = [("test accuracy", pct(metrics["test_accuracy"])),
             ("best val accuracy", pct(metrics["best_val_accuracy"])),
-            ("FLOPs used / cap", f"{_fmt_flops(metrics['flops_used'])} / {_fmt_flops(metrics['flops_cap'])}"),
+            ("FLOPs used / cap", f"{fmt_flops(metrics['flops_used'])} / {fmt_flops(metrics['flops_cap'])}"),
             ("stop reason", str(metrics["stop_reason"])),
             ("epochs (batches)", f"{metrics['epochs']:.2f} ({metrics['batches']})"),
             ("params", f"{metrics['params']:,}"),

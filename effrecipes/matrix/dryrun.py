@@ -19,7 +19,7 @@ from typing import Any, Optional
 from effrecipes.errors import UserError
 from effrecipes.matrix.cells import Cell, Matrix, canonical_json, check_valid
 from effrecipes.matrix.execute import plan_work, select, threads_per_worker
-from effrecipes.matrix.results import _flops
+from effrecipes.stats import fmt_flops
 from effrecipes.matrix.state import classify
 
 
@@ -187,9 +187,9 @@ def dry_run(matrix: Matrix, *, workers: int = 1, only: Optional[list[str]] = Non
             ok = False
             rows.append([c.id, state, f"error: {p['error']}", "", "", "", "", ""])
         else:
-            rows.append([c.id, state, _flops(p["step_flops"]), f"{p['planned_batches']:,}",
-                         f"{p['planned_epochs']:.2f}", _flops(p["planned_flops"]),
-                         _flops(p["flops_cap"]), "-" if c.id not in run_ids else _dur(est)])
+            rows.append([c.id, state, fmt_flops(p["step_flops"]), f"{p['planned_batches']:,}",
+                         f"{p['planned_epochs']:.2f}", fmt_flops(p["planned_flops"]),
+                         fmt_flops(p["flops_cap"]), "-" if c.id not in run_ids else _dur(est)])
         out_cells.append({"cell_id": c.id, "techniques": list(c.techniques), "grid": c.grid,
                           "seed": c.seed, "hash": c.hash, "overrides": c.overrides,
                           "will_run": c.id in run_ids, "state": state, **p,

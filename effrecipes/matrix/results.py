@@ -32,7 +32,6 @@ VIEW_TEXT = {
                     "removed, as in the paper); FLOPs used differ per cell",
 }
 
-_flops = fmt_flops  # the name effrecipes.matrix.dryrun imports; new code: effrecipes.stats.fmt_flops
 
 
 def cell_rows(matrix: Matrix, running: frozenset[str] = frozenset()) -> list[dict[str, Any]]:
