@@ -50,7 +50,6 @@ from effrecipes.safe_load import verify_checkpoint
 log = logging.getLogger(__name__)
 
 
-RESUME_CHECKPOINT = RESUME_FILE  # full trainer state of an interrupted run
 
 
 @dataclass
@@ -405,7 +404,7 @@ def _check_resume(recipe: Recipe) -> Path:
     """A run can be resumed when it was interrupted and its recipe is unchanged: the named run
     directory, or (no output.run_name) the one `<name>-latest` points to."""
     final = run_dir_for(recipe) if recipe.output.run_name else _latest_target(recipe)
-    metrics_path, ckpt = final / METRICS_FILE, final / RESUME_CHECKPOINT
+    metrics_path, ckpt = final / METRICS_FILE, final / RESUME_FILE
     if not metrics_path.exists():
         raise UserError("no run to resume here", file=str(final), field="output.run_name",
                         hint="run without --resume first")
@@ -516,7 +515,7 @@ def _build_trainer(prepared: Prepared, out: Path, *, quiet: bool, guard: RunGuar
             progress_bar=False,  # LiveProgress: the budget's unit, and no config dump first
             log_to_console=False, run_name=prepared.run_name or recipe.run_name,
             python_log_level=None,
-            load_path=str(out / RESUME_CHECKPOINT) if resume else None,
+            load_path=str(out / RESUME_FILE) if resume else None,
         )
     prepared.trainer = trainer
     return Training(trainer, budget, history, best, run_device)
@@ -528,9 +527,9 @@ def _final_module(prepared: Prepared, run: Training, out: Path, guard: RunGuard)
     trainer, ledger = run.trainer, run.budget.ledger
     if ledger.stop_reason == StopReason.INTERRUPTED:
         from composer.utils.checkpoint import save_checkpoint
-        save_checkpoint(trainer.state, str(out / RESUME_CHECKPOINT))
-    elif (out / RESUME_CHECKPOINT).exists():
-        (out / RESUME_CHECKPOINT).unlink()
+        save_checkpoint(trainer.state, str(out / RESUME_FILE))
+    elif (out / RESUME_FILE).exists():
+        (out / RESUME_FILE).unlink()
     if guard.diverged and guard.last_good is not None:
         network_of(trainer.state.model).load_state_dict(guard.last_good)
         prepared.warnings.append("loss became non-finite: training stopped; the last weights "
