@@ -15,12 +15,13 @@ from typing import Any, Optional, Sequence
 
 import yaml
 
+from effrecipes import catalog
 from effrecipes.cli_common import (ENVIRONMENT, OneLineParser, dotted_flags_to_overrides, guard,
                                    int_at_least, package_version, run_entrypoint, stdout_to_stderr)
 from effrecipes.errors import UserError
 from effrecipes.stats import fmt_flops
 
-LISTABLE = ("algorithms", "models", "datasets", "optimizers", "schedulers")  # effrecipes.registry.ALL
+LISTABLE = catalog.KINDS
 
 RUN_EPILOG = f"""\
 examples:
@@ -40,11 +41,9 @@ exit codes: 0 done; 2 a mistake in the input (one line on stderr, nothing writte
 
 
 def list_entries(kind: str, pattern: str = "*") -> list[dict[str, str]]:
-    """Names and descriptions of a registry, filtered by a glob pattern."""
-    from effrecipes import registry
-
-    return [{"name": e.name, "description": e.description}
-            for e in registry.ALL[kind].entries(pattern)]
+    """Names and descriptions of a registry, filtered by a glob pattern, from the committed
+    catalog (`effrecipes.catalog`: no torch import, so `--list` answers at once)."""
+    return catalog.read(kind, pattern)
 
 
 def list_registry(kind: str, pattern: str = "*", as_json: bool = False) -> str:
