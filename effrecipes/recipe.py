@@ -190,8 +190,9 @@ class TrainerConfig(Section):
 
 
 class EvalConfig(Section):
-    every_epochs: float = Field(1.0, gt=0, le=MAX_EPOCHS, description="validate every this many "
-                                "epochs (fractions allowed, or '0.5ep') and at the end")
+    every_epochs: Union[float, str] = Field(
+        1.0, description="validate every this many epochs (fractions allowed), or a Composer time "
+        "string: '0.5ep', '500ba' (batches), '0.1dur' (a fraction of the run); and at the end")
     checkpoint: Literal["last", "best_val"] = Field(
         "last", description="which weights the test set sees: the final ones, or the best validation")
     latency_images: int = Field(1000, ge=0, description="test images timed one by one for CPU latency")
@@ -199,8 +200,29 @@ class EvalConfig(Section):
 
     @field_validator("every_epochs", mode="before")
     @classmethod
-    def _epochs_timestring(cls, v: Any) -> Any:
-        return epochs_value(v)
+    def _interval(cls, v: Any) -> Any:
+        """Epochs (a number or 'Nep') become a float, as before time strings were taken, so the
+        recipe and its hash are unchanged; batches and fractions of the run stay strings."""
+        if isinstance(v, str):
+            x, unit = parse_time(v, ("ep", "ba", "dur"), positive=True, whole=False)
+            if unit == "ba" and x != int(x):
+                raise ValueError("batches ('ba') must be a whole number")
+            if unit != "ep":
+                return v.strip()
+            v = x
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            raise ValueError("expected a number of epochs, or a time string such as '0.5ep', "
+                             "'500ba' or '0.1dur'")
+        if not math.isfinite(v) or not 0 < v <= MAX_EPOCHS:
+            raise ValueError(f"Input should be a finite number of epochs in (0, {MAX_EPOCHS}]")
+        return float(v)
+
+    def batches_between_evals(self, batches_per_epoch: int, planned_batches: int) -> int:
+        """The validation interval in batches (at least one)."""
+        if isinstance(self.every_epochs, float):
+            return max(1, round(self.every_epochs * batches_per_epoch))
+        x, unit = parse_time(self.every_epochs, ("ba", "dur"))
+        return max(1, round(x if unit == "ba" else x * planned_batches))
 
 
 class WandbConfig(Section):

@@ -492,7 +492,7 @@ def _build_trainer(prepared: Prepared, out: Path, *, quiet: bool, guard: RunGuar
     history = History(budget, out / HISTORY_FILE, progress=live)
     best = BestWeights() if recipe.eval.checkpoint == "best_val" else None
     callbacks = [guard, budget, history, EpochSync(data.train)] + ([best] if best else [])
-    eval_every = max(1, round(recipe.eval.every_epochs * plan.batches_per_epoch))
+    eval_every = recipe.eval.batches_between_evals(plan.batches_per_epoch, plan.planned_batches)
     schedulers, every_batch = build_scheduler(recipe.scheduler, recipe.optimizer, optimizer,
                                               lambda: budget.projected_batches,
                                               plan.batches_per_epoch)

@@ -18,6 +18,7 @@ from effrecipes.cli import main as run_main
 from effrecipes.matrix.cli import main as ablate_main
 from effrecipes.recipe import load_recipe
 from effrecipes.report.cli import main as report_main
+from effrecipes.runner import run
 from tests.conftest import REPO, tiny_recipe, write_recipe
 
 
@@ -164,6 +165,19 @@ def test_ints_still_accepted_for_float_fields_and_time_strings_for_epochs(tmp_pa
     r = load_recipe(path)
     assert r.optimizer.lr == 1.0 and r.eval.every_epochs == 0.5 and r.budget.max_epochs == 5.0
     assert load_recipe(path, ["budget.max_seconds=3600sec"]).budget.max_seconds == 3600.0
+
+
+@pytest.mark.parametrize("interval,expected", [("3ba", [3, 6, 9, 12]), ("0.25dur", [7, 14, 21, 28]),
+                                               (0.5, [4, 8, 12, 16])])
+def test_eval_interval_takes_composer_time_strings(tmp_path: Path, interval: Any,
+                                                   expected: list[int]) -> None:
+    """Validation runs every N batches ('Nba'), every fraction of the run ('Ndur', of the 29
+    planned batches) or every N epochs (8 batches each), and once more at the end."""
+    recipe = load_recipe(write_recipe(tmp_path, tiny_recipe(tmp_path, **{"eval.every_epochs": interval})))
+    run(recipe, quiet=True)
+    rows = (next(tmp_path.rglob("history.csv"))).read_text().splitlines()[1:]
+    batches = [int(r.split(",")[1]) for r in rows]
+    assert batches[:4] == expected and batches[-1] == 29
 
 
 DUPLICATES = """\
