@@ -2,16 +2,19 @@
 best-val weights, the data order, and the interrupt/divergence guard."""
 from __future__ import annotations
 
+import contextlib
 import copy
 import csv
 import math
+import os
 import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import torch
 from composer.core import Callback, State
 from composer.loggers import Logger
+from tqdm import tqdm
 
 from effrecipes.models import network_of
 from effrecipes.budget import FlopBudget
@@ -66,7 +69,6 @@ class LiveProgress:
             return
         self._last_draw = now
         if self._bar is None:
-            from tqdm import tqdm
             self._bar = tqdm(total=100.0, unit="%", file=self.stream, dynamic_ncols=True,
                              bar_format="{percentage:5.1f}% |{bar}| {desc} [{elapsed}<{remaining}]")
         self._bar.n = round(100.0 * self.budget.progress(), 2)
@@ -96,8 +98,10 @@ class History(Callback):
     the live progress (one callback for both: every callback costs Composer's loop time on every
     event)."""
 
-    def __init__(self, budget: FlopBudget, path: Path, progress: Optional[LiveProgress] = None) -> None:
+    def __init__(self, budget: FlopBudget, path: Path, progress: Optional[LiveProgress] = None,
+                 on_write_error: Optional[Callable[[Path, OSError], None]] = None) -> None:
         self.budget, self.path, self.progress = budget, path, progress
+        self.on_write_error = on_write_error
         self.rows: list[dict[str, Any]] = []
         self.best_val_accuracy: Optional[float] = None
         self.last_val_accuracy: Optional[float] = None
@@ -125,12 +129,25 @@ class History(Callback):
                             if row[k] is not None})  # W&B history keys = history.csv columns, %
         if self.progress is not None:
             self.progress.evaluated(state, acc)
-        new = not self.path.exists()
-        with self.path.open("a", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=HISTORY_FIELDS)
-            if new:
-                writer.writeheader()
-            writer.writerow(row)
+        self._append(row)
+
+    def _append(self, row: dict[str, Any]) -> None:
+        """One row onto history.csv; a failed write (a full disk) is cut back to the last whole
+        row and handed to `on_write_error` (the runner stops the run resumably), not raised
+        through Composer's loop."""
+        size = self.path.stat().st_size if self.path.exists() else 0
+        try:
+            with self.path.open("a", newline="") as f:
+                writer = csv.DictWriter(f, fieldnames=HISTORY_FIELDS)
+                if size == 0:
+                    writer.writeheader()
+                writer.writerow(row)
+        except OSError as e:
+            if self.on_write_error is None:
+                raise
+            with contextlib.suppress(OSError):
+                os.truncate(self.path, size)
+            self.on_write_error(self.path, e)
 
 
     def batch_end(self, state: State, logger: Logger) -> None:
@@ -191,10 +208,18 @@ class RunGuard(Callback):
         self.snapshot_every = max(1, snapshot_every)
         self.last_good: Optional[dict[str, torch.Tensor]] = None
         self.diverged = False
+        self.write_error: Optional[tuple[Path, OSError]] = None
         self._stop_at_epoch_end = False
 
     def request_stop(self) -> None:
         self.stop_requested = True
+
+    def write_failed(self, path: Path, error: OSError) -> None:
+        """A file of the run could not be written (a full disk): stop as if interrupted, so the
+        run is saved resumably if the small resume checkpoint still fits."""
+        if self.write_error is None:
+            self.write_error = (path, error)
+        self.request_stop()
 
     def batch_end(self, state: State, logger: Logger) -> None:
         losses = (state.total_loss_dict or {}).values()

@@ -19,6 +19,8 @@ from effrecipes import catalog
 from effrecipes.cli_common import (ENVIRONMENT, OneLineParser, dotted_flags_to_overrides, guard,
                                    int_at_least, package_version, run_entrypoint, stdout_to_stderr)
 from effrecipes.errors import UserError
+from effrecipes.recipe import Recipe, load_recipe, parse_flops
+from effrecipes.registry import datasets, models
 from effrecipes.stats import fmt_flops
 
 LISTABLE = catalog.KINDS
@@ -116,9 +118,8 @@ def format_summary(metrics: dict[str, Any], run_dir: str) -> str:
 
 
 def _budget_table(args: argparse.Namespace) -> int:
+    # lazy, like every torch-importing module here: --list, --help and --version stay instant
     from effrecipes.budget_table import budget_table, format_budget_table
-    from effrecipes.recipe import parse_flops
-    from effrecipes.registry import datasets, models
 
     try:
         cap = parse_flops(args.flops)
@@ -173,8 +174,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    from effrecipes.recipe import Recipe
-
     parser = build_parser()
     try:
         argv = dotted_flags_to_overrides(sys.argv[1:] if argv is None else list(argv), parser,
@@ -195,8 +194,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             return _budget_table(args)
         if not args.recipe:
             raise UserError("no recipe given; usage: composer-run RECIPE.yaml [key.path=value ...]")
-        from effrecipes.recipe import load_recipe
-        from effrecipes import runner
+        from effrecipes import runner  # lazy: imports torch and Composer (seconds)
 
         # importing Composer installs SIGINT/SIGTERM handlers that exit silently; restore Ctrl-C
         # so it raises KeyboardInterrupt (the runner installs its own handlers while training)
@@ -210,7 +208,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 report = runner.dry_run_report(runner.prepare(recipe, data_may_be_missing=True))
             print(json.dumps(report, indent=2, default=str) if args.json else format_dry_run(report))
             return 0
-        from effrecipes import device as devices
+        from effrecipes import device as devices  # lazy: imports torch
 
         devices.resolve(recipe.trainer)  # an absent GPU fails here, before any data is loaded
         with quiet_stdout:

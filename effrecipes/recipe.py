@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import errno
+import inspect
 import math
 import os
 import re
@@ -694,8 +695,6 @@ def check_builder_kwargs(builder: Any, kwargs: dict[str, Any], *, field: str, fi
                          fixed: tuple[str, ...] = ()) -> None:
     """Unknown or missing keyword arguments of a builder, as a one-line RecipeError.
     Builders that take **kwargs (forwarding to torchvision) are checked when built."""
-    import inspect
-
     params = inspect.signature(builder).parameters
     if any(p.kind is p.VAR_KEYWORD for p in params.values()):
         return

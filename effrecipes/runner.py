@@ -21,7 +21,7 @@ import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any, Callable, Iterator, Optional
 
 import torch
 from torch import nn
@@ -30,6 +30,7 @@ from composer.algorithms import ChannelsLast
 from composer.core import Algorithm
 from composer.models import ComposerClassifier
 from composer.utils import dist, reproducibility
+from composer.utils.checkpoint import save_checkpoint
 from torchmetrics import MetricCollection
 
 from effrecipes import algorithms as algos
@@ -367,15 +368,30 @@ def run(recipe: Recipe, *, threads: Optional[int] = None, quiet: bool = False,
                 _point_latest(recipe, final)
         else:
             shutil.rmtree(final.parent, ignore_errors=True)
+        if guard.write_error is not None:
+            _kept_after_write_error(guard.write_error, final, metrics)
     except OSError as e:  # a full disk or a file system gone read-only: one line, not a traceback
         shutil.rmtree(tmp if rank == 0 else final.parent, ignore_errors=True)
         raise UserError(f"cannot write the run directory: {e.strerror or e}", file=str(final),
                         field="output.root", hint="free space or choose another output.root; "
-                        "nothing of this run was kept") from None
+                        "nothing of this run was kept (not even the small resume checkpoint fitted)"
+                        ) from None
     except BaseException:
         shutil.rmtree(tmp if rank == 0 else final.parent, ignore_errors=True)
         raise
     return RunResult(final, metrics)
+
+
+def _kept_after_write_error(fault: tuple[Path, OSError], final: Path, metrics: dict[str, Any]) -> None:
+    """A file could not be written during the run (a full disk) but the run was saved: say what
+    was kept, in one line, and how to go on."""
+    path, error = fault
+    what = f"cannot write {path.name}: {error.strerror or error}"
+    if metrics.get("stop_reason") == StopReason.INTERRUPTED:
+        raise UserError(f"{what}; training stopped and the run was kept resumable", file=str(final),
+                        hint="free space, then run the same command with --resume")
+    raise UserError(f"{what}; the run finished and was kept without it", file=str(final),
+                    hint="free space; the metrics in metrics.json are complete")
 
 
 @contextlib.contextmanager
@@ -489,7 +505,7 @@ def _build_trainer(prepared: Prepared, out: Path, *, quiet: bool, guard: RunGuar
     guard.budget = budget
     live = (LiveProgress(budget, sys.stderr, tty=sys.stderr.isatty())
             if recipe.loggers.progress_bar and not quiet else None)
-    history = History(budget, out / HISTORY_FILE, progress=live)
+    history = History(budget, out / HISTORY_FILE, progress=live, on_write_error=guard.write_failed)
     best = BestWeights() if recipe.eval.checkpoint == "best_val" else None
     callbacks = [guard, budget, history, EpochSync(data.train)] + ([best] if best else [])
     eval_every = recipe.eval.batches_between_evals(plan.batches_per_epoch, plan.planned_batches)
@@ -526,8 +542,7 @@ def _final_module(prepared: Prepared, run: Training, out: Path, guard: RunGuard)
     ones of a diverged run), ready for inference; the final checkpoint."""
     trainer, ledger = run.trainer, run.budget.ledger
     if ledger.stop_reason == StopReason.INTERRUPTED:
-        from composer.utils.checkpoint import save_checkpoint
-        save_checkpoint(trainer.state, str(out / RESUME_FILE))
+        _save_or_clean(out / RESUME_FILE, lambda: save_checkpoint(trainer.state, str(out / RESUME_FILE)))
     elif (out / RESUME_FILE).exists():
         (out / RESUME_FILE).unlink()
     if guard.diverged and guard.last_good is not None:
@@ -541,9 +556,25 @@ def _final_module(prepared: Prepared, run: Training, out: Path, guard: RunGuard)
     module = algos.inference_module(module)
     if prepared.recipe.output.save_checkpoint:
         weights = {k: v.detach().cpu() for k, v in module.state_dict().items()}  # loadable anywhere
-        torch.save({"model": weights, "recipe": prepared.recipe.model_dump(mode="json"),
-                    "ledger": ledger.as_plain()}, out / CHECKPOINT_FILE)
+        try:
+            _save_or_clean(out / CHECKPOINT_FILE, lambda: torch.save(
+                {"model": weights, "recipe": prepared.recipe.model_dump(mode="json"),
+                 "ledger": ledger.as_plain()}, out / CHECKPOINT_FILE))
+        except OSError as e:  # the trained run is still measured and kept, without checkpoint.pt
+            guard.write_failed(out / CHECKPOINT_FILE, e)
+            prepared.warnings.append(f"{CHECKPOINT_FILE} could not be written ({e.strerror or e}); "
+                                     "the run's metrics are kept without it")
     return module
+
+
+def _save_or_clean(path: Path, save: Callable[[], Any]) -> None:
+    """Save a file; if the save fails (a full disk), remove what it half wrote and re-raise."""
+    try:
+        save()
+    except OSError:
+        with contextlib.suppress(OSError):
+            path.unlink()
+        raise
 
 
 def _measure(prepared: Prepared, run: Training, module: nn.Module) -> dict[str, Any]:

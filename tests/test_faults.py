@@ -2,12 +2,14 @@
 schedule (issue #15 item 4, issue #14 point 4)."""
 from __future__ import annotations
 
+import errno
 import json
 import pickle
 from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 
 from effrecipes import callbacks, runner
 from effrecipes.cli import main
@@ -249,19 +251,83 @@ def test_symlinks_at_or_in_a_run_directory_are_one_line_errors(
     assert err.count("\n") == 1 and "symbolic links (history.csv)" in err, err
 
 
-def test_a_full_disk_is_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                 capsys: pytest.CaptureFixture[str]) -> None:
-    import errno
+def _no_space(*a: Any, **k: Any) -> None:
+    raise OSError(errno.ENOSPC, "No space left on device")
 
-    import torch
 
-    def full(*a: Any, **k: Any) -> None:
-        raise OSError(errno.ENOSPC, "No space left on device")
+def test_a_full_disk_at_the_final_checkpoint_keeps_the_measured_run(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """torch.save of checkpoint.pt fails: one line, exit 2, and the trained run is kept with its
+    metrics (and a warning), not thrown away."""
+    real = torch.save
 
-    monkeypatch.setattr(torch, "save", full)
+    def save(obj: Any, f: Any, *a: Any, **k: Any) -> Any:
+        if str(f).endswith("checkpoint.pt"):
+            real(obj, f, *a, **k)  # half a file on disk, as a filling disk leaves it
+            _no_space()
+        return real(obj, f, *a, **k)
+
+    monkeypatch.setattr(torch, "save", save)
     path = write_recipe(tmp_path, tiny_recipe(tmp_path, **{"budget.flops": 5e7}))
     capsys.readouterr()
     assert main([str(path), "--quiet"]) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "No space left on device" in err and "Traceback" not in err, err
+    assert err.count("\n") == 1 and "cannot write checkpoint.pt: No space left on device" in err, err
+    assert "kept without it" in err and "Traceback" not in err
+    assert not list((tmp_path / "runs").glob(".tiny.tmp-*"))
+    m = _metrics(tmp_path / "runs")
+    assert m["stop_reason"] == "flops" and m["test_accuracy"] is not None
+    assert any("checkpoint.pt could not be written" in w for w in m["warnings"])
+    assert not (tmp_path / "runs" / "tiny" / "checkpoint.pt").exists()
+
+
+def _history_fails_at_row(monkeypatch: pytest.MonkeyPatch, n: int) -> None:
+    real = callbacks.csv.DictWriter.writerow
+    calls = {"rows": 0}
+
+    def writerow(self: Any, row: Any) -> Any:
+        if isinstance(row, dict) and row.get("val_accuracy") != "val_accuracy":  # not the header
+            calls["rows"] += 1
+            if calls["rows"] >= n:
+                _no_space()
+        return real(self, row)
+
+    monkeypatch.setattr(callbacks.csv.DictWriter, "writerow", writerow)
+
+
+def test_a_disk_full_mid_run_keeps_the_run_resumable(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """history.csv cannot be written at the 2nd validation: the run stops like an interruption,
+    is kept resumable (one line saying so, exit 2), and --resume ends exactly where an
+    uninterrupted run ends."""
+    over = {"budget.flops": CAP, "eval.every_epochs": "3ba"}
+    ref = tiny_recipe(tmp_path, **{**over, "output.root": str(tmp_path / "ref")})
+    assert main([str(write_recipe(tmp_path, ref, "ref.yaml")), "--quiet"]) == 0
+    path = write_recipe(tmp_path, tiny_recipe(tmp_path, **over))
+    with monkeypatch.context() as m:
+        _history_fails_at_row(m, 2)
+        capsys.readouterr()
+        assert main([str(path), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "cannot write history.csv: No space left on device" in err, err
+    assert "kept resumable" in err and "--resume" in err
+    kept = _metrics(tmp_path / "runs")
+    assert kept["stop_reason"] == "interrupted" and (tmp_path / "runs" / "tiny" / "resume.pt").exists()
+    rows = (tmp_path / "runs" / "tiny" / "history.csv").read_text().splitlines()
+    assert len(rows) == 2 and rows[1].split(",")[1] == "3"  # the header and the one whole row
+    assert main([str(path), "--quiet", "--resume"]) == 0
+    whole, resumed = _metrics(tmp_path / "ref"), _metrics(tmp_path / "runs")
+    assert (resumed["batches"], resumed["flops_used"]) == (whole["batches"], whole["flops_used"])
+
+
+def test_a_disk_too_full_for_the_resume_checkpoint_keeps_nothing(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    _history_fails_at_row(monkeypatch, 1)
+    monkeypatch.setattr(runner, "save_checkpoint", _no_space)
+    path = write_recipe(tmp_path, tiny_recipe(tmp_path, **{"budget.flops": CAP}))
+    capsys.readouterr()
+    assert main([str(path), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "nothing of this run was kept" in err, err
+    assert not (tmp_path / "runs" / "tiny").exists()
     assert not list((tmp_path / "runs").glob(".tiny.tmp-*"))
