@@ -17,18 +17,21 @@ import logging
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
+import composer.functional as cf
 import torch
 from composer.algorithms import (EMA, SAM, SWA, AugMix, BlurPool, ChannelsLast, ColOut, CutMix,
                                  CutOut, Factorize, GhostBatchNorm, GradientClipping, GyroDropout,
                                  LabelSmoothing, LayerFreezing, MixUp, ProgressiveResizing,
                                  RandAugment, SelectiveBackprop, SqueezeExcite, StochasticDepth,
                                  WeightStandardization)
+from composer.algorithms.cutout.cutout import cutout_batch
 from composer.algorithms.ghost_batchnorm.ghost_batchnorm import _GhostBatchNorm as GhostBatchNormBase
 from composer.core import Algorithm, Event, State
 from composer.utils import dist
 from composer.loggers import Logger
 from torch import nn
 
+from effrecipes.algorithm_args import check_args
 from effrecipes.budget import AlgoCost, count_flops
 from effrecipes.models import network_of
 from effrecipes.errors import RecipeError
@@ -72,7 +75,6 @@ class PerImageCutOut(CutOut):
         if side <= 0 or self.num_holes <= 0:
             return x
         if not self.per_image:
-            from composer.algorithms.cutout.cutout import cutout_batch
             return cutout_batch(x, self.num_holes, side / min(h, w), self.uniform_sampling)
         keep = torch.ones(n, 1, h, w, dtype=x.dtype, device=x.device)
         ys = torch.arange(h, device=x.device).view(1, h, 1)
@@ -297,7 +299,6 @@ def _stochastic_depth_cost(kw: dict[str, Any]) -> AlgoCost:
 
 def _surgery(fn_name: str) -> Callable[..., None]:
     def apply(model: nn.Module, **kwargs: Any) -> None:
-        import composer.functional as cf
         fn = getattr(cf, fn_name)
         params = inspect.signature(fn).parameters
         fn(model, **{k: v for k, v in kwargs.items() if k in params})
@@ -374,8 +375,6 @@ def info(name: str) -> AlgoInfo:
 
 def check_algorithm(name: str, kwargs: dict[str, Any], *, file: str = "<recipe>") -> None:
     """Unknown name or bad kwargs -> RecipeError naming `algorithms.<name>` and the valid choices."""
-    from effrecipes.algorithm_args import check_args
-
     algorithms.entry(name, field_path=f"algorithms.{name}", file=file)
     check_args(name, kwargs, file=file)  # types and ranges (effrecipes/algorithm_args.py)
     try:  # and the constructor's own checks, as a backstop

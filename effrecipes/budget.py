@@ -79,7 +79,7 @@ def fvcore_forward_macs_per_sample(model: nn.Module, sample_shape: tuple[int, ..
                                    batch: int = 1) -> Optional[float]:
     """fvcore's count (1 per multiply-add, forward): an independent second opinion."""
     try:
-        from fvcore.nn import FlopCountAnalysis
+        from fvcore.nn import FlopCountAnalysis  # lazy: heavy, optional (see below)
     except ImportError:  # optional: the device image for benchmarks/gpu.py has no fvcore
         return None
     probe = copy.deepcopy(model).eval()

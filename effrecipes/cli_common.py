@@ -10,8 +10,10 @@ import contextlib
 import math
 import os
 import sys
+from importlib import metadata
 from typing import Callable, Iterator, NoReturn, Optional, Sequence
 
+from effrecipes import __version__
 from effrecipes.errors import UserError, shorten
 
 ENVIRONMENT = """\
@@ -24,8 +26,6 @@ environment:
 
 def package_version() -> str:
     """'effrecipes X (Composer Y)' from the installed package metadata (no heavy imports)."""
-    from importlib import metadata
-
     def version(dist: str) -> str:
         try:
             return metadata.version(dist)
@@ -34,7 +34,7 @@ def package_version() -> str:
 
     ours = version("effrecipes")
     if ours == "unknown":
-        from effrecipes import __version__ as ours
+        ours = __version__
     return f"effrecipes {ours} (Composer {version('mosaicml')})"
 
 

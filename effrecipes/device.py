@@ -25,6 +25,7 @@ import os
 import platform
 import time
 import types
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
@@ -200,8 +201,7 @@ def cpu_fp32_peak_flops(threads: int) -> float:
 def gpu_peak_flops(precision: str) -> Optional[float]:
     """Peak FLOP/s of the current CUDA device for `precision`, from Composer's speed-monitor
     table (None when the GPU or the precision is not in it)."""
-    import warnings
-
+    # lazy: Composer (~3 s), only for a GPU's peak; the CPU benchmarks import this module without it
     from composer.callbacks.speed_monitor import get_gpu_flops_available
     from composer.core import Precision
 

@@ -6,6 +6,7 @@ Every mistake a user can make (bad recipe, missing data, unwritable output) is r
 from __future__ import annotations
 
 import difflib
+import os
 from typing import Iterable
 
 
@@ -79,8 +80,6 @@ def writable_dir(path: "os.PathLike[str] | str", *, field: str, hint: str,
     """Create `path` if needed and check it is writable, as one-line UserErrors naming `field`.
     `create=False` only checks that it could be created (nothing is written: a mistake found
     later must leave no empty directory behind)."""
-    import os
-
     if not create:
         probe = os.path.abspath(path)
         while not os.path.exists(probe) and os.path.dirname(probe) != probe:

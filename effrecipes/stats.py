@@ -15,7 +15,7 @@ No heavy imports; from the rest of effrecipes only the run contract's status nam
 from __future__ import annotations
 
 import math
-from typing import Any, Iterable, Mapping, Optional, Sequence
+from typing import Any, Iterable, Mapping, NamedTuple, Optional, Sequence
 
 from effrecipes.rundir import FINISHED, CellStatus  # noqa: E402,F401  (FINISHED: re-exported)
 
@@ -43,14 +43,22 @@ def num(v: Any) -> Optional[float]:
     return x if math.isfinite(x) else None
 
 
-def mean_std(xs: list[float]) -> tuple[Optional[float], Optional[float]]:
+class MeanStd(NamedTuple):
+    """A mean over seeds and its sample standard deviation; None where there is no value (no
+    seeds; the std of fewer than 2)."""
+
+    mean: Optional[float] = None
+    std: Optional[float] = None
+
+
+def mean_std(xs: list[float]) -> MeanStd:
     """Mean and sample standard deviation (ddof=1; None for fewer than 2 values)."""
     if not xs:
-        return None, None
+        return MeanStd()
     m = sum(xs) / len(xs)
     if len(xs) < 2:
-        return m, None
-    return m, math.sqrt(sum((x - m) ** 2 for x in xs) / (len(xs) - 1))
+        return MeanStd(m)
+    return MeanStd(m, math.sqrt(sum((x - m) ** 2 for x in xs) / (len(xs) - 1)))
 
 
 # --------------------------------------------------------------------------- seeds and groups

@@ -30,7 +30,7 @@ class SafeWandBLogger(WandBLogger):
         try:
             super().init(state, logger)
         except Exception as e:  # noqa: BLE001 - W&B must never take a run down
-            import wandb
+            import wandb  # lazy: only on this failure path
             if self._init_kwargs.get("mode") != "offline":
                 log.warning("W&B online start failed (%s); logging offline instead", type(e).__name__)
                 self._init_kwargs["mode"] = "offline"
@@ -73,7 +73,7 @@ def build_wandb_logger(recipe: Recipe, group: str | None = None,
 def log_summary(metrics: dict[str, Any]) -> None:
     """Final metrics as the W&B run summary (never fatal)."""
     try:
-        import wandb
+        import wandb  # lazy: only when W&B logs (the runner calls this only then)
         if wandb.run is not None:
             wandb.run.summary.update({k: metrics[k] for k in SUMMARY_FIELDS if k in metrics})
     except Exception as e:  # noqa: BLE001 - W&B must never take a run down

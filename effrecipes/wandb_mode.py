@@ -12,7 +12,7 @@ from typing import Any
 
 def wandb_settings() -> Any:
     """wandb's Settings with the environment applied, as `wandb.init` would see them."""
-    import wandb
+    import wandb  # lazy: heavy, and only when W&B is asked for
 
     settings = wandb.Settings()
     apply_env = getattr(settings, "_apply_env_vars", None)  # wandb 0.18 (pinned by Composer)
@@ -22,7 +22,7 @@ def wandb_settings() -> Any:
 
 
 def has_api_key() -> bool:
-    from wandb.sdk.lib.apikey import get_netrc_auth
+    from wandb.sdk.lib.apikey import get_netrc_auth  # lazy: like wandb_settings()
 
     settings = wandb_settings()
     return bool(settings.api_key or get_netrc_auth(settings.base_url))

@@ -19,7 +19,7 @@ import yaml
 
 from effrecipes.matrix.cells import expand_combos, load_matrix, recipe_hash
 from effrecipes.matrix.cli import main
-from effrecipes.matrix.spec import validate_spec
+from effrecipes.matrix.spec import spec_as_run, validate_spec
 from effrecipes.matrix.state import MatrixLock, classify
 from effrecipes.recipe import load_recipe, recipe_to_yaml
 from tests.conftest import tiny_recipe, write_recipe
@@ -202,6 +202,26 @@ def test_aggregates_noise_rule_diverged_and_interrupted_from_run_dirs(
     assert cut["within_noise"] is True  # |-7.3| <= ~29.5
     md = (m.matrix_dir / "results.md").read_text()
     assert "(1 failed" not in md and "1 diverged" in md and "interrupted 1" in md
+
+
+def test_spec_yaml_records_the_command_line_overrides(tmp_path: Path,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    """<matrix_dir>/spec.yaml is the spec that ran: with the command-line overrides applied (so
+    the copy alone rebuilds the same cells) and the command in a comment; without overrides, the
+    file as written."""
+    path = make_spec(tmp_path)
+    overrides = ["seeds=[0,1]", "budget.flops=3e8"]
+    m = load_matrix(path, overrides)
+    for c in m.cells:
+        _fake_run(m, c, test_accuracy=50.0)  # every cell finished: nothing trains
+    code, _, err = ablate(capsys, str(path), *overrides, "--quiet")
+    assert code == 0, err
+    text = (m.matrix_dir / "spec.yaml").read_text()
+    assert f"#   composer-ablate {path.resolve()} 'seeds=[0,1]' budget.flops=3e8" in text.splitlines()
+    again = load_matrix(m.matrix_dir / "spec.yaml")  # no overrides needed: they are in the copy
+    assert [(c.id, c.hash) for c in again.cells] == [(c.id, c.hash) for c in m.cells]
+    assert len(again.cells) == 4 and again.base_path == m.base_path
+    assert spec_as_run(path, [], m.base_path) == path.read_text()
 
 
 def test_lock_refuses_a_second_invocation(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -134,11 +134,11 @@ def test_aggregates_fall_back_to_run_dirs(matrix_dir: Path, tmp_path: Path) -> N
     for g in c.groups:
         a = agg[g.techniques]
         assert g.n == a["n"] == 2
-        assert g.acc_mean == pytest.approx(a["test_accuracy_mean"])
-        assert g.acc_std == pytest.approx(a["test_accuracy_std"])
+        assert g.acc.mean == pytest.approx(a["test_accuracy_mean"])
+        assert g.acc.std == pytest.approx(a["test_accuracy_std"])
         if a["delta_mean"] is not None:
-            assert g.delta_mean == pytest.approx(a["delta_mean"])
-            assert g.delta_std == pytest.approx(a["delta_std"])
+            assert g.delta.mean == pytest.approx(a["delta_mean"])
+            assert g.delta.std == pytest.approx(a["delta_std"])
             assert g.within_noise == a["within_noise"]
         assert g.paper == PAPER[g.techniques]
     assert c.reference == "baseline" and c.best is not None
@@ -229,7 +229,7 @@ def test_a_repeated_run_is_not_a_second_seed(matrix_dir: Path, tmp_path: Path) -
     shutil.rmtree(tmp_path / "runs" / "other")
     c = collect(tmp_path / "runs")
     (g,) = c.groups
-    assert (g.n, g.n_cells, g.acc_std) == (1, 1, None)  # one seed: no ± 0.00
+    assert (g.n, g.n_cells, g.acc.std) == (1, 1, None)  # one seed: no ± 0.00
     row = table_md(results_table(c)).splitlines()[2]
     assert "1/1" in row and "±" not in row
 
@@ -244,7 +244,7 @@ def test_star_never_goes_to_a_cell_within_noise(tmp_path: Path) -> None:
     groups = {g.techniques: g for g in c.groups}
     assert c.reference == "baseline" and groups["mixup"].within_noise is True
     assert groups["cutout"].within_noise is False
-    assert groups["mixup"].acc_mean > groups["cutout"].acc_mean  # type: ignore[operator]
+    assert groups["mixup"].acc.mean > groups["cutout"].acc.mean  # type: ignore[operator]
     assert c.best is groups["cutout"]
     t = results_table(c)
     md = table_md(t)

@@ -25,6 +25,7 @@ from torch.utils.data import DataLoader
 
 from effrecipes.data import folders, sources  # noqa: F401  (register the datasets)
 from effrecipes.data.loader import BatchLoader, channel_stats
+from effrecipes.data.persample import ArrayImageDataset, build_transform, make_loader
 from effrecipes.data.sources import RawData
 from effrecipes.data.split import split_indices
 from effrecipes.errors import DataError
@@ -102,7 +103,28 @@ def build_data(cfg: DataConfig, seed: int, *, per_sample: bool = False) -> DataB
     if height != width:
         raise DataError(f"{cfg.name}: images are {height}x{width}; only square images are supported",
                         field="data.name")
+    train, val, test = _split(raw, cfg, seed)
+    mean, std = channel_stats(train[0])
+    size = cfg.image_size or height
+    use_per_sample = per_sample or needs_per_sample(cfg, height)
+    if use_per_sample:
+        loaders = _per_sample_loaders(cfg, seed, train, val, test, size=size, resize=size != height,
+                                      mean=mean, std=std)
+    else:
+        loaders = _batch_loaders(cfg, seed, train, val, test, mean=mean, std=std)
+    train_loader, val_loader, test_loader = loaders
+    return DataBundle(train_loader, val_loader, test_loader, num_classes=len(raw.class_names), in_channels=int(channels),
+                      image_size=int(size), num_train=len(train[0]), num_val=len(val[0]),
+                      num_test=len(test[0]), class_names=list(raw.class_names), mean=mean, std=std,
+                      per_sample=use_per_sample)
 
+
+_Arrays = tuple[torch.Tensor, torch.Tensor]  # images (uint8 N,C,H,W), labels (int64 N)
+
+
+def _split(raw: RawData, cfg: DataConfig, seed: int) -> tuple[_Arrays, _Arrays, _Arrays]:
+    """(train, val, test) arrays: the seeded validation split of the official training set, then
+    the subsets; at least one full training batch must be left (train batches drop the rest)."""
     train_idx, val_idx = split_indices(len(raw.train_x), cfg.val_fraction, seed)
     if cfg.train_subset is not None:
         train_idx = train_idx[:cfg.train_subset]
@@ -118,45 +140,41 @@ def build_data(cfg: DataConfig, seed: int, *, per_sample: bool = False) -> DataB
         raise DataError(f"{len(train_x)} training images are fewer than one batch of "
                         f"{cfg.batch_size} (train batches drop the last partial batch)",
                         field="data.batch_size", hint="lower data.batch_size or use more data")
+    return (train_x, train_y), (val_x, val_y), (test_x, test_y)
 
-    mean, std = channel_stats(train_x)
-    size = cfg.image_size or height
-    use_per_sample = per_sample or needs_per_sample(cfg, height)
-    has_val = len(val_x) > 0
 
-    train: Iterable
-    val: Optional[Iterable]
-    test: Iterable
-    if use_per_sample:
-        from effrecipes.data.persample import ArrayImageDataset, build_transform, make_loader
+def _per_sample_loaders(cfg: DataConfig, seed: int, train: _Arrays, val: _Arrays, test: _Arrays, *,
+                        size: int, resize: bool, mean: tuple[float, ...], std: tuple[float, ...]
+                        ) -> tuple[Iterable, Optional[Iterable], Iterable]:
+    """DataLoaders with per-image PIL transforms (AutoAugment, resizing; what Composer algorithms
+    that edit `dataset.transform` need); evaluation images are only resized and normalised."""
+    common: dict[str, Any] = dict(size=size, resize=resize, crop_padding=cfg.crop_padding,
+                                  mean=mean, std=std)
 
-        common: dict[str, Any] = dict(size=size, resize=size != height, crop_padding=cfg.crop_padding,
-                                      mean=mean, std=std)
-        train_tf = build_transform(cfg.augment, **common)
+    def ev(arrays: _Arrays) -> Iterable:
+        ds = ArrayImageDataset(*arrays, build_transform([], **common))
+        return make_loader(ds, cfg.eval_batch_size, train=False, num_workers=cfg.num_workers,
+                           seed=seed)
 
-        def ev(x: torch.Tensor, y: torch.Tensor) -> Iterable:
-            ds = ArrayImageDataset(x, y, build_transform([], **common))
-            return make_loader(ds, cfg.eval_batch_size, train=False, num_workers=cfg.num_workers,
-                               seed=seed)
+    train_tf = build_transform(cfg.augment, **common)
+    train_loader = make_loader(ArrayImageDataset(*train, train_tf), cfg.batch_size, train=True,
+                               num_workers=cfg.num_workers, seed=seed)
+    return train_loader, (ev(val) if len(val[0]) > 0 else None), ev(test)
 
-        train = make_loader(ArrayImageDataset(train_x, train_y, train_tf), cfg.batch_size, train=True,
-                            num_workers=cfg.num_workers, seed=seed)
-        val = ev(val_x, val_y) if has_val else None
-        test = ev(test_x, test_y)
-    else:
-        from composer.utils import dist
 
-        train = BatchLoader(train_x, train_y, cfg.batch_size, mean=mean, std=std, shuffle=True,
-                            drop_last=True, augment=cfg.augment, crop_padding=cfg.crop_padding,
-                            seed=seed, rank=dist.get_global_rank(), world_size=dist.get_world_size())
-        val = (BatchLoader(val_x, val_y, cfg.eval_batch_size, mean=mean, std=std)
-               if has_val else None)
-        test = BatchLoader(test_x, test_y, cfg.eval_batch_size, mean=mean, std=std)
+def _batch_loaders(cfg: DataConfig, seed: int, train: _Arrays, val: _Arrays, test: _Arrays, *,
+                   mean: tuple[float, ...], std: tuple[float, ...]
+                   ) -> tuple[Iterable, Optional[Iterable], Iterable]:
+    """The fast path: whole-batch `BatchLoader`s; the training one takes this rank's share."""
+    from composer.utils import dist  # lazy: Composer (~3 s), unused by --list datasets
 
-    return DataBundle(train=train, val=val, test=test, num_classes=len(raw.class_names),
-                      in_channels=int(channels), image_size=int(size), num_train=len(train_x),
-                      num_val=len(val_x), num_test=len(test_x), class_names=list(raw.class_names),
-                      mean=mean, std=std, per_sample=use_per_sample)
+    train_loader = BatchLoader(*train, cfg.batch_size, mean=mean, std=std, shuffle=True,
+                               drop_last=True, augment=cfg.augment, crop_padding=cfg.crop_padding,
+                               seed=seed, rank=dist.get_global_rank(),
+                               world_size=dist.get_world_size())
+    val_loader = (BatchLoader(*val, cfg.eval_batch_size, mean=mean, std=std)
+                  if len(val[0]) > 0 else None)
+    return train_loader, val_loader, BatchLoader(*test, cfg.eval_batch_size, mean=mean, std=std)
 
 
 class StandInLoader:

@@ -11,6 +11,7 @@ import time
 import torch
 
 from effrecipes.data.loader import BatchLoader, channel_stats
+from effrecipes.data.persample import ArrayImageDataset, build_transform, make_loader
 
 
 def _rate(loader: object, max_batches: int, batch_size: int) -> float:
@@ -48,8 +49,6 @@ def main() -> None:
     print(f"BatchLoader  {args.n}x3x32x32 {augment} batch {args.batch_size}: "
           f"{n / full:,.0f} images/s (one full epoch, {full:.2f} s, torch threads "
           f"{torch.get_num_threads()})")
-
-    from effrecipes.data.persample import ArrayImageDataset, build_transform, make_loader
 
     tf = build_transform(augment, size=32, resize=False, crop_padding=4, mean=mean, std=std)
     slow = make_loader(ArrayImageDataset(x, y, tf), args.batch_size, train=True,

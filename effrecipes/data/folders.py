@@ -13,9 +13,11 @@ from typing import Any, Callable, Optional, Sequence
 
 import torch
 import torchvision
+import torchvision.transforms as T
 from torch.utils.data import Dataset
 from torchvision.datasets import VisionDataset
 
+from effrecipes.data.split import split_indices
 from effrecipes.errors import DataError
 from effrecipes.recipe import DataConfig
 from effrecipes.registry import DatasetInfo, datasets
@@ -91,8 +93,6 @@ def stanford_cars(cfg: DataConfig) -> FolderData:
 
 def split_folder(data: FolderData, val_fraction: float, seed: int,
                  train_subset: Optional[int], test_subset: Optional[int]) -> tuple[list[int], list[int], list[int]]:
-    from effrecipes.data.split import split_indices
-
     train_idx, val_idx = split_indices(len(data.train), val_fraction, seed)
     train = train_idx.tolist()[:train_subset] if train_subset else train_idx.tolist()
     test = list(range(len(data.test)))[:test_subset] if test_subset else list(range(len(data.test)))
@@ -100,8 +100,6 @@ def split_folder(data: FolderData, val_fraction: float, seed: int,
 
 
 def folder_transform(augment: Sequence[str], size: int, train: bool) -> Any:
-    import torchvision.transforms as T
-
     ops: list[Any] = [T.Resize((size, size), antialias=True)]
     if train:
         for name in augment:
@@ -116,7 +114,7 @@ def folder_transform(augment: Sequence[str], size: int, train: bool) -> Any:
 
 
 def loader(ds: Dataset, batch_size: int, train: bool, workers: int, seed: int) -> torch.utils.data.DataLoader:
-    from composer.utils import dist
+    from composer.utils import dist  # lazy: Composer (~3 s), unused by --list datasets
 
     if train and dist.get_world_size() > 1:  # data-parallel: each rank its share of the data
         sampler = dist.get_sampler(ds, shuffle=True, drop_last=True, seed=int(seed))

@@ -65,7 +65,7 @@ def make_loader(dataset: ArrayImageDataset, batch_size: int, *, train: bool, num
     """Shuffled, drop_last loader for training; ordered, keep-last for evaluation. The generator
     seeds the shuffle and the workers' base seeds, so runs repeat for a seed. Memory is pinned
     only when the run trains on a GPU (`DataBundle.to`)."""
-    from composer.utils import dist
+    from composer.utils import dist  # lazy: Composer (~3 s), unused by --list datasets
 
     if train and dist.get_world_size() > 1:  # data-parallel: each rank its share of the data
         sampler = dist.get_sampler(dataset, shuffle=True, drop_last=True, seed=int(seed))

@@ -15,6 +15,8 @@ from typing import Any, Callable, Optional
 
 import numpy as np
 import torch
+import torchvision.datasets as tvd
+import torchvision.datasets.utils as tv_utils
 
 from effrecipes.data import cache
 from effrecipes.data.formats import read_cifar_batch, read_cifar_pickle, read_idx, read_npz_array
@@ -144,8 +146,6 @@ def find_idx_files(root: Path, tv_class: str) -> Optional[dict[str, Path]]:
 
 def _torchvision_download(tv_class: str, root: Path, title: str, what: str) -> None:
     """Fetch a dataset with torchvision's own downloader (md5-checked) into `root`."""
-    import torchvision.datasets as tvd
-
     try:
         root.mkdir(parents=True, exist_ok=True)
         getattr(tvd, tv_class)(str(root), train=True, download=True)
@@ -291,18 +291,16 @@ def kuzushiji49(cfg: DataConfig) -> RawData:
     root = resolve_root(cfg)
     missing = [f for f in K49_FILES.values() if not (root / f).is_file()]
     if missing and cfg.download:
-        from torchvision.datasets.utils import download_url
-
         try:
             for f in missing:
-                download_url(K49_URL + f, str(root), filename=f)
+                tv_utils.download_url(K49_URL + f, str(root), filename=f)
         except Exception as e:
             raise DataError(f"could not download Kuzushiji-49 into {root}: {_short(e)}",
                             field="data.root", hint=f"fetch {', '.join(K49_FILES.values())} from "
                             f"{K49_URL} by hand into data.root, or retry with internet") from None
         if not (root / K49_CLASSMAP).is_file():
             try:
-                download_url(K49_URL + K49_CLASSMAP, str(root), filename=K49_CLASSMAP)
+                tv_utils.download_url(K49_URL + K49_CLASSMAP, str(root), filename=K49_CLASSMAP)
             except Exception:
                 pass  # class names are cosmetic; indices are used without the map
         missing = [f for f in K49_FILES.values() if not (root / f).is_file()]
@@ -331,7 +329,7 @@ DIGITS_SPLIT_SEED = 1797  # fixed: the test set must not move with the recipe se
 def digits(cfg: DataConfig) -> RawData:
     """scikit-learn's bundled 8x8 digits; a fixed 20% test split (seed independent of the recipe)."""
     _check_kwargs(cfg, set())
-    from sklearn.datasets import load_digits
+    from sklearn.datasets import load_digits  # lazy: scikit-learn (SciPy) for this dataset only
 
     d = load_digits()
     x = np.rint(d.images * (255.0 / 16.0)).clip(0, 255).astype(np.uint8)[:, None]

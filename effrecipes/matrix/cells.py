@@ -23,7 +23,7 @@ from effrecipes.errors import RecipeError, UserError, closest_first
 from effrecipes.matrix.spec import MAX_CELLS, MatrixSpec, load_spec
 from effrecipes import rundir
 from effrecipes.recipe import (Recipe, apply_override, normalise_algorithms, parse_override,
-                               read_yaml, validate_recipe)
+                               read_recipe_data, validate_recipe)
 
 BASELINE = "baseline"
 ID_MAX = 120
@@ -74,6 +74,7 @@ class Matrix:
     grid_keys: list[str]
     grid_labels: dict[str, str]
     cells: list[Cell] = field(default_factory=list)
+    spec_overrides: list[str] = field(default_factory=list)  # command-line key=value on the spec
 
     @property
     def reference(self) -> Optional[tuple[str, ...]]:
@@ -193,15 +194,6 @@ def run_dir_hash(run_dir: Path) -> Optional[str]:
 
 # --------------------------------------------------------------------------- expansion
 
-def _read_base(path: Path) -> dict[str, Any]:
-    """The base recipe as a plain dict, with its own `base:` chain resolved."""
-    try:
-        from effrecipes.recipe import read_recipe_data
-    except ImportError:  # older recipe module without inheritance
-        return read_yaml(path)
-    return read_recipe_data(path)
-
-
 def _base_with_overrides(base: dict[str, Any], spec: MatrixSpec) -> dict[str, Any]:
     data = copy.deepcopy(base)
     for text in spec.overrides:
@@ -210,61 +202,91 @@ def _base_with_overrides(base: dict[str, Any], spec: MatrixSpec) -> dict[str, An
     return data
 
 
+def _apply_grid_and_pseudo(cell: Cell, data: dict[str, Any], spec: MatrixSpec) -> None:
+    """The cell's grid values, then its pseudo techniques' overrides, each recorded as an
+    override so that `composer-run BASE <overrides>` replays the cell."""
+    for key, value in cell.grid.items():
+        apply_override(data, key.split("."), copy.deepcopy(value))
+        cell.overrides.append(f"{key}={yaml_value(value)}")
+    for t in cell.techniques:
+        for text in spec.algorithms.pseudo.get(t, []):
+            path, value = parse_override(text)
+            apply_override(data, path, value)
+            cell.overrides.append(text)
+
+
+def _add_pool_algorithms(cell: Cell, data: dict[str, Any], spec: MatrixSpec) -> None:
+    """The cell's pool algorithms appended to the recipe's own; one already there is an error
+    (the baseline would use it too, so the ablation would measure nothing)."""
+    algos = normalise_algorithms(data.get("algorithms"))
+    for t in cell.techniques:
+        if t in spec.algorithms.pool:
+            kwargs = dict(spec.algorithms.pool[t] or {})
+            if any(t in a for a in algos):
+                raise RecipeError(f"pool algorithm {t!r} is already in the recipe's algorithms, "
+                                  "so the baseline would use it too; remove it from the base "
+                                  "recipe or from the pool", field=f"algorithms.{t}")
+            algos.append({t: kwargs})
+            cell.overrides.append(f"algorithms.{t}={yaml_value(kwargs)}")
+    data["algorithms"] = algos
+
+
+def _apply_view(cell: Cell, data: dict[str, Any], spec: MatrixSpec) -> None:
+    """What the cells are compared at: the same FLOP cap (equal_flops, the cap must be set) or
+    the same epochs (equal_epochs: the cap is removed)."""
+    budget = data.get("budget")
+    if spec.view == "equal_epochs":
+        if not isinstance(budget, dict) or budget.get("max_epochs") is None:
+            raise RecipeError("view equal_epochs needs budget.max_epochs (set it in the base "
+                              "recipe, overrides or grid); the FLOP cap is removed in this view",
+                              field="budget.max_epochs")
+        budget["flops"] = None
+        cell.overrides.append("budget.flops=null")
+    elif not isinstance(budget, dict) or budget.get("flops") is None:
+        raise RecipeError("view equal_flops needs budget.flops so every cell gets the same FLOP "
+                          "cap (set it in the base recipe or overrides, or use view: "
+                          "equal_epochs)", field="budget.flops")
+
+
+def _place_in_matrix(matrix: Matrix, cid: str, data: dict[str, Any]) -> None:
+    """Where the cell writes (its directory in the matrix, overwritten on a re-run) and its W&B
+    group (the matrix name, unless the recipe names one)."""
+    out = data.get("output") if isinstance(data.get("output"), dict) else {}
+    data["output"] = {**out, "root": str(matrix.cell_dir(cid)), "run_name": cid, "overwrite": True}
+    wb = (data.get("loggers") or {}).get("wandb")
+    if isinstance(wb, dict) and wb.get("enabled") and not wb.get("group"):
+        wb["group"] = matrix.spec.name
+
+
+def _resolve_cell(matrix: Matrix, cell: Cell, base: dict[str, Any]) -> None:
+    """Base recipe + the cell's settings -> its validated recipe and hash (raises on a mistake)."""
+    spec = matrix.spec
+    data = copy.deepcopy(base)
+    _apply_grid_and_pseudo(cell, data, spec)
+    _add_pool_algorithms(cell, data, spec)
+    if cell.techniques and data.get("reference") is not None:
+        # the base recipe's paper figure describes the base, not this ablated cell
+        data["reference"] = None
+        cell.overrides.append("reference=null")
+    data["seed"] = cell.seed
+    cell.overrides.append(f"seed={cell.seed}")
+    _apply_view(cell, data, spec)
+    _place_in_matrix(matrix, cell.id, data)
+    with warnings.catch_warnings():  # Composer warns about multi-GPU resume when building SAM/SWA
+        warnings.simplefilter("ignore")
+        cell.recipe = validate_recipe(data, file=f"{matrix.spec_path} [cell {cell.id}]")
+    cell.hash = recipe_hash(cell.recipe)
+
+
 def _build_cell(matrix: Matrix, base: dict[str, Any], techniques: tuple[str, ...],
                 grid: dict[str, Any], seed: int) -> Cell:
-    spec = matrix.spec
+    """One cell; a mistake in it is kept as its one-line `error` (the others still expand), so
+    every invalid cell can be listed at once."""
     cid = cell_id(techniques, grid, matrix.grid_labels, seed)
-    cell = Cell(cid, techniques, grid, seed, list(spec.overrides))
+    cell = Cell(cid, techniques, grid, seed, list(matrix.spec.overrides))
     where = f"{matrix.spec_path} [cell {cid}]"
     try:
-        data = copy.deepcopy(base)
-        for key, value in grid.items():
-            apply_override(data, key.split("."), copy.deepcopy(value))
-            cell.overrides.append(f"{key}={yaml_value(value)}")
-        for t in techniques:
-            for text in spec.algorithms.pseudo.get(t, []):
-                path, value = parse_override(text)
-                apply_override(data, path, value)
-                cell.overrides.append(text)
-        algos = normalise_algorithms(data.get("algorithms"))
-        for t in techniques:
-            if t in spec.algorithms.pool:
-                kwargs = dict(spec.algorithms.pool[t] or {})
-                if any(t in a for a in algos):
-                    raise RecipeError(f"pool algorithm {t!r} is already in the recipe's algorithms, "
-                                      "so the baseline would use it too; remove it from the base "
-                                      "recipe or from the pool", field=f"algorithms.{t}")
-                algos.append({t: kwargs})
-                cell.overrides.append(f"algorithms.{t}={yaml_value(kwargs)}")
-        data["algorithms"] = algos
-        if techniques and data.get("reference") is not None:
-            # the base recipe's paper figure describes the base, not this ablated cell
-            data["reference"] = None
-            cell.overrides.append("reference=null")
-        data["seed"] = seed
-        cell.overrides.append(f"seed={seed}")
-        budget = data.get("budget")
-        if spec.view == "equal_epochs":
-            if not isinstance(budget, dict) or budget.get("max_epochs") is None:
-                raise RecipeError("view equal_epochs needs budget.max_epochs (set it in the base "
-                                  "recipe, overrides or grid); the FLOP cap is removed in this view",
-                                  field="budget.max_epochs")
-            budget["flops"] = None
-            cell.overrides.append("budget.flops=null")
-        elif not isinstance(budget, dict) or budget.get("flops") is None:
-            raise RecipeError("view equal_flops needs budget.flops so every cell gets the same FLOP "
-                              "cap (set it in the base recipe or overrides, or use view: "
-                              "equal_epochs)", field="budget.flops")
-        out = data.get("output") if isinstance(data.get("output"), dict) else {}
-        data["output"] = {**out, "root": str(matrix.cell_dir(cid)), "run_name": cid,
-                          "overwrite": True}
-        wb = (data.get("loggers") or {}).get("wandb")
-        if isinstance(wb, dict) and wb.get("enabled") and not wb.get("group"):
-            wb["group"] = spec.name
-        with warnings.catch_warnings():  # Composer warns about multi-GPU resume when building SAM/SWA
-            warnings.simplefilter("ignore")
-            cell.recipe = validate_recipe(data, file=where)
-        cell.hash = recipe_hash(cell.recipe)
+        _resolve_cell(matrix, cell, base)
     except UserError as e:
         text = str(e)
         cell.error = text if text.startswith(where) else f"{where}: {text}"
@@ -287,7 +309,7 @@ def expand(spec: MatrixSpec, spec_path: Path, base_path: Path, *,
     if n > MAX_CELLS:
         raise RecipeError(f"the matrix has {n:,} cells (limit {MAX_CELLS:,}); narrow the pool, grid "
                           "or seeds", file=str(spec_path), field="algorithms.mode")
-    base = _read_base(base_path)
+    base = read_recipe_data(base_path)  # with its own `base:` chain resolved
     try:
         base = _base_with_overrides(base, spec)
     except RecipeError as e:
@@ -329,9 +351,14 @@ def expand(spec: MatrixSpec, spec_path: Path, base_path: Path, *,
     return matrix
 
 
-def load_matrix(path: str | Path, *, output: Optional[str | Path] = None) -> Matrix:
-    spec, base = load_spec(path)
-    return expand(spec, Path(path), base, output=output)
+def load_matrix(path: str | Path, overrides: Optional[list[str]] = None, *,
+                output: Optional[str | Path] = None) -> Matrix:
+    """The matrix of a spec file after command-line `key=value` overrides (`load_spec`); the
+    overrides are kept on the matrix so that its `spec.yaml` records what ran."""
+    spec, base = load_spec(path, overrides)
+    matrix = expand(spec, Path(path), base, output=output)
+    matrix.spec_overrides = list(overrides or [])
+    return matrix
 
 
 def check_valid(matrix: Matrix) -> None:

@@ -15,6 +15,12 @@ from typing import Optional, Sequence
 from effrecipes.cli_common import (ENVIRONMENT, OneLineParser, dotted_flags_to_overrides, finite_float,
                                    guard, int_at_least, package_version, run_entrypoint)
 from effrecipes.errors import UserError
+from effrecipes.matrix.cells import Matrix, MatrixSpecError, check_valid, load_matrix
+from effrecipes.matrix.dryrun import dry_run
+from effrecipes.matrix.execute import format_outcome, run_matrix
+from effrecipes.matrix.spec import MatrixSpec
+from effrecipes.matrix.state import classify
+from effrecipes.recipe import Recipe
 
 EPILOG = """\
 examples:
@@ -77,9 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _list_cells(matrix, as_json: bool) -> str:  # type: ignore[no-untyped-def]
-    from effrecipes.matrix.state import classify
-
+def _list_cells(matrix: Matrix, as_json: bool) -> str:
     items = []
     for c in matrix.cells:
         status = classify(matrix, c)[0] if matrix.matrix_dir.exists() else "pending"
@@ -91,10 +95,60 @@ def _list_cells(matrix, as_json: bool) -> str:  # type: ignore[no-untyped-def]
     return "\n".join(lines + [f"{len(items)} cells; base recipe {matrix.base_path}"])
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    from effrecipes.matrix.spec import MatrixSpec
-    from effrecipes.recipe import Recipe
+def _workers(args: argparse.Namespace) -> int:
+    """The local worker count, after the checks argparse cannot make (flags combined)."""
+    if args.workers is not None and args.workers < 1:
+        raise UserError(f"--workers must be at least 1 (got {args.workers})")
+    if args.cpus_per_cell <= 0 or args.gpus_per_cell < 0:
+        raise UserError("--cpus-per-cell must be > 0 and --gpus-per-cell >= 0")
+    return args.workers or 1
 
+
+def _print_dry_run(matrix: Matrix, args: argparse.Namespace, workers: int) -> int:
+    """--dry-run: the plan and time estimate; a cell that cannot be prepared is a user error, so
+    the exit code says whether the matrix is ready to run."""
+    text, report, ok = dry_run(matrix, workers=workers, only=args.only,
+                               retry_failed=args.retry_failed,
+                               calibration_batches=args.calibration_batches,
+                               executor=args.executor, cpus_per_cell=args.cpus_per_cell)
+    print(json.dumps(report, indent=2, default=str) if args.json else text)
+    if not ok:
+        raise UserError("some cells cannot be prepared (see the table); fix them before "
+                        "running", file=args.spec)
+    return 0
+
+
+def _run(matrix: Matrix, args: argparse.Namespace, workers: int) -> int:
+    """Train the selected cells; exit 1 when some failed (they are recorded, the others ran)."""
+    outcome = run_matrix(matrix, executor=args.executor, workers=workers,
+                         retry_failed=args.retry_failed, only=args.only,
+                         ray_address=args.ray_address, cpus_per_cell=args.cpus_per_cell,
+                         gpus_per_cell=args.gpus_per_cell, window=args.workers,
+                         quiet=args.quiet)
+    print(format_outcome(matrix, outcome))
+    return 1 if outcome.failed_ids else 0
+
+
+def _ablate(args: argparse.Namespace) -> int:
+    """Load the matrix (spec + command-line overrides), then list, dry-run or run it; every
+    invalid cell is printed on its own line before the summary error."""
+    workers = _workers(args)
+    matrix = load_matrix(args.spec, args.overrides, output=args.output)
+    try:
+        if args.list_cells:
+            check_valid(matrix)
+            print(_list_cells(matrix, args.json))
+            return 0
+        if args.dry_run:
+            return _print_dry_run(matrix, args, workers)
+        return _run(matrix, args, workers)
+    except MatrixSpecError as e:
+        for line in e.lines:
+            print(line, file=sys.stderr)
+        raise
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = build_parser()
     try:  # --grid.optimizer.lr=[...] / --budget.flops 1e11, as W&B sweep agents pass them
         argv = dotted_flags_to_overrides(sys.argv[1:] if argv is None else list(argv), parser,
@@ -104,59 +158,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return e.exit_code
     args = parser.parse_intermixed_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-
-    def go() -> int:
-        from effrecipes.matrix.cells import MatrixSpecError, load_matrix
-
-        if args.workers is not None and args.workers < 1:
-            raise UserError(f"--workers must be at least 1 (got {args.workers})")
-        workers = args.workers or 1
-        if args.cpus_per_cell <= 0 or args.gpus_per_cell < 0:
-            raise UserError("--cpus-per-cell must be > 0 and --gpus-per-cell >= 0")
-        if args.overrides:
-            from pathlib import Path
-
-            from effrecipes.matrix.cells import expand
-            from effrecipes.matrix.spec import load_spec
-
-            spec, base = load_spec(args.spec, args.overrides)
-            matrix = expand(spec, Path(args.spec), base, output=args.output)
-        else:
-            matrix = load_matrix(args.spec, output=args.output)
-        try:
-            if args.list_cells:
-                from effrecipes.matrix.cells import check_valid
-
-                check_valid(matrix)
-                print(_list_cells(matrix, args.json))
-                return 0
-            if args.dry_run:
-                from effrecipes.matrix.dryrun import dry_run
-
-                text, report, ok = dry_run(matrix, workers=workers, only=args.only,
-                                           retry_failed=args.retry_failed,
-                                           calibration_batches=args.calibration_batches,
-                                           executor=args.executor, cpus_per_cell=args.cpus_per_cell)
-                print(json.dumps(report, indent=2, default=str) if args.json else text)
-                if not ok:
-                    raise UserError("some cells cannot be prepared (see the table); fix them before "
-                                    "running", file=args.spec)
-                return 0
-            from effrecipes.matrix.execute import format_outcome, run_matrix
-
-            outcome = run_matrix(matrix, executor=args.executor, workers=workers,
-                                 retry_failed=args.retry_failed, only=args.only,
-                                 ray_address=args.ray_address, cpus_per_cell=args.cpus_per_cell,
-                                 gpus_per_cell=args.gpus_per_cell, window=args.workers,
-                                 quiet=args.quiet)
-            print(format_outcome(matrix, outcome))
-            return 1 if outcome.failed_ids else 0
-        except MatrixSpecError as e:
-            for line in e.lines:
-                print(line, file=sys.stderr)
-            raise
-
-    return guard(go)
+    return guard(lambda: _ablate(args))
 
 
 def entrypoint() -> None:

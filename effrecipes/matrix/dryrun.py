@@ -21,6 +21,7 @@ from effrecipes.matrix.cells import Cell, Matrix, canonical_json, check_valid
 from effrecipes.matrix.execute import plan_work, select, threads_per_worker
 from effrecipes.stats import fmt_flops
 from effrecipes.matrix.state import classify
+from effrecipes.recipe import validate_recipe
 
 
 def _seedless_key(cell: Cell) -> str:
@@ -32,7 +33,7 @@ def _seedless_key(cell: Cell) -> str:
 def plan_cells(matrix: Matrix, cells: list[Cell], threads: Optional[int]) -> dict[str, dict[str, Any]]:
     """cell id -> {step_flops (the expected mean step), planned_batches, planned_flops, flops_cap,
     error}."""
-    from effrecipes import runner
+    from effrecipes import runner  # lazy: torch and Composer, only when a dry run plans
 
     runner.set_threads(threads or 1)
     cache: dict[str, dict[str, Any]] = {}
@@ -59,8 +60,7 @@ def plan_cells(matrix: Matrix, cells: list[Cell], threads: Optional[int]) -> dic
 
 
 def _timed_run(cell: Cell, plan: dict[str, Any], batches: int, threads: Optional[int]) -> dict[str, Any]:
-    from effrecipes import runner
-    from effrecipes.recipe import validate_recipe
+    from effrecipes import runner  # lazy: torch and Composer, only when a dry run calibrates
 
     data = cell.recipe.model_dump(mode="json")  # type: ignore[union-attr]
     with tempfile.TemporaryDirectory(prefix="composer-ablate-calib-") as tmp:

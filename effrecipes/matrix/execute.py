@@ -14,6 +14,7 @@ for the whole run.
 """
 from __future__ import annotations
 
+import ctypes
 import fnmatch
 import inspect
 import logging
@@ -33,6 +34,8 @@ from effrecipes.errors import UserError
 from effrecipes.wandb_mode import OFFLINE_HINT_SAID, offline_hint
 from effrecipes.matrix.cells import Cell, Matrix, check_valid
 from effrecipes.matrix.results import summary_table, write_results
+from effrecipes.matrix.spec import spec_as_run
+from effrecipes.recipe import validate_recipe
 from effrecipes.matrix.state import (DIVERGED, DONE, FAILED, FINISHED, INTERRUPTED, PENDING,
                                      RUNNING, MatrixLock, atomic_write_json, atomic_write_text,
                                      classify, clean_partial, clear_failed, finished_metrics,
@@ -86,8 +89,6 @@ def _die_with_parent() -> None:
     orphaned workers kept training cells that the next run would mark as running."""
     if not sys.platform.startswith("linux"):
         return
-    import ctypes
-
     pr_set_pdeathsig = 1
     try:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
@@ -107,7 +108,9 @@ def _init_worker(threads: Optional[int]) -> None:
         os.environ.pop("EFFRECIPES_THREADS", None)
     os.environ.setdefault("WANDB_SILENT", "true")
     os.environ[OFFLINE_HINT_SAID] = "1"  # the matrix says it once, not every cell
-    import effrecipes.runner  # noqa: F401  (pay the torch/Composer import once, not in a cell's time)
+    # Lazy: torch and Composer, paid once per worker, not in a cell's time; the parent process
+    # never imports them (Composer's import-time signal handlers would replace its own).
+    import effrecipes.runner  # noqa: F401
 
     # After the import: Composer installs SIGINT/SIGTERM handlers that sys.exit() when imported.
     # Ctrl-C reaches the whole process group: the parent decides what to do and forwards SIGTERM.
@@ -130,7 +133,7 @@ def run_cell(payload: dict[str, Any]) -> dict[str, Any]:
     if payload.get("threads"):
         os.environ["EFFRECIPES_THREADS"] = str(payload["threads"])
     if "gpus" in payload:  # a Ray task: a worker process may run cells with and without GPUs
-        from effrecipes.device import DEVICE_ENV
+        from effrecipes.device import DEVICE_ENV  # lazy: device imports torch (see _init_worker)
 
         if payload["gpus"] > 0:
             os.environ.pop(DEVICE_ENV, None)
@@ -141,8 +144,7 @@ def run_cell(payload: dict[str, Any]) -> dict[str, Any]:
     logging.getLogger("effrecipes").setLevel(logging.ERROR)  # warnings are kept in metrics.json
     _IN_CELL = True
     try:
-        from effrecipes import runner
-        from effrecipes.recipe import validate_recipe
+        from effrecipes import runner  # lazy: torch and Composer (see _init_worker)
 
         recipe = validate_recipe(payload["recipe"], file=f"cell {cid}")
         result = None
@@ -342,7 +344,7 @@ class RayExecutor:
     def __init__(self, address: Optional[str], cpus_per_cell: float, gpus_per_cell: float,
                  window: Optional[int], notice: Callable[[str], None] = lambda text: None) -> None:
         try:
-            import ray  # noqa: F401
+            import ray  # noqa: F401  (optional dependency: the ray extra)
         except ImportError:
             raise UserError("--executor ray needs Ray: pip install 'effrecipes[ray]'") from None
         self.address = address or os.environ.get("RAY_ADDRESS") or None
@@ -352,7 +354,7 @@ class RayExecutor:
         self.started_ray = False
 
     def __enter__(self) -> "RayExecutor":
-        import ray
+        import ray  # optional dependency (the ray extra), checked in __init__
 
         if not ray.is_initialized():
             try:
@@ -378,12 +380,12 @@ class RayExecutor:
 
     def __exit__(self, *exc: Any) -> None:
         if self.started_ray:
-            import ray
+            import ray  # optional dependency (the ray extra)
             ray.shutdown()
 
     def run(self, payloads: list[dict[str, Any]], started: Callable[[dict[str, Any]], None],
             finished: Callable[[dict[str, Any]], None]) -> None:
-        import ray
+        import ray  # optional dependency (the ray extra)
 
         remote = ray.remote(num_cpus=self.cpus, num_gpus=self.gpus, max_retries=0)(run_cell)
         threads = max(1, int(self.cpus))
@@ -455,9 +457,11 @@ def plan_work(matrix: Matrix, cells: list[Cell], retry_failed: bool
 
 
 def _write_provenance(matrix: Matrix) -> None:
+    """spec.yaml (the spec as run, command-line overrides applied) and matrix.json (the cells)."""
     try:
-        atomic_write_text(matrix.matrix_dir / "spec.yaml", matrix.spec_path.read_text())
-    except OSError:
+        atomic_write_text(matrix.matrix_dir / "spec.yaml",
+                          spec_as_run(matrix.spec_path, matrix.spec_overrides, matrix.base_path))
+    except (OSError, UserError):  # the spec file went away or changed since: provenance only
         pass
     atomic_write_json(matrix.matrix_dir / "matrix.json", {
         "name": matrix.spec.name, "spec": str(matrix.spec_path.resolve()),

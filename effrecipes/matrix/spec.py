@@ -9,15 +9,17 @@ choices. `key=value` overrides on the command line edit the spec before it is va
 from __future__ import annotations
 
 import re
+import shlex
 import warnings
 from pathlib import Path
 from typing import Any, Literal, Optional
 
+import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from effrecipes.errors import RecipeError, closest_first, shorten
-from effrecipes.recipe import (normalise_algorithms, parse_override, read_yaml, set_dotted,
-                               validation_error_to_recipe_error)
+from effrecipes.recipe import (RecipeLoader, normalise_algorithms, parse_override, read_yaml,
+                               set_dotted, validation_error_to_recipe_error)
 
 MODES = ("one_at_a_time", "leave_one_out", "all_subsets", "cumulative", "explicit")
 VIEWS = ("equal_flops", "equal_epochs")
@@ -46,7 +48,6 @@ class AlgorithmsSpec(_Section):
     def _pool_list_ok(cls, v: Any) -> Any:
         # accept the recipe form too: `- blurpool: {}` list entries
         if isinstance(v, list):
-            from effrecipes.recipe import normalise_algorithms
             return {k: kw for item in normalise_algorithms(v) for k, kw in item.items()}
         return v
 
@@ -155,9 +156,30 @@ def validate_spec(data: dict[str, Any], *, file: str = "<spec>") -> MatrixSpec:
 
 
 def _check_techniques(spec: MatrixSpec, file: str) -> None:
-    from effrecipes import algorithms as algos
+    """What the schema cannot check alone: names against the registries and the overrides, grid
+    keys and combos against each other; each mistake one line naming the spec field."""
+    _check_pool(spec.algorithms, file)
+    _check_pseudo(spec.algorithms, file)
+    for text in spec.overrides:
+        _check_override(text, file, "overrides", shown=shorten(text, 80),
+                        hint=" (use seeds: and --out)")
+    for key in spec.grid:
+        parts = key.split(".")
+        if parts[0] == "algorithms" and len(parts) >= 2 and parts[1] in spec.algorithms.pool:
+            raise RecipeError(f"grid key {key!r} varies pool algorithm {parts[1]!r}; set its kwargs "
+                              "in algorithms.pool (one spec per variant)", file=file,
+                              field=f"grid.{key}")
+    if "baseline" in spec.algorithms.techniques:
+        raise RecipeError("'baseline' is reserved for the combination with no technique",
+                          file=file, field="algorithms.pseudo.baseline")
+    _check_combos(spec.algorithms, file)
 
-    a = spec.algorithms
+
+def _check_pool(a: AlgorithmsSpec, file: str) -> None:
+    """Every pool algorithm is a registered one with valid kwargs, reported under the spec's
+    field `algorithms.pool.<name>[.<kwarg>]` rather than the recipe's."""
+    from effrecipes import algorithms as algos  # lazy: torch, Composer; composer-report needs neither
+
     for name, kwargs in a.pool.items():
         try:
             with warnings.catch_warnings():
@@ -168,6 +190,10 @@ def _check_techniques(spec: MatrixSpec, file: str) -> None:
             msg = getattr(e, "message", None) or str(e).removeprefix(
                 f"{file}: {e.field}: " if e.field else f"{file}: ")
             raise RecipeError(msg, file=file, field=field) from None
+
+
+def _check_pseudo(a: AlgorithmsSpec, file: str) -> None:
+    """Pseudo techniques: a usable name and at least one valid recipe override each."""
     for name, overrides in a.pseudo.items():
         if not re.fullmatch(NAME_RE, name):
             raise RecipeError("technique names use letters, digits and . _ = + , - only",
@@ -176,54 +202,26 @@ def _check_techniques(spec: MatrixSpec, file: str) -> None:
             raise RecipeError("list at least one override, e.g. [scheduler.name=one_cycle]",
                               file=file, field=f"algorithms.pseudo.{name}")
         for text in overrides:
-            try:
-                path, _ = parse_override(text)
-            except RecipeError as e:
-                raise RecipeError(str(e), file=file, field=f"algorithms.pseudo.{name}") from None
-            if path[0] in ("output", "seed"):
-                raise RecipeError(f"{text!r}: output.* and seed are set by the matrix",
-                                  file=file, field=f"algorithms.pseudo.{name}")
-    for text in spec.overrides:
-        try:
-            path, _ = parse_override(text)
-        except RecipeError as e:
-            raise RecipeError(str(e), file=file, field="overrides") from None
-        if path[0] in ("output", "seed"):
-            raise RecipeError(f"{shorten(text, 80)!r}: output.* and seed are set by the matrix (use "
-                              "seeds: and --out)", file=file, field="overrides")
-    for key in spec.grid:
-        parts = key.split(".")
-        if parts[0] == "algorithms" and len(parts) >= 2 and parts[1] in a.pool:
-            raise RecipeError(f"grid key {key!r} varies pool algorithm {parts[1]!r}; set its kwargs "
-                              "in algorithms.pool (one spec per variant)", file=file,
-                              field=f"grid.{key}")
+            _check_override(text, file, f"algorithms.pseudo.{name}", shown=text)
+
+
+def _check_override(text: str, file: str, field: str, *, shown: str, hint: str = "") -> None:
+    """A recipe override the matrix applies: parseable, and not on output.* or seed, which the
+    matrix sets for each cell."""
+    try:
+        path, _ = parse_override(text)
+    except RecipeError as e:
+        raise RecipeError(str(e), file=file, field=field) from None
+    if path[0] in ("output", "seed"):
+        raise RecipeError(f"{shown!r}: output.* and seed are set by the matrix{hint}",
+                          file=file, field=field)
+
+
+def _check_combos(a: AlgorithmsSpec, file: str) -> None:
+    """mode explicit: combos of known techniques, each listed once; other modes: no combos, and
+    a mode given explicitly needs techniques to combine."""
     techniques = a.techniques
-    if "baseline" in techniques:
-        raise RecipeError("'baseline' is reserved for the combination with no technique",
-                          file=file, field="algorithms.pseudo.baseline")
-    if a.mode == "explicit":
-        if a.combos is None:
-            raise RecipeError("mode explicit needs algorithms.combos, e.g. [[], [blurpool, cutout]]",
-                              file=file, field="algorithms.combos")
-        seen: dict[frozenset[str], int] = {}
-        for i, combo in enumerate(a.combos):
-            for t in combo:
-                if t not in techniques:
-                    valid = closest_first(t, techniques) or ["(the pool is empty)"]
-                    raise RecipeError(f"unknown technique {t!r}; valid (closest first): "
-                                      f"{', '.join(valid)}", file=file, field=f"algorithms.combos.{i}")
-            if len(set(combo)) != len(combo):
-                raise RecipeError("a technique is listed twice in this combo", file=file,
-                                  field=f"algorithms.combos.{i}")
-            key = frozenset(combo)
-            if key in seen:
-                raise RecipeError(f"same combination as algorithms.combos.{seen[key]}", file=file,
-                                  field=f"algorithms.combos.{i}")
-            seen[key] = i
-        if not a.combos:
-            raise RecipeError("list at least one combo ([] = baseline)", file=file,
-                              field="algorithms.combos")
-    else:
+    if a.mode != "explicit":
         if a.combos is not None:
             raise RecipeError(f"combos is only read in mode explicit (mode is {a.mode}); remove it "
                               "or set mode: explicit", file=file, field="algorithms.combos")
@@ -231,6 +229,28 @@ def _check_techniques(spec: MatrixSpec, file: str) -> None:
             raise RecipeError(f"mode {a.mode} needs at least one technique in algorithms.pool or "
                               "algorithms.pseudo (or no mode at all: a grid-only matrix)", file=file,
                               field="algorithms.pool")
+        return
+    if a.combos is None:
+        raise RecipeError("mode explicit needs algorithms.combos, e.g. [[], [blurpool, cutout]]",
+                          file=file, field="algorithms.combos")
+    seen: dict[frozenset[str], int] = {}
+    for i, combo in enumerate(a.combos):
+        for t in combo:
+            if t not in techniques:
+                valid = closest_first(t, techniques) or ["(the pool is empty)"]
+                raise RecipeError(f"unknown technique {t!r}; valid (closest first): "
+                                  f"{', '.join(valid)}", file=file, field=f"algorithms.combos.{i}")
+        if len(set(combo)) != len(combo):
+            raise RecipeError("a technique is listed twice in this combo", file=file,
+                              field=f"algorithms.combos.{i}")
+        key = frozenset(combo)
+        if key in seen:
+            raise RecipeError(f"same combination as algorithms.combos.{seen[key]}", file=file,
+                              field=f"algorithms.combos.{i}")
+        seen[key] = i
+    if not a.combos:
+        raise RecipeError("list at least one combo ([] = baseline)", file=file,
+                          field="algorithms.combos")
 
 
 def apply_spec_override(data: dict[str, Any], text: str, *, file: str) -> None:
@@ -269,14 +289,45 @@ def apply_spec_override(data: dict[str, Any], text: str, *, file: str) -> None:
     set_dotted(data, path, value, file=file)
 
 
+def read_spec_data(path: str | Path, overrides: Optional[list[str]] = None) -> dict[str, Any]:
+    """The spec file's mapping with command-line `key=value` overrides applied (not validated)."""
+    data = read_yaml(path)
+    for text in overrides or []:
+        apply_spec_override(data, text, file=str(path))
+    return data
+
+
+class _SpecDumper(yaml.SafeDumper):
+    """Writes YAML the recipe loader reads back to the same values: a string that YAML 1.2
+    reads as a number (`'1e-3'`) is quoted."""
+
+
+_SpecDumper.yaml_implicit_resolvers = RecipeLoader.yaml_implicit_resolvers
+
+
+def spec_as_run(path: str | Path, overrides: list[str], base: Path) -> str:
+    """The text of a matrix directory's `spec.yaml`: the spec file as it is when no override was
+    given; else the spec with the command-line overrides applied (and `base:` made absolute, as
+    the copy lives elsewhere), below comment lines naming the file and the overrides, so the copy
+    reruns the matrix by itself and says how it was made."""
+    p = Path(path)
+    if not overrides:
+        return p.read_text()
+    data = read_spec_data(p, overrides)
+    data["base"] = str(base)
+    command = shlex.join(["composer-ablate", str(p.resolve()), *overrides])
+    header = ["# the spec as run: the spec file with these command-line overrides applied (and base:",
+              "# made absolute), so that this file alone rebuilds the same cells:",
+              *(f"#   {line}" for line in command.splitlines())]
+    return "\n".join(header) + "\n" + yaml.dump(data, Dumper=_SpecDumper, sort_keys=False,
+                                                 allow_unicode=True)
+
+
 def load_spec(path: str | Path, overrides: Optional[list[str]] = None) -> tuple[MatrixSpec, Path]:
     """Read and validate a spec file, after applying command-line `key=value` overrides; returns
     the spec and the absolute base-recipe path."""
     p = Path(path)
-    data = read_yaml(p)
-    for text in overrides or []:
-        apply_spec_override(data, text, file=str(p))
-    spec = validate_spec(data, file=str(p))
+    spec = validate_spec(read_spec_data(p, overrides), file=str(p))
     base = Path(spec.base).expanduser()
     if not base.is_absolute():
         base = (p.resolve().parent / base).resolve()

@@ -3,7 +3,7 @@
 Layout of a matrix directory (`<output>/<name>/`):
 
     .lock                          fcntl.flock'd by the running composer-ablate (pid inside)
-    spec.yaml                      the spec as last run (provenance)
+    spec.yaml                      the spec as last run, command-line overrides applied (provenance)
     cells/<cell_id>/cell.json      hash, overrides, status of the cell (atomic writes)
     cells/<cell_id>/<cell_id>/     the cell's run directory, written by effrecipes.runner
     failed/<cell_id>.json          error of the last failed attempt

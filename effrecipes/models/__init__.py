@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
 from effrecipes.models import paper_models  # noqa: F401  (registers the GAP CNNs)
 from effrecipes.models import zoo  # noqa: F401
@@ -29,8 +30,7 @@ def list_models(pattern: str = "*") -> list[str]:
 def network_of(model: nn.Module) -> nn.Module:
     """The image -> logits network inside a trainer's model: unwraps DistributedDataParallel
     (Composer wraps the model when running on several ranks) and ComposerClassifier."""
-    from composer.models import ComposerClassifier
-    from torch.nn.parallel import DistributedDataParallel
+    from composer.models import ComposerClassifier  # lazy: Composer (~3 s), unused by --list models
 
     if isinstance(model, DistributedDataParallel):
         model = model.module

@@ -7,12 +7,18 @@ interrupted.
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
 from effrecipes.cli_common import OneLineParser, guard, package_version, run_entrypoint
 from effrecipes.errors import UserError, writable_dir
+from effrecipes.report.html import render_html
+from effrecipes.report.load import collect
+from effrecipes.report.markdown import render_markdown
+from effrecipes.report.plots import render_all
+from effrecipes.report.wandb_report import _wr, publish
 
 EPILOG = """\
 examples:
@@ -62,13 +68,7 @@ def _outdir(path: Path) -> Path:
 def write_report(dir: str | Path, out: Optional[str | Path] = None, title: Optional[str] = None,
                  wandb: bool = False) -> dict[str, Path]:
     """Collect, plot and write; returns the paths written (report.html, report.md, plots)."""
-    from effrecipes.report.html import render_html
-    from effrecipes.report.load import collect
-    from effrecipes.report.markdown import render_markdown
-    from effrecipes.report.plots import render_all
-
     if wandb:  # fail before any work when the package is missing
-        from effrecipes.report.wandb_report import _wr
         _wr()
     c = collect(dir)
     outdir = _outdir(Path(out).expanduser() if out else c.root)
@@ -82,7 +82,6 @@ def write_report(dir: str | Path, out: Optional[str | Path] = None, title: Optio
         raise UserError(f"cannot write the report: {e.strerror}", file=str(outdir)) from None
     written["html"], written["md"] = outdir / "report.html", outdir / "report.md"
     if wandb:
-        from effrecipes.report.wandb_report import publish
         publish(c, outdir, title)
         written["wandb"] = outdir / "wandb_report.json"
     for note in c.notes:
@@ -94,7 +93,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
 
     def go() -> int:
-        import logging
         logging.getLogger("matplotlib").setLevel(logging.WARNING)
         written = write_report(args.dir, args.out, args.title, args.wandb)
         print(f"report: {written['html']} (also {written['md'].name} and "

@@ -29,7 +29,7 @@ from effrecipes.matrix.state import read_json
 from effrecipes.rundir import (HISTORY_FILE, METRICS_FILE, RECIPE_FILE, CellStatus, cell_run_dir,
                                read_metrics, status_of)
 from effrecipes.stats import (DIVERGED, DONE, FINISHED, NOISE_RULE, aggregate, best_index,
-                              group_key, mean_std, num, split_duplicates, status_counts)
+                              group_key, mean_std, MeanStd, num, split_duplicates, status_counts)
 
 BASELINE = "baseline"
 INTERRUPTED = CellStatus.INTERRUPTED
@@ -79,16 +79,14 @@ class Group:
     n_cells: int = 0               # seeds planned (matrix) or found
     n_failed: int = 0
     n_diverged: int = 0
-    acc_mean: Optional[float] = None
-    acc_std: Optional[float] = None
-    val_mean: Optional[float] = None      # best validation accuracy, mean over seeds
-    final_val_mean: Optional[float] = None
-    flops_mean: Optional[float] = None
-    flops_std: Optional[float] = None
-    params: Optional[int] = None
-    delta_mean: Optional[float] = None
-    delta_std: Optional[float] = None
+    # mean and std over the finished seeds (`effrecipes.stats.mean_std`)
+    acc: MeanStd = MeanStd()        # test accuracy (%)
+    val: MeanStd = MeanStd()        # best validation accuracy (%): the mean only, as results.json
+    final_val: MeanStd = MeanStd()  # last validation accuracy (%)
+    flops: MeanStd = MeanStd()      # training FLOPs used
+    delta: MeanStd = MeanStd()      # test accuracy minus the reference group's (NOISE_RULE)
     within_noise: Optional[bool] = None
+    params: Optional[int] = None
     is_reference: bool = False
     paper: Optional[float] = None          # the paper's figure for this cell
     paper_delta: Optional[float] = None    # the paper's figure minus the paper's baseline figure
@@ -101,11 +99,11 @@ class Group:
         g = cls(str(a.get("techniques")), {k: str(a.get(k)) for k in grid_keys})
         g.n, g.n_cells = int(num(a.get("n")) or 0), int(num(a.get("n_cells")) or 0)
         g.n_failed, g.n_diverged = int(num(a.get("n_failed")) or 0), int(num(a.get("n_diverged")) or 0)
-        g.acc_mean, g.acc_std = num(a.get("test_accuracy_mean")), num(a.get("test_accuracy_std"))
-        g.val_mean, g.flops_mean = num(a.get("best_val_accuracy_mean")), num(a.get("flops_used_mean"))
+        g.acc = MeanStd(num(a.get("test_accuracy_mean")), num(a.get("test_accuracy_std")))
+        g.val, g.flops = MeanStd(num(a.get("best_val_accuracy_mean"))), MeanStd(num(a.get("flops_used_mean")))
         params = num(a.get("params"))
         g.params = None if params is None else int(params)
-        g.delta_mean, g.delta_std = num(a.get("delta_mean")), num(a.get("delta_std"))
+        g.delta = MeanStd(num(a.get("delta_mean")), num(a.get("delta_std")))
         wn = a.get("within_noise")
         g.within_noise = wn if isinstance(wn, bool) else None
         g.is_reference = reference is not None and g.techniques == reference
@@ -124,9 +122,9 @@ class Group:
 
     @property
     def ours_minus_paper(self) -> Optional[float]:
-        if self.paper is None or self.acc_mean is None:
+        if self.paper is None or self.acc.mean is None:
             return None
-        return self.acc_mean - self.paper
+        return self.acc.mean - self.paper
 
 
 @dataclass
@@ -200,8 +198,8 @@ def _fill_run_stats(g: Group) -> None:
     fin = [r for r in g.runs if r.status in FINISHED]
     flops = [x for r in fin if (x := r.get("flops_used")) is not None]
     if flops:
-        g.flops_mean, g.flops_std = mean_std(flops)
-    g.final_val_mean = mean_std([x for r in fin if (x := r.get("final_val_accuracy")) is not None])[0]
+        g.flops = mean_std(flops)
+    g.final_val = mean_std([x for r in fin if (x := r.get("final_val_accuracy")) is not None])
 
 
 def _groups(rows: list[dict[str, Any]], grid_keys: list[str], reference: Optional[str],
@@ -222,7 +220,7 @@ def _groups(rows: list[dict[str, Any]], grid_keys: list[str], reference: Optiona
 
 def _mark_best(groups: list[Group]) -> None:
     """The star (effrecipes.stats.BEST_RULE): never on a cell within noise of its reference."""
-    i = best_index([(g.acc_mean, g.flops_mean, g.within_noise) for g in groups])
+    i = best_index([(g.acc.mean, g.flops.mean, g.within_noise) for g in groups])
     if i is not None:
         groups[i].best = True
 

@@ -91,14 +91,14 @@ def pareto(points: list[tuple[float, float]]) -> list[int]:
 
 
 def _scored(c: Collection) -> list[Group]:
-    return [g for g in c.groups if g.acc_mean is not None and g.flops_mean is not None]
+    return [g for g in c.groups if g.acc.mean is not None and g.flops.mean is not None]
 
 
 def equal_flops(c: Collection) -> bool:
     """Every cell spent about the same training FLOPs (an equal-FLOPs matrix): an accuracy-vs-FLOPs
     plot would put every point on one vertical line."""
     scored = _scored(c)
-    xs = [g.flops_mean for g in scored if g.flops_mean and g.flops_mean > 0]
+    xs = [g.flops.mean for g in scored if g.flops.mean and g.flops.mean > 0]
     return len(scored) >= 2 and len(xs) == len(scored) and max(xs) / min(xs) < EQUAL_FLOPS
 
 
@@ -116,10 +116,10 @@ def _flops_figure(c: Collection) -> Optional[Figure]:
     if not gs:
         return None
     fig, ax = plt.subplots(figsize=(7.2, 4.6))
-    pts = [(g.flops_mean or 0.0, g.acc_mean or 0.0) for g in gs]
+    pts = [(g.flops.mean or 0.0, g.acc.mean or 0.0) for g in gs]
     front = pareto(pts)
     for i, g in enumerate(gs):
-        ax.errorbar(g.flops_mean, g.acc_mean, xerr=g.flops_std or None, yerr=g.acc_std or None,
+        ax.errorbar(g.flops.mean, g.acc.mean, xerr=g.flops.std or None, yerr=g.acc.std or None,
                     fmt="*" if g.best else "o", ms=14 if g.best else 7, color=_color(i),
                     ecolor=_color(i), elinewidth=1, capsize=3, label=g.label, zorder=3,
                     markeredgecolor="black" if g.best else _color(i))
@@ -149,7 +149,7 @@ def _seed_accuracies(g: Group) -> list[float]:
 
 def _spread_figure(c: Collection) -> Figure:
     """Equal FLOPs: one row per cell, a dot per seed, the mean ± std, the baseline's mean."""
-    gs = [g for g in c.groups if g.acc_mean is not None]
+    gs = [g for g in c.groups if g.acc.mean is not None]
     fig, ax = plt.subplots(figsize=(7.2, max(2.8, 0.42 * len(gs) + 1.6)))
     ys = np.arange(len(gs))[::-1]
     for i, (y, g) in enumerate(zip(ys, gs)):
@@ -157,20 +157,20 @@ def _spread_figure(c: Collection) -> Figure:
         jitter = np.linspace(-0.12, 0.12, len(accs)) if len(accs) > 1 else np.zeros(len(accs))
         ax.scatter(accs, y + jitter, s=18, color=_color(i), alpha=0.65, lw=0, zorder=3,
                    label="one seed" if i == 0 else None)
-        ax.errorbar(g.acc_mean, y, xerr=g.acc_std or None, fmt="*" if g.best else "D",
+        ax.errorbar(g.acc.mean, y, xerr=g.acc.std or None, fmt="*" if g.best else "D",
                     ms=13 if g.best else 6, color=_color(i), ecolor="0.25", elinewidth=1.2,
                     capsize=4, zorder=4, markeredgecolor="black")
     ax.plot([], [], "D", ms=6, color="0.6", markeredgecolor="black", label="mean ± std")
     refs = [g for g in gs if g.is_reference]
     if len(refs) == 1:
-        ax.axvline(refs[0].acc_mean or 0.0, color="0.4", ls="--", lw=1, zorder=2,
+        ax.axvline(refs[0].acc.mean or 0.0, color="0.4", ls="--", lw=1, zorder=2,
                    label=f"{refs[0].label} mean")
     ax.set_yticks(ys)
     ax.set_yticklabels([g.label for g in gs], fontsize=9)
     ax.set_ylim(-0.7, len(gs) + 0.4)  # a free band on top for the legend
     ax.margins(x=0.08)
     _accuracy_limit(ax, "x")
-    flops = np.mean([g.flops_mean for g in gs if g.flops_mean]) if any(g.flops_mean for g in gs) else None
+    flops = np.mean([g.flops.mean for g in gs if g.flops.mean]) if any(g.flops.mean for g in gs) else None
     ax.set_xlabel("test accuracy %")
     ax.set_title(f"Test accuracy of every seed at {fmt_flops(flops)} training FLOPs"
                  + (" — ★ best" if any(g.best for g in gs) else ""), fontsize=11)
@@ -234,14 +234,14 @@ def curves_figure(c: Collection) -> Optional[Figure]:
 
 
 def deltas_figure(c: Collection) -> Optional[Figure]:
-    gs = [g for g in c.groups if not g.is_reference and g.delta_mean is not None]
+    gs = [g for g in c.groups if not g.is_reference and g.delta.mean is not None]
     if c.reference is None or not gs:
         return None
     fig, ax = plt.subplots(figsize=(7.2, max(2.4, 0.5 * len(gs) + 1.4)))
     y = np.arange(len(gs))[::-1]
-    vals = [g.delta_mean or 0.0 for g in gs]
+    vals = [g.delta.mean or 0.0 for g in gs]
     colors = ["#2e7d32" if v > 0 else "#c62828" for v in vals]
-    bars = ax.barh(y, vals, xerr=[g.delta_std or 0.0 for g in gs], color=colors, alpha=0.8,
+    bars = ax.barh(y, vals, xerr=[g.delta.std or 0.0 for g in gs], color=colors, alpha=0.8,
                    capsize=4, height=0.6, error_kw={"elinewidth": 1, "ecolor": "0.2"},
                    label="ours (mean ± std over seeds)")
     for b, g in zip(bars, gs):

@@ -62,17 +62,17 @@ def _results_row(c: Collection, g: Group, has_paper: bool) -> list[TableCell]:
     row = [TableCell(g.techniques + (" ★" if g.best else ""), g.techniques)]
     row += [TableCell(g.grid.get(k, "-"), num(g.grid.get(k)) if num(g.grid.get(k)) is not None
                       else g.grid.get(k)) for k in c.grid_keys]
-    row += [TableCell(f"{g.n}/{g.n_cells}{note}", g.n), TableCell(pm(g.acc_mean, g.acc_std), g.acc_mean)]
+    row += [TableCell(f"{g.n}/{g.n_cells}{note}", g.n), TableCell(pm(*g.acc), g.acc.mean)]
     if c.reference is not None:
         if g.is_reference:
             row += [TableCell("(baseline)", 0.0, "muted"), TableCell("-", None)]
         else:
             wn = None if g.within_noise is None else yes_no(g.within_noise)
-            row += [TableCell(signed_pm(g.delta_mean, g.delta_std), g.delta_mean,
-                              _signed_css(g.delta_mean, g.within_noise)),
+            row += [TableCell(signed_pm(*g.delta), g.delta.mean,
+                              _signed_css(g.delta.mean, g.within_noise)),
                     TableCell(yes_no(g.within_noise), wn)]
-    flops = fmt_flops(g.flops_mean) + (f" ± {fmt_flops(g.flops_std)}" if g.flops_std else "")
-    row += [TableCell(fmt(g.val_mean), g.val_mean), TableCell(flops, g.flops_mean),
+    flops = fmt_flops(g.flops.mean) + (f" ± {fmt_flops(g.flops.std)}" if g.flops.std else "")
+    row += [TableCell(fmt(g.val.mean), g.val.mean), TableCell(flops, g.flops.mean),
             TableCell(fmt_count(g.params), g.params)]
     if has_paper:
         diff = g.ours_minus_paper
@@ -83,8 +83,8 @@ def _results_row(c: Collection, g: Group, has_paper: bool) -> list[TableCell]:
 def _not_starred(c: Collection, best: Group) -> str:
     """'' or the cells with a higher mean than the star's that are within noise of their
     reference (effrecipes.stats.BEST_RULE), said after the star."""
-    higher = [g.label for g in c.groups if g.within_noise and g.acc_mean is not None
-              and best.acc_mean is not None and g.acc_mean > best.acc_mean]
+    higher = [g.label for g in c.groups if g.within_noise and g.acc.mean is not None
+              and best.acc.mean is not None and g.acc.mean > best.acc.mean]
     if not higher:
         return ""
     return f"; a higher mean but within noise of `{c.reference}`, so not starred: {', '.join(higher)}"
@@ -95,7 +95,7 @@ def best_text(c: Collection) -> Optional[str]:
     best = c.best
     if best is None:
         return None
-    return f"★ best cell: {best.label} ({pm(best.acc_mean, best.acc_std)} %){_not_starred(c, best)}"
+    return f"★ best cell: {best.label} ({pm(*best.acc)} %){_not_starred(c, best)}"
 
 
 def results_table(c: Collection) -> Table:
@@ -197,6 +197,6 @@ def summary_lines(c: Collection) -> list[tuple[str, str]]:
         out.append(("runs", f"{len(runs)} in {len(c.groups)} configuration(s)"))
     best = c.best
     if best is not None:
-        out.append(("best cell", f"{best.label}: {pm(best.acc_mean, best.acc_std)} % test accuracy "
-                    f"at {fmt_flops(best.flops_mean)} training FLOPs{_not_starred(c, best)}"))
+        out.append(("best cell", f"{best.label}: {pm(*best.acc)} % test accuracy "
+                    f"at {fmt_flops(best.flops.mean)} training FLOPs{_not_starred(c, best)}"))
     return out

@@ -38,7 +38,7 @@ _IGNORED = ("seed", "output", "loggers", "notes", "name", "reference")
 
 def _wr() -> Any:
     try:
-        import wandb_workspaces.reports.v2 as wr
+        import wandb_workspaces.reports.v2 as wr  # optional dependency (the report extra)
     except ImportError:
         raise UserError("--wandb needs the wandb-workspaces package",
                         hint="pip install 'effrecipes[report]'") from None
