@@ -13,6 +13,7 @@ This module imports only pydantic (no Composer, no torch), so recipes are checke
 """
 from __future__ import annotations
 
+import math
 import re
 from typing import Annotated, Any, Literal, Optional, Union
 
@@ -42,6 +43,8 @@ def parse_time(value: Any, units: tuple[str, ...], *, positive: bool = False,
     if not m:
         raise ValueError(f"not a time; write e.g. {accepted}")
     x, unit = float(m.group(1)), m.group(2)
+    if not math.isfinite(x) or x > 1e15:  # '1e400ba' reads as inf; no run is that long
+        raise ValueError(f"{m.group(1).strip()!s:.40} {UNITS[unit]} is too large; at most 1e15")
     if unit not in units:
         raise ValueError(f"unit '{unit}' ({UNITS[unit]}) is not accepted here; use {accepted}")
     if unit == "dur":

@@ -201,6 +201,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         signal.signal(signal.SIGINT, signal.default_int_handler)
 
         recipe = load_recipe(args.recipe, args.overrides)
+        from effrecipes import device as devices  # lazy: imports torch
+
+        # an absent GPU (or a precision it lacks) fails here, in a dry run too, before any data
+        devices.resolve(recipe.trainer)
         quiet_stdout = stdout_to_stderr() if args.json else contextlib.nullcontext()
         if args.dry_run:
             runner.set_threads(args.threads)
@@ -208,9 +212,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 report = runner.dry_run_report(runner.prepare(recipe, data_may_be_missing=True))
             print(json.dumps(report, indent=2, default=str) if args.json else format_dry_run(report))
             return 0
-        from effrecipes import device as devices  # lazy: imports torch
-
-        devices.resolve(recipe.trainer)  # an absent GPU fails here, before any data is loaded
         with quiet_stdout:
             result = runner.run(recipe, threads=args.threads, quiet=args.quiet, resume=args.resume)
         if args.json:

@@ -57,6 +57,11 @@ class DataError(UserError):
     """A dataset cannot be found, read or downloaded."""
 
 
+class DataMissing(DataError):
+    """The dataset's files are not on disk and could not be downloaded: the only data error a
+    `--dry-run` may plan around (from the registered shape); every other one is reported."""
+
+
 def closest_first(value: str, choices: Iterable[str], limit: int | None = None) -> list[str]:
     """Valid choices ordered by similarity to `value` (closest match first)."""
     choices = sorted(set(choices))

@@ -248,6 +248,14 @@ class OutputConfig(Section):
     save_checkpoint: bool = Field(True, description="save the final checkpoint in the run directory")
     overwrite: bool = Field(False, description="replace an existing finished run directory")
 
+    @field_validator("root")
+    @classmethod
+    def _root_ok(cls, v: str) -> str:
+        problem = path_problem(v)
+        if problem:
+            raise ValueError(problem)
+        return v
+
     @field_validator("run_name")
     @classmethod
     def _safe_name(cls, v: Optional[str]) -> Optional[str]:
@@ -329,11 +337,11 @@ def parse_flops(v: Any) -> float:
     if isinstance(v, bool):
         raise ValueError("expected a number of FLOPs such as 1e14 or '100T'")
     if isinstance(v, (int, float)):
-        x = float(v)
+        x = float(v) if not isinstance(v, int) or abs(v) < 10 ** 300 else math.inf  # no OverflowError
     elif isinstance(v, str):
         m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:[eE][+-]?[0-9]+)?)\s*([KMGTPE]?)(?:FLOPs?)?\s*", v)
         if not m:
-            raise ValueError(f"cannot read {v!r} as FLOPs; write e.g. 1e14, '100T' or '2.5G'")
+            raise ValueError(f"cannot read {shorten(v, 40)!r} as FLOPs; write e.g. 1e14, '100T' or '2.5G'")
         x = float(m.group(1)) * _SUFFIX[m.group(2)]
     else:
         raise ValueError("expected a number of FLOPs such as 1e14 or '100T'")
@@ -565,14 +573,50 @@ RecipeLoader.add_implicit_resolver("tag:yaml.org,2002:float", re.compile(r"""^(?
     |\.(?:nan|NaN|NAN))$""", re.X), list("-+0123456789."))
 
 
+MAX_YAML_NODES = 200_000  # a recipe has hundreds; aliases must not expand into billions
+
+
+def _expanded_nodes(node: yaml.Node, memo: dict[int, int]) -> int:
+    """How many nodes `node` stands for once every alias is expanded (shared nodes are counted
+    once per use, computed once each, so a "billion laughs" file is measured in microseconds)."""
+    if id(node) in memo:
+        return memo[id(node)]
+    memo[id(node)] = 1  # a recursive alias counts once
+    children: list[yaml.Node] = []
+    if isinstance(node, yaml.MappingNode):
+        children = [n for pair in node.value for n in pair]
+    elif isinstance(node, yaml.SequenceNode):
+        children = list(node.value)
+    total = 1 + sum(_expanded_nodes(c, memo) for c in children)
+    memo[id(node)] = total
+    return total
+
+
+def _yaml_error(problem: str) -> RecipeYAMLError:
+    err = RecipeYAMLError(None, None, problem, None)
+    err.plain = problem
+    return err
+
+
 def load_yaml_text(text: str) -> Any:
-    """Parse YAML text with the recipe loader (RecursionError, should any remain, as YAMLError)."""
+    """Parse YAML text with the recipe loader: aliases may not expand beyond MAX_YAML_NODES, and
+    PyYAML's own failures on odd values (`!!int abc`, `!!timestamp x`, a 5,000-digit integer) or
+    nesting (RecursionError) become YAMLErrors like any syntax error."""
+    loader = RecipeLoader(text)  # noqa: S506 - RecipeLoader is a SafeLoader
     try:
-        return yaml.load(text, Loader=RecipeLoader)  # noqa: S506 - RecipeLoader is a SafeLoader
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        if _expanded_nodes(node, {}) > MAX_YAML_NODES:
+            raise _yaml_error(f"aliases expand to more than {MAX_YAML_NODES:,} values; write the "
+                              "values out, or use fewer aliases")
+        return loader.construct_document(node)
     except RecursionError:
-        err = RecipeYAMLError(None, None, "nested too deeply", None)
-        err.plain = err.problem
-        raise err from None
+        raise _yaml_error("nested too deeply") from None
+    except (ValueError, TypeError, KeyError, AttributeError, OverflowError) as e:
+        raise _yaml_error(f"cannot read a value ({type(e).__name__}: {shorten(str(e), 60)})") from None
+    finally:
+        loader.dispose()
 
 
 def _open_problem(e: OSError) -> str:
@@ -720,6 +764,29 @@ def deep_merge(base: dict[str, Any], child: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def path_problem(text: str) -> Optional[str]:
+    """What is wrong with a path written in a recipe (a NUL byte, an unknown `~user`, a component
+    longer than file systems allow), or None."""
+    if "\0" in text:
+        return "not a valid path (it holds a NUL byte)"
+    try:
+        path = Path(text).expanduser()
+    except RuntimeError:  # ~nosuchuser
+        return f"cannot expand {shorten(text.split('/')[0], 40)!r}: no such user"
+    long = next((c for c in path.parts if len(os.fsencode(c)) > 255), None)
+    if long is not None:
+        return f"a path component is {len(os.fsencode(long)):,} bytes long; file systems allow 255"
+    return None
+
+
+def expand_path(text: str, *, file: Optional[str], field: str) -> Path:
+    """A path written in a recipe, `~` expanded, or a one-line error naming the field."""
+    problem = path_problem(text)
+    if problem:
+        raise RecipeError(problem, file=file, field=field)
+    return Path(text).expanduser()
+
+
 def _resolved(p: Path) -> Path:
     """`p.resolve()`, or the absolute path when resolving fails (a symlink loop raises
     RuntimeError before Python 3.13); reading it then reports the loop in one line."""
@@ -742,7 +809,7 @@ def read_recipe_data(path: Union[str, Path], _seen: tuple[Path, ...] = ()) -> di
     if not base.strip().lower().endswith((".yaml", ".yml")):
         raise RecipeError(f"{shorten(base, 80)!r} is not a recipe: a base must be a .yaml or .yml "
                           "file", file=str(p), field="base")
-    base_path = _resolved(p.parent / Path(base.strip()).expanduser())
+    base_path = _resolved(p.parent / expand_path(base.strip(), file=str(p), field="base"))
     if base_path in _seen or base_path == _resolved(p):
         raise RecipeError(f"recipes inherit from each other in a loop ({shorten(base, 80)})",
                           file=str(p), field="base")

@@ -38,7 +38,7 @@ from effrecipes.budget import (BudgetLedger, BudgetPlan, FlopBudget, forward_flo
                                fvcore_forward_macs_per_sample, plan_budget, train_step_flops)
 from effrecipes.callbacks import BestWeights, EpochSync, History, LiveProgress, RunGuard
 from effrecipes.data import DataBundle, build_data, stand_in_data
-from effrecipes.errors import DataError, RecipeError, UserError, writable_dir
+from effrecipes.errors import DataMissing, RecipeError, UserError, writable_dir
 from effrecipes import device as devices
 from effrecipes.evaluate import evaluate, measure_device_latency, measure_latency, model_size_bytes
 from effrecipes.models import build_model, network_of
@@ -167,7 +167,7 @@ def _build_data(recipe: Recipe, per_sample: bool, data_may_be_missing: bool,
     replaced by random batches of its shape and size (with a note)."""
     try:
         return build_data(recipe.data, recipe.seed, per_sample=per_sample)
-    except DataError as e:
+    except DataMissing as e:
         stand_in = stand_in_data(recipe.data, recipe.seed) if data_may_be_missing else None
         if stand_in is None:
             raise

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import pytest
+import torch
 import yaml
 
 from effrecipes.cli import main as run_main
@@ -445,3 +446,73 @@ def test_json_stdout_is_json_only_with_wandb(tmp_path: Path) -> None:
     metrics = json.loads(proc.stdout)
     assert metrics["stop_reason"] == "flops"
     assert "wandb sync" in proc.stderr
+
+
+# ------------------------------------------- inputs found by benchmarks/reliability.py (2026-11-30)
+
+BILLION_LAUGHS = "x: &a [1, 1, 1, 1, 1, 1, 1, 1, 1, 1]\n" + "".join(
+    f"{c}: &{c} [{', '.join([f'*{p}'] * 10)}]\n" for p, c in zip("abcdefgh", "bcdefghi"))
+
+HARNESS_TEXT_CASES = [  # (recipe text appended to a valid tiny recipe, fragment of the error)
+    ("algorithms: [{ema: {half_life: 1e400ba}}]", "too large; at most 1e15"),
+    ("algorithms: [{swa: {update_interval: 1e400ep}}]", "too large; at most 1e15"),
+    ("optimizer: {name: sgd, lr: !!float abc}", "cannot read a value"),
+    ("optimizer: {name: sgd, lr: !!int abc}", "cannot read a value"),
+    ("notes: !!timestamp abc", "cannot read a value"),
+    ("notes: !!bool maybe", "cannot read a value"),
+    ("model: {name: gap_1p5k_dw, kwargs: " + BILLION_LAUGHS.replace("\n", ", ").rstrip(", ").join("{}") + "}",
+     "aliases expand to more than"),
+]
+
+
+@pytest.mark.parametrize("extra,fragment", HARNESS_TEXT_CASES, ids=[c[1][:30] + str(i) for i, c in enumerate(HARNESS_TEXT_CASES)])
+def test_harness_yaml_inputs_are_one_line_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                 extra: str, fragment: str) -> None:
+    base = {k: v for k, v in tiny_recipe(tmp_path).items() if k not in ("algorithms", "optimizer", "notes", "model")}
+    text = yaml.safe_dump(base, sort_keys=False) + (
+        "" if extra.startswith("model:") else "model: {name: gap_1p5k_dw}\n") + extra + "\n"
+    bad_recipe(tmp_path, capsys, text, "--dry-run", fragments=(fragment,))
+
+
+def test_billion_laughs_is_refused_at_once(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    bad_recipe(tmp_path, capsys, recipe_text(tmp_path) + BILLION_LAUGHS.replace("x:", "zz:"),
+               "--dry-run", fragments=("aliases expand to more than 200,000 values",))
+
+
+@pytest.mark.parametrize("overrides,fragment", [
+    ({"budget.flops": 10 ** 400}, "budget.flops: must be a positive, finite number of FLOPs"),
+    ({"budget.max_seconds": "1e400sec"}, "too large; at most 1e15"),
+    ({"output.root": "a\0b"}, "output.root: not a valid path (it holds a NUL byte)"),
+    ({"output.root": "x" * 300}, "output.root: a path component is 300 bytes long"),
+    ({"output.root": "~nosuchuser_effrecipes/runs"}, "cannot expand '~nosuchuser_effrecipes': no such user"),
+])
+def test_harness_values_are_one_line_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                            overrides: dict[str, Any], fragment: str) -> None:
+    bad_recipe(tmp_path, capsys, recipe_text(tmp_path, **overrides), fragments=(fragment,))
+
+
+def test_base_with_nul_or_unknown_user(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    for base, fragment in (("b\0.yaml", "base: not a valid path"),
+                           ("~nosuchuser_effrecipes/b.yaml", "base: cannot expand")):
+        bad_recipe(tmp_path, capsys, yaml.safe_dump({"base": base, "name": "x"}), fragments=(fragment,))
+
+
+def test_a_5000_digit_override_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = write_recipe(tmp_path, tiny_recipe(tmp_path))
+    code, _, err = call(run_main, capsys, str(path), "--dry-run", "optimizer.lr=" + "9" * 5000)
+    assert code == 2 and err.count("\n") == 1 and "cannot read a value" in err, err
+
+
+def test_dry_run_reports_data_config_errors_instead_of_planning_around_them(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Only missing files are planned around (DataMissing); `data.kwargs: {bogus: 1}` on the
+    bundled digits is the error a real run would give."""
+    text = recipe_text(tmp_path, **{"data": {"name": "digits", "batch_size": 16, "kwargs": {"bogus": 1}}})
+    bad_recipe(tmp_path, capsys, text, "--dry-run", fragments=("does not take bogus",))
+
+
+def test_dry_run_checks_the_device(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    bad_recipe(tmp_path, capsys, recipe_text(tmp_path, **{"trainer.device": "gpu"}), "--dry-run",
+               fragments=("trainer.device",))

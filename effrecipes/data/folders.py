@@ -18,7 +18,7 @@ from torch.utils.data import Dataset
 from torchvision.datasets import VisionDataset
 
 from effrecipes.data.split import split_indices
-from effrecipes.errors import DataError
+from effrecipes.errors import DataError, DataMissing
 from effrecipes.recipe import DataConfig
 from effrecipes.registry import DatasetInfo, datasets
 
@@ -69,7 +69,7 @@ def _open(cls: Any, cfg: DataConfig, title: str, layout: str, download_ok: bool)
         how = ("set data.root to a directory holding it, or data.download: true on a machine with "
                "internet" if download_ok else "it can no longer be downloaded automatically; "
                "place the files there by hand and set data.root")
-        raise DataError(f"{title} not found in {root} (expected {layout}; {str(e).splitlines()[0]})",
+        raise DataMissing(f"{title} not found in {root} (expected {layout}; {str(e).splitlines()[0]})",
                         field="data.root", hint=how) from None
     return FolderData(train, test, list(train.classes))
 

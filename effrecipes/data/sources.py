@@ -20,7 +20,7 @@ import torchvision.datasets.utils as tv_utils
 
 from effrecipes.data import cache
 from effrecipes.data.formats import read_cifar_batch, read_cifar_pickle, read_idx, read_npz_array
-from effrecipes.errors import DataError
+from effrecipes.errors import DataError, DataMissing
 from effrecipes.recipe import DataConfig
 from effrecipes.registry import DatasetInfo, datasets
 
@@ -150,7 +150,7 @@ def _torchvision_download(tv_class: str, root: Path, title: str, what: str) -> N
         root.mkdir(parents=True, exist_ok=True)
         getattr(tvd, tv_class)(str(root), train=True, download=True)
     except Exception as e:  # URLError, RuntimeError (all mirrors failed), OSError...
-        raise DataError(f"could not download {title} into {root}: {_short(e)}", field="data.root",
+        raise DataMissing(f"could not download {title} into {root}: {_short(e)}", field="data.root",
                         hint=f"retry with internet, put the files ({what}) into {root} by hand, "
                         "or set data.root to a directory holding them") from None
 
@@ -166,7 +166,7 @@ def _idx_builder(name: str, tv_class: str, title: str,
             _torchvision_download(tv_class, root, title, what)
             files = find_idx_files(root, tv_class)
         if files is None:
-            raise DataError(f"no {title} files in {root} (looked there and in {tv_class}/raw/ and "
+            raise DataMissing(f"no {title} files in {root} (looked there and in {tv_class}/raw/ and "
                             f"raw/ for {what})", field="data.root", hint=_fix_hint("them"))
 
         def decode() -> RawData:
@@ -222,7 +222,7 @@ def _cifar_builder(name: str, tv_class: str, title: str, sub: str, train_files: 
             _torchvision_download(tv_class, root, title, what)
             d = _cifar_dir(root, sub, want[0])
         if d is None:
-            raise DataError(f"no {title} files in {root} (looked there and in {sub}/ for {what})",
+            raise DataMissing(f"no {title} files in {root} (looked there and in {sub}/ for {what})",
                             field="data.root", hint=_fix_hint("them"))
         missing = [f for f in want if not (d / f).is_file()]
         if missing:
@@ -295,7 +295,7 @@ def kuzushiji49(cfg: DataConfig) -> RawData:
             for f in missing:
                 tv_utils.download_url(K49_URL + f, str(root), filename=f)
         except Exception as e:
-            raise DataError(f"could not download Kuzushiji-49 into {root}: {_short(e)}",
+            raise DataMissing(f"could not download Kuzushiji-49 into {root}: {_short(e)}",
                             field="data.root", hint=f"fetch {', '.join(K49_FILES.values())} from "
                             f"{K49_URL} by hand into data.root, or retry with internet") from None
         if not (root / K49_CLASSMAP).is_file():
@@ -305,7 +305,7 @@ def kuzushiji49(cfg: DataConfig) -> RawData:
                 pass  # class names are cosmetic; indices are used without the map
         missing = [f for f in K49_FILES.values() if not (root / f).is_file()]
     if missing:
-        raise DataError(f"no Kuzushiji-49 files in {root} (missing {', '.join(missing)})",
+        raise DataMissing(f"no Kuzushiji-49 files in {root} (missing {', '.join(missing)})",
                         field="data.root", hint=_fix_hint("them"))
     files = [root / f for f in K49_FILES.values()]
 
