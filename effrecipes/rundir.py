@@ -149,12 +149,20 @@ def write_metrics(run_dir: Path, metrics: RunMetrics) -> Path:
     return path
 
 
-def read_metrics(run_dir: Path) -> Optional[RunMetrics]:
-    """The run's metrics, or None when the file is missing, unreadable or not metrics."""
+def read_metrics(run_dir: Path, limit: int = 64 << 20) -> Optional[RunMetrics]:
+    """The run's metrics, or None when the file is missing, unreadable or not metrics. Read with
+    the bounded reader recipes use (`effrecipes.recipe.read_file_bytes`: a regular file of at most
+    `limit` bytes, so a FIFO never blocks and /dev/zero is never read); any parse failure (bad
+    UTF-8, invalid JSON, nesting too deep, the wrong fields) is None."""
+    from effrecipes.errors import UserError
+    from effrecipes.recipe import read_file_bytes  # lazy: the run contract stays light to import
+
     try:
-        data = json.loads((run_dir / METRICS_FILE).read_text())
+        data = json.loads(read_file_bytes(run_dir / METRICS_FILE, limit).decode("utf-8"))
         return RunMetrics.model_validate(data) if isinstance(data, dict) else None
-    except (OSError, ValueError):  # pydantic's ValidationError is a ValueError
+    # UserError: not a regular file, too big, missing; ValueError: JSON, UTF-8 and pydantic's
+    # ValidationError; RecursionError: nesting too deep for the parser or the validator
+    except (UserError, OSError, ValueError, TypeError, RecursionError, MemoryError):
         return None
 
 

@@ -66,8 +66,12 @@ def mean_std(xs: list[float]) -> MeanStd:
 def identity(row: Mapping[str, Any]) -> Optional[tuple[str, Any]]:
     """What makes two rows the same run: the recipe hash and the seed (None when the hash is
     unknown: such a row is never merged with another)."""
-    h = row.get("hash")
-    return None if h in (None, "") else (str(h), row.get("seed"))
+    h, seed = row.get("hash"), row.get("seed")
+    try:
+        hash(seed)
+    except TypeError:  # a seed of the wrong type read back from a file: compared as text
+        seed = repr(seed)
+    return None if h in (None, "") else (str(h), seed)
 
 
 def split_duplicates(rows: Iterable[Mapping[str, Any]]) -> tuple[list[Any], list[Any]]:

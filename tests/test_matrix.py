@@ -134,6 +134,8 @@ def test_equal_epochs_view_removes_flop_cap(tmp_path: Path, capsys: pytest.Captu
     ({"reference": {"source": "x", "values": {"blurpool": 1.0}}},
      "spec.yaml: reference.values.blurpool: 'blurpool' is not a combination of this matrix"),
     ({"colour": 1}, "spec.yaml: colour: unknown key; valid keys (closest first):"),
+    ({"base": "b\0.yaml"}, "spec.yaml: base: a path cannot contain a NUL byte"),
+    ({"output": "o\0x"}, "spec.yaml: output: a path cannot contain a NUL byte"),
 ])
 def test_bad_spec_one_line_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str],
                                   change: dict[str, Any], fragment: str) -> None:
@@ -144,18 +146,84 @@ def test_bad_spec_one_line_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[
     assert not (tmp_path / "matrices").exists()
 
 
-def test_invalid_cells_all_reported_before_anything_runs(tmp_path: Path,
-                                                         capsys: pytest.CaptureFixture[str]) -> None:
+def test_invalid_cells_one_error_line_and_dry_run_lists_all(tmp_path: Path,
+                                                            capsys: pytest.CaptureFixture[str]) -> None:
     path = make_spec(tmp_path, grid={"optimizer.lr": [0.05, -1], "data.batch_size": [16, 0]})
+    # 2 combos x (3 bad grid points of 4) = 6 invalid cells: one error line (the count, the first
+    # cell and its message, and the command that lists them all), nothing else on stderr
     code, out, err = ablate(capsys, str(path), "--workers", "2")
-    lines = err.strip().splitlines()
-    # 2 combos x (3 bad grid points of 4) = 6 invalid cells, one line each, then the summary
-    assert code == 2 and len(lines) == 7 and "Traceback" not in err, err
-    assert lines[-1].startswith("error: ") and "6 of 8 cells are invalid; nothing was run" in lines[-1]
-    assert any("[cell baseline__lr=-1__bs=16__s0]: optimizer.lr: Input should be greater than 0"
-               in ln for ln in lines)
-    assert any("[cell cutout__lr=0.05__bs=0__s0]: data.batch_size:" in ln for ln in lines)
+    assert code == 2 and err.count("\n") == 1 and "Traceback" not in err, err
+    assert err.startswith(f"error: {path}: 6 of 8 cells are invalid; first: "
+                          "baseline__lr=0.05__bs=0__s0: data.batch_size: Input should be "), err
+    assert err.endswith(f"(got 0) (composer-ablate {path} --dry-run lists them all)\n"), err
     assert not (tmp_path / "matrices").exists()
+    # --dry-run lists every invalid cell with its message on stdout, then the same one line
+    code, out, err = ablate(capsys, str(path), "--dry-run", "--calibration-batches", "0")
+    assert code == 2 and err.count("\n") == 1 and "6 of 8 cells are invalid" in err, err
+    assert "all of them are listed above" in err
+    listed = [ln for ln in out.splitlines() if ln.startswith("  ") and "__s0: " in ln]
+    assert len(listed) == 6, out
+    assert "  baseline__lr=-1__bs=16__s0: optimizer.lr: Input should be greater than 0" in out
+    assert "  cutout__lr=0.05__bs=0__s0: data.batch_size:" in out
+    valid = [ln for ln in out.splitlines() if ln.startswith(("baseline__lr=0.05__bs=16__s0 ",
+                                                             "cutout__lr=0.05__bs=16__s0 "))]
+    assert len(valid) == 2 and all("invalid" not in ln for ln in valid), out  # still planned
+    # --list-cells too
+    code, out, err = ablate(capsys, str(path), "--list-cells")
+    assert code == 2 and err.count("\n") == 1 and "6 of 8 cells are invalid" in err, err
+    assert sum("  invalid  " in ln for ln in out.splitlines()) == 6, out
+    assert not (tmp_path / "matrices").exists()
+
+
+def test_matrix_state_reads_hostile_files_through_one_bounded_reader(tmp_path: Path) -> None:
+    """The matrix state (cell records, failure records, metrics.json, recipe.yaml) is read by
+    `effrecipes.matrix.files`: a FIFO never blocks, /dev/zero is never read, deep nesting, bad
+    UTF-8 and bad explicit YAML tags are Unreadable (None to the state), never an exception."""
+    import signal
+
+    from effrecipes.matrix.cells import run_dir_hash
+    from effrecipes.matrix.state import read_json
+
+    class Blocked(BaseException):  # not an OSError: nothing under test may swallow it
+        pass
+
+    def blocked(signum: int, frame: Any) -> None:
+        raise Blocked("a read blocked")
+
+    old = signal.signal(signal.SIGALRM, blocked)
+    signal.alarm(20)
+    try:
+        os.mkfifo(tmp_path / "fifo.json")
+        os.symlink("/dev/zero", tmp_path / "zero.json")
+        (tmp_path / "deep.json").write_text("[" * 100_000 + "]" * 100_000)
+        (tmp_path / "latin1.json").write_bytes(b'{"a": "\xff"}')
+        hostile = [("fifo.json", "is a FIFO"), ("zero.json", "is a device"),
+                   ("deep.json", "nested too deeply"), ("latin1.json", "not UTF-8 text"),
+                   ("missing.json", "missing")]
+        for name, _ in hostile:  # the state's reader: None, at once
+            assert read_json(tmp_path / name) is None
+        os.mkfifo(tmp_path / "recipe.yaml")  # a run directory's recipe.yaml: no hash, at once
+        assert run_dir_hash(tmp_path) is None
+
+        from effrecipes.matrix import files
+
+        for name, reason in hostile:
+            with pytest.raises(files.Unreadable, match=reason):
+                files.read_json(tmp_path / name)
+        (tmp_path / "big.json").write_text(" " * 100 + "{}")
+        with pytest.raises(files.Unreadable, match="larger than 10 bytes"):
+            files.read_json(tmp_path / "big.json", limit=10)
+        (tmp_path / "recipe.yaml").unlink()
+        for tagged in ("!!float abc", "!!int abc", "!!timestamp abc", "!!bool maybe",
+                       "[" * 10_000 + "]" * 10_000):
+            (tmp_path / "recipe.yaml").write_text(f"name: x\nnotes: {tagged}\n")
+            for loader in (yaml.safe_load, files.load_yaml_text):
+                with pytest.raises(files.Unreadable, match="invalid YAML|nested too deeply"):
+                    files.read_yaml(tmp_path / "recipe.yaml", loader)
+            assert run_dir_hash(tmp_path) is None
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, old)
 
 
 def _fake_run(m: Any, cell: Any, **metrics: Any) -> Path:

@@ -555,3 +555,220 @@ def test_offline_hint_once_per_matrix(tmp_path: Path, monkeypatch: pytest.Monkey
     monkeypatch.setenv(wandb_mode.OFFLINE_HINT_SAID, "1")  # what a matrix worker has
     build_wandb_logger(validate_recipe(on))
     assert "wandb sync" not in capsys.readouterr().out
+
+
+# --------------------------------------------------------------------------- hostile files
+
+DEEP_JSON = "[" * 100_000 + "]" * 100_000
+
+
+class Blocked(BaseException):
+    """A read blocked (on a FIFO): a BaseException, so no `except OSError` in the code under test
+    swallows it."""
+
+
+@pytest.fixture
+def bounded(monkeypatch: pytest.MonkeyPatch) -> Any:
+    """Guards for reads that must never happen: an alarm ends a blocked read (a FIFO) after 20 s
+    (`Blocked`),
+    and an address-space limit 2 GiB above the current size turns reading /dev/zero to the end
+    into a quick MemoryError instead of taking the machine's memory."""
+    import resource
+    import signal
+
+    def timeout(signum: int, frame: Any) -> None:
+        raise Blocked("a read that never returns")
+
+    old_handler = signal.signal(signal.SIGALRM, timeout)
+    signal.alarm(20)
+    soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+    vm = next(int(line.split()[1]) * 1024 for line in open("/proc/self/status")
+              if line.startswith("VmSize:"))
+    resource.setrlimit(resource.RLIMIT_AS, (vm + (2 << 30), hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, old_handler)
+
+
+def _first_run(m: Path) -> Path:
+    cell = sorted(p for p in (m / "cells").iterdir() if p.is_dir())[0]
+    return cell / cell.name
+
+
+def _spoil(path: Path, how: str) -> None:
+    """Replace `path` with a hostile file: deep nesting, a link to /dev/zero, a FIFO, bytes that
+    are not UTF-8, or YAML with an explicit tag whose content is not of that type."""
+    if path.exists() or path.is_symlink():
+        path.unlink()
+    if how == "deep":
+        path.write_text(DEEP_JSON if path.suffix == ".json" else "a: " + DEEP_JSON + "\n")
+    elif how == "/dev/zero":
+        os.symlink("/dev/zero", path)
+    elif how == "fifo":
+        os.mkfifo(path)
+    elif how == "non-utf8":
+        path.write_bytes(b"name: \xff\xfe\n")
+    else:  # an explicit YAML tag: !!float abc, !!int abc, !!timestamp abc, !!bool maybe
+        path.write_text(f"name: x\nnotes: {how}\n")
+
+
+@pytest.mark.parametrize("target,how,note", [
+    # RecursionError from the JSON / YAML parser
+    ("results.json", "deep", "results.json is unreadable (nested too deeply)"),
+    ("matrix.json", "deep", "matrix.json is unreadable (nested too deeply)"),
+    ("RUN/metrics.json", "deep", "finished but its run directory is missing or unreadable"),
+    ("RUN/recipe.yaml", "deep", "recipe.yaml unreadable (nested too deeply)"),
+    # MemoryError: a symlink to /dev/zero was read to the end
+    ("results.json", "/dev/zero", "results.json is unreadable (is a device)"),
+    ("spec.yaml", "/dev/zero", "spec.yaml is unreadable (is a device)"),
+    ("RUN/metrics.json", "/dev/zero", "finished but its run directory is missing or unreadable"),
+    ("RUN/recipe.yaml", "/dev/zero", "recipe.yaml unreadable (is a device)"),
+    ("RUN/history.csv", "/dev/zero", "history.csv unreadable (is a device)"),
+    # a FIFO: the read blocked forever
+    ("results.json", "fifo", "results.json is unreadable (is a FIFO)"),
+    ("RUN/metrics.json", "fifo", "finished but its run directory is missing or unreadable"),
+    ("RUN/history.csv", "fifo", "history.csv unreadable (is a FIFO)"),
+    # UnicodeDecodeError
+    ("spec.yaml", "non-utf8", "spec.yaml is unreadable (not UTF-8 text (byte 6))"),
+    # ValueError / AttributeError / KeyError from PyYAML's constructors
+    ("spec.yaml", "!!float abc", "spec.yaml is unreadable (invalid YAML)"),
+    ("spec.yaml", "!!int abc", "spec.yaml is unreadable (invalid YAML)"),
+    ("spec.yaml", "!!timestamp abc", "spec.yaml is unreadable (invalid YAML)"),
+    ("spec.yaml", "!!bool maybe", "spec.yaml is unreadable (invalid YAML)"),
+    ("RUN/recipe.yaml", "!!int abc", "recipe.yaml unreadable (invalid YAML)"),
+    ("RUN/recipe.yaml", "!!timestamp abc", "recipe.yaml unreadable (invalid YAML)"),
+    ("RUN/recipe.yaml", "!!bool maybe", "recipe.yaml unreadable (invalid YAML)"),
+])
+def test_unreadable_matrix_files_are_notes(matrix_dir: Path, tmp_path: Path, bounded: None,
+                                           capsys: pytest.CaptureFixture[str], target: str,
+                                           how: str, note: str) -> None:
+    """Every file a report reads goes through one bounded reader: a file it cannot read or parse
+    is a note (the report falls back to what else it has), never a traceback or a hang."""
+    m = tmp_path / "m"
+    shutil.copytree(matrix_dir, m)
+    path = _first_run(m) / target[4:] if target.startswith("RUN/") else m / target
+    _spoil(path, how)
+    out = tmp_path / "out"
+    assert main([str(m), "--out", str(out)]) == 0
+    err = capsys.readouterr().err
+    assert all(line.startswith("note: ") for line in err.splitlines()), err
+    assert note in err, err
+    assert note in (out / "report.md").read_text()
+    assert sorted(p.name for p in out.iterdir())[:2] == ["report.html", "report.md"]
+
+
+@pytest.mark.parametrize("how", ["deep", "/dev/zero", "fifo"])
+def test_unreadable_metrics_of_a_single_run_is_one_line(matrix_dir: Path, tmp_path: Path,
+                                                        bounded: None, how: str,
+                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    run = tmp_path / "r"
+    shutil.copytree(_first_run(matrix_dir), run)
+    _spoil(run / "metrics.json", how)
+    assert main([str(run), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1, err
+    assert "metrics.json is missing or unreadable" in err and not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("field,value,note", [
+    ("tuned", 5, "results.json: `tuned` is not a list; ignored"),
+    ("tuned", [1, "x", {"a": []}], "results.json: 3 malformed `tuned` entries ignored"),
+    ("reference", [1], "results.json: `reference` is not text; ignored"),
+    ("counts", "x", "results.json: `counts` is not a mapping of status to count; recounted"),
+])
+def test_results_json_fields_of_the_wrong_type(matrix_dir: Path, tmp_path: Path, field: str,
+                                               value: Any, note: str,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    m = tmp_path / "m"
+    shutil.copytree(matrix_dir, m)
+    res = _results(m)
+    res[field] = value
+    (m / "results.json").write_text(json.dumps(res))
+    assert main([str(m), "--out", str(tmp_path / "out")]) == 0
+    err = capsys.readouterr().err
+    assert note in err and "cutout" in (tmp_path / "out" / "report.md").read_text(), err
+
+
+def test_absurd_history_values_do_not_break_the_plots(matrix_dir: Path, tmp_path: Path,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    """history.csv values like 1e308 made matplotlib fail (`arange: cannot compute length`):
+    they are dropped when read."""
+    run = tmp_path / "r"
+    shutil.copytree(_first_run(matrix_dir), run)
+    (run / "history.csv").write_text("epoch,flops_used,val_accuracy\n" + "1e308,1e308,1e308\n" * 50)
+    assert main([str(run), "--out", str(tmp_path / "out")]) == 0
+    assert "Traceback" not in capsys.readouterr().err
+    assert all(v is None for row in collect(run).runs[0].history for v in row.values())
+
+
+def test_a_plot_matplotlib_cannot_draw_is_a_note(matrix_dir: Path, tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    from effrecipes.report import plots
+
+    def broken(c: Any) -> Any:
+        raise ValueError("arange: cannot compute length")
+
+    monkeypatch.setitem(plots.FIGURES, "curves", broken)
+    out = tmp_path / "out"
+    assert main([str(matrix_dir), "--out", str(out)]) == 0
+    assert "plot report_val_curves.png not drawn" in capsys.readouterr().err
+    assert not (out / "report_val_curves.png").exists()
+    assert "_Not drawn: matplotlib could not draw it (ValueError: arange" in (out / "report.md").read_text()
+
+
+def test_a_very_long_dir_is_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["d" * 5000]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1 and "path too long" in err, err
+
+
+def test_a_destination_that_is_a_directory_writes_nothing(matrix_dir: Path, tmp_path: Path,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    """report.html being a directory was found only after report.md and the PNGs were written:
+    every destination is checked first, and the files are moved into place all together."""
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "report.html").mkdir()
+    assert main([str(matrix_dir), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert sorted(p.name for p in out.iterdir()) == ["report.html"]  # no report.md, no PNGs
+    assert err.count("\n") == 1 and "report.html is a directory" in err, err
+
+
+def test_a_destination_that_is_a_fifo_never_blocks(matrix_dir: Path, tmp_path: Path, bounded: None,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    os.mkfifo(out / "report.md")
+    assert main([str(matrix_dir), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "report.md is a FIFO" in err, err
+    assert sorted(p.name for p in out.iterdir()) == ["report.md"]
+
+
+def test_a_failed_write_keeps_the_earlier_report(matrix_dir: Path, tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    """A failure half-way (report.html cannot be written) leaves the earlier report as it was,
+    and no temporary files."""
+    from effrecipes.report import cli as report_cli
+
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "report.md").write_text("earlier")
+    (out / "report_val_curves.png").write_bytes(b"earlier")
+
+    def fail(*a: Any) -> str:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(report_cli, "render_html", fail)
+    assert main([str(matrix_dir), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert sorted(p.name for p in out.iterdir()) == ["report.md", "report_val_curves.png"]
+    assert (out / "report.md").read_text() == "earlier"
+    assert (out / "report_val_curves.png").read_bytes() == b"earlier"
+    assert err.count("\n") == 1 and "No space left on device" in err, err

@@ -12,6 +12,7 @@ import hashlib
 import itertools
 import json
 import re
+import shlex
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,7 +20,8 @@ from typing import Any, Optional
 
 import yaml
 
-from effrecipes.errors import RecipeError, UserError, closest_first
+from effrecipes.errors import RecipeError, UserError, closest_first, shorten
+from effrecipes.matrix.files import read_yaml
 from effrecipes.matrix.spec import MAX_CELLS, MatrixSpec, load_spec
 from effrecipes import rundir
 from effrecipes.recipe import (Recipe, apply_override, normalise_algorithms, parse_override,
@@ -158,6 +160,13 @@ def sanitise(text: str) -> str:
     return _ID_BAD.sub("-", text)
 
 
+def is_cell_id(value: Any) -> bool:
+    """Whether `value` can be a cell id (`cell_id`): a file name of [A-Za-z0-9._=+,-] starting
+    with a letter or digit, so a cell id read back from a file never leads outside the matrix."""
+    return (isinstance(value, str) and 0 < len(value) <= ID_MAX and value[0].isalnum()
+            and value.isascii() and not _ID_BAD.search(value))
+
+
 def cell_id(techniques: tuple[str, ...], grid: dict[str, Any], labels: dict[str, str], seed: int) -> str:
     parts = [combo_label(techniques)] + [f"{labels[k]}={fmt_value(v)}" for k, v in grid.items()]
     parts.append(f"s{seed}")
@@ -185,8 +194,8 @@ def recipe_hash(recipe: Recipe | dict[str, Any]) -> str:
 
 def run_dir_hash(run_dir: Path) -> Optional[str]:
     """Hash of the recipe a finished run directory actually trained (None if unreadable)."""
-    try:
-        data = yaml.safe_load((run_dir / rundir.RECIPE_FILE).read_text())
+    try:  # recipe.yaml is written by yaml.safe_dump: read back by its loader
+        data = read_yaml(run_dir / rundir.RECIPE_FILE, yaml.safe_load)
         return recipe_hash(Recipe.model_validate(data))
     except Exception:  # noqa: BLE001 - a damaged run dir simply does not match
         return None
@@ -361,9 +370,25 @@ def load_matrix(path: str | Path, overrides: Optional[list[str]] = None, *,
     return matrix
 
 
-def check_valid(matrix: Matrix) -> None:
-    """Raise (exit 2) listing every invalid cell, one line each, before anything runs."""
+def cell_problem(matrix: Matrix, cell: Cell) -> str:
+    """An invalid cell's message without the `SPEC [cell ID]: ` prefix `_build_cell` gives it."""
+    text = cell.error or ""
+    return text.removeprefix(f"{matrix.spec_path} [cell {cell.id}]: ")
+
+
+def dry_run_command(matrix: Matrix) -> str:
+    """The command that lists every cell of this matrix with its problem, as typed."""
+    return shlex.join(["composer-ablate", str(matrix.spec_path), *matrix.spec_overrides, "--dry-run"])
+
+
+def check_valid(matrix: Matrix, *, hint: Optional[str] = None) -> None:
+    """Raise (exit 2) before anything runs when some cells are invalid: one line with the count
+    and the first invalid cell's message; `--dry-run` (`dry_run_command`) and `--list-cells`
+    list every one (`MatrixSpecError.lines` holds them too)."""
     bad = matrix.invalid
     if bad:
-        raise MatrixSpecError(f"{len(bad)} of {len(matrix.cells)} cells are invalid; nothing was run",
-                              [c.error or c.id for c in bad], file=str(matrix.spec_path))
+        first = bad[0]
+        raise MatrixSpecError(
+            f"{len(bad)} of {len(matrix.cells)} cells are invalid; first: {first.id}: "
+            f"{shorten(cell_problem(matrix, first), 400)}", [c.error or c.id for c in bad],
+            file=str(matrix.spec_path), hint=hint or f"{dry_run_command(matrix)} lists them all")

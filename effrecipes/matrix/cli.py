@@ -2,7 +2,7 @@
 
 Exit codes: 0 every selected cell finished (done or diverged); 1 some cells failed (recorded in
 <matrix_dir>/failed/, the others ran); 2 a user mistake (bad spec, invalid cells, matrix locked),
-one line per problem; 130 interrupted.
+one line; 130 interrupted.
 """
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from typing import Optional, Sequence
 from effrecipes.cli_common import (ENVIRONMENT, OneLineParser, dotted_flags_to_overrides, finite_float,
                                    guard, int_at_least, package_version, run_entrypoint)
 from effrecipes.errors import UserError
-from effrecipes.matrix.cells import Matrix, MatrixSpecError, check_valid, load_matrix
+from effrecipes.matrix.cells import Matrix, cell_problem, check_valid, load_matrix
 from effrecipes.matrix.dryrun import dry_run
 from effrecipes.matrix.execute import format_outcome, run_matrix
 from effrecipes.matrix.spec import MatrixSpec
@@ -36,7 +36,8 @@ changed cells run again, failed cells run again with --retry-failed. Results are
 <out>/<name>/results.{md,csv,json} after every finished cell.
 
 exit codes: 0 every selected cell finished; 1 some cells failed (recorded, the others ran);
-2 a mistake in the spec or arguments (one line each); 130 interrupted
+2 a mistake in the spec or arguments (one line; --dry-run lists every invalid cell);
+130 interrupted
 
 """ + ENVIRONMENT
 
@@ -84,14 +85,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _list_cells(matrix: Matrix, as_json: bool) -> str:
+    """Every cell with its status and overrides; an invalid cell with `invalid` and its message."""
     items = []
     for c in matrix.cells:
+        if c.error:
+            items.append({"cell_id": c.id, "status": "invalid", "hash": None,
+                          "overrides": c.overrides, "error": cell_problem(matrix, c)})
+            continue
         status = classify(matrix, c)[0] if matrix.matrix_dir.exists() else "pending"
         items.append({"cell_id": c.id, "status": status, "hash": c.hash, "overrides": c.overrides})
     if as_json:
         return json.dumps(items, indent=2)
     width = max(len(i["cell_id"]) for i in items)
-    lines = [f"{i['cell_id']:<{width}}  {i['status']:<8}  {' '.join(i['overrides'])}" for i in items]
+    lines = [f"{i['cell_id']:<{width}}  {i['status']:<8}  "
+             + (i["error"] if i.get("error") else " ".join(i["overrides"])) for i in items]
     return "\n".join(lines + [f"{len(items)} cells; base recipe {matrix.base_path}"])
 
 
@@ -112,6 +119,7 @@ def _print_dry_run(matrix: Matrix, args: argparse.Namespace, workers: int) -> in
                                calibration_batches=args.calibration_batches,
                                executor=args.executor, cpus_per_cell=args.cpus_per_cell)
     print(json.dumps(report, indent=2, default=str) if args.json else text)
+    check_valid(matrix, hint="all of them are listed above")
     if not ok:
         raise UserError("some cells cannot be prepared (see the table); fix them before "
                         "running", file=args.spec)
@@ -130,22 +138,18 @@ def _run(matrix: Matrix, args: argparse.Namespace, workers: int) -> int:
 
 
 def _ablate(args: argparse.Namespace) -> int:
-    """Load the matrix (spec + command-line overrides), then list, dry-run or run it; every
-    invalid cell is printed on its own line before the summary error."""
+    """Load the matrix (spec + command-line overrides), then list, dry-run or run it. Invalid
+    cells are one error line (their count and the first one); --dry-run and --list-cells print
+    every one of them with its message on stdout first."""
     workers = _workers(args)
     matrix = load_matrix(args.spec, args.overrides, output=args.output)
-    try:
-        if args.list_cells:
-            check_valid(matrix)
-            print(_list_cells(matrix, args.json))
-            return 0
-        if args.dry_run:
-            return _print_dry_run(matrix, args, workers)
-        return _run(matrix, args, workers)
-    except MatrixSpecError as e:
-        for line in e.lines:
-            print(line, file=sys.stderr)
-        raise
+    if args.list_cells:
+        print(_list_cells(matrix, args.json))
+        check_valid(matrix, hint="all of them are listed above")
+        return 0
+    if args.dry_run:
+        return _print_dry_run(matrix, args, workers)
+    return _run(matrix, args, workers)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -17,7 +17,7 @@ import warnings
 from typing import Any, Optional
 
 from effrecipes.errors import UserError
-from effrecipes.matrix.cells import Cell, Matrix, canonical_json, check_valid
+from effrecipes.matrix.cells import Cell, Matrix, canonical_json, cell_problem
 from effrecipes.matrix.execute import plan_work, select, threads_per_worker
 from effrecipes.stats import fmt_flops
 from effrecipes.matrix.state import classify
@@ -163,20 +163,35 @@ def dry_run(matrix: Matrix, *, workers: int = 1, only: Optional[list[str]] = Non
             retry_failed: bool = False, calibration_batches: int = 30,
             executor: str = "local", cpus_per_cell: float = 1.0) -> tuple[str, dict[str, Any], bool]:
     """(text report, JSON report, ok). Reads the matrix directory (to say what would be skipped)
-    but writes nothing to it."""
-    check_valid(matrix)
-    cells = select(matrix, only)
+    but writes nothing to it. Invalid cells (`Cell.error`) are listed, each with its message,
+    and make `ok` false."""
+    selected = {c.id for c in select(matrix, only)}
+    invalid = matrix.invalid  # every one is listed (selected or not): none can run until fixed
+    cells = [c for c in matrix.cells if c.id in selected or c.error]
+    valid = [c for c in cells if not c.error]
     threads = max(1, int(cpus_per_cell)) if executor == "ray" else threads_per_worker(workers)
-    to_run, _, why = plan_work(matrix, cells, retry_failed)
+    to_run, _, why = plan_work(matrix, valid, retry_failed)
     run_ids = {c.id for c in to_run}
-    plans = plan_cells(matrix, cells, threads)
-    cal, cal_note = _calibration(to_run or cells, plans, calibration_batches, threads)
+    plans = plan_cells(matrix, valid, threads)
+    if invalid:
+        cal, cal_note = None, f"no calibration ({len(invalid)} invalid cell(s) first need fixing)"
+    else:
+        cal, cal_note = _calibration(to_run or valid, plans, calibration_batches, threads)
 
     header = ["cell", "state", "FLOPs/batch", "batches", "epochs", "planned FLOPs", "cap", "est. wall"]
     rows, out_cells = [], []
     total_est = 0.0
     ok = True
     for c in cells:
+        if c.error:
+            ok = False
+            problem = cell_problem(matrix, c)
+            rows.append([c.id, "invalid", "(see below)", "", "", "", "", ""])
+            out_cells.append({"cell_id": c.id, "techniques": list(c.techniques), "grid": c.grid,
+                              "seed": c.seed, "hash": None, "overrides": c.overrides,
+                              "will_run": False, "state": "invalid", "error": problem,
+                              "estimated_seconds": None})
+            continue
         p = plans[c.id]
         state = why.get(c.id, classify(matrix, c)[0] + " (skip)") if c.id in run_ids \
             else classify(matrix, c)[0] + " (skip)"
@@ -199,7 +214,14 @@ def dry_run(matrix: Matrix, *, workers: int = 1, only: Optional[list[str]] = Non
     par = max(1, workers)
     lines = _headline(matrix) + ["", fmt.format(*header)]
     lines += [fmt.format(*r) for r in rows]
-    lines += ["", f"to run: {len(to_run)} of {len(cells)} selected cells; estimated wall time "
+    if invalid:
+        lines += ["", f"invalid cells: {len(invalid)} of {len(matrix.cells)} (fix the spec or the base "
+                  "recipe; nothing can run until every cell is valid):"]
+        lines += [f"  {c.id}: {cell_problem(matrix, c)}" for c in invalid]
+    to_run_text = (f"to run: nothing until the invalid cells are fixed (then {len(to_run)} of "
+                   f"{len(cells)} listed cells)" if invalid else
+                   f"to run: {len(to_run)} of {len(cells)} selected cells")
+    lines += ["", f"{to_run_text}; estimated wall time "
               f"{_dur(total_est / par if cal else None)} with {par} parallel "
               f"{'task' if executor == 'ray' else 'worker'}(s) (sum {_dur(total_est if cal else None)})",
               f"estimate: {cal_note}.",
@@ -208,7 +230,8 @@ def dry_run(matrix: Matrix, *, workers: int = 1, only: Optional[list[str]] = Non
     report = {"matrix": matrix.spec.name, "matrix_dir": str(matrix.matrix_dir),
               "view": matrix.spec.view, "cells": out_cells, "calibration": cal,
               "calibration_note": cal_note, "estimated_total_seconds": total_est if cal else None,
-              "estimated_wall_seconds": total_est / par if cal else None, "parallel": par}
+              "estimated_wall_seconds": total_est / par if cal else None, "parallel": par,
+              "invalid": len(invalid)}
     return "\n".join(lines), report, ok
 
 

@@ -13,10 +13,11 @@ from typing import Any, Optional
 
 from effrecipes.recipe import read_recipe_data
 from effrecipes.rundir import TABLE_FIELDS
-from effrecipes.matrix.cells import Matrix, combo_label, fmt_value
+from effrecipes.matrix.cells import Matrix, combo_label, fmt_value, is_cell_id
+from effrecipes.matrix.files import read_dict
 from effrecipes.matrix.state import (DIVERGED, DONE, FAILED, INTERRUPTED, PENDING, RUNNING,
                                      atomic_write_json, atomic_write_text, failure,
-                                     finished_metrics, metrics_status, now, read_json, resumable)
+                                     finished_metrics, metrics_status, now, resumable)
 from effrecipes.stats import (NOISE_RULE, TUNE_RULE, aggregate as aggregate_rows, fmt, fmt_count,
                               fmt_flops, md_table, pm, signed_pm, status_counts,
                               tuned as tuned_rows, yes_no)
@@ -218,15 +219,59 @@ def write_results(matrix: Matrix, running: frozenset[str] = frozenset()) -> dict
     return obj
 
 
-def read_results(matrix_dir: Path) -> Optional[dict[str, Any]]:
+_TEXT_FIELDS = ("matrix", "spec", "base", "view", "mode", "reference", "noise_rule", "updated",
+                "tune_rule")
+
+
+def read_results(matrix_dir: Path, problems: Optional[list[str]] = None) -> Optional[dict[str, Any]]:
     """The results.json `write_results` wrote (the one reader: `composer-report` reads it here),
-    keeping only well-formed `cells` (with a cell_id) and `aggregate` entries; None when it is
-    missing, unreadable or has no list of cells."""
-    obj = read_json(Path(matrix_dir) / RESULTS_JSON)
-    if obj is None or not isinstance(obj.get("cells"), list):
+    its shape checked field by field: only well-formed `cells` (a dict with a valid cell id) and
+    `aggregate` / `tuned` entries (dicts with `techniques`) are kept, and a top-level field of the
+    wrong type is dropped (its consumer falls back, e.g. `counts` to counting the cells), each
+    drop said in `problems`. None when the file is missing, unreadable (see
+    `effrecipes.matrix.files`) or has no list of cells (`problems` says why, unless missing)."""
+    said = problems if problems is not None else []
+    obj, why = read_dict(Path(matrix_dir) / RESULTS_JSON)
+    if obj is not None and not isinstance(obj.get("cells"), list):
+        obj, why = None, "no list of cells"
+    if obj is None:
+        if why:
+            said.append(f"results.json is unreadable ({why}); aggregates computed from the run "
+                        "directories")
         return None
-    obj["cells"] = [r for r in obj["cells"] if isinstance(r, dict) and r.get("cell_id")]
-    obj["aggregate"] = [a for a in obj.get("aggregate") or [] if isinstance(a, dict)]
+
+    def keep(key: str, entries: list[Any], ok: Any) -> list[Any]:
+        kept = [e for e in entries if ok(e)]
+        if len(kept) < len(entries):
+            said.append(f"results.json: {len(entries) - len(kept)} malformed `{key}` entries ignored")
+        return kept
+
+    def listed(key: str) -> list[Any]:
+        v = obj.get(key)
+        if v is None or isinstance(v, list):
+            return v or []
+        said.append(f"results.json: `{key}` is not a list; ignored")
+        return []
+
+    obj["cells"] = keep("cells", obj["cells"], lambda r: isinstance(r, dict) and is_cell_id(r.get("cell_id")))
+    obj["aggregate"] = keep("aggregate", listed("aggregate"),
+                            lambda a: isinstance(a, dict) and isinstance(a.get("techniques"), str))
+    obj["tuned"] = keep("tuned", listed("tuned"),
+                        lambda t: isinstance(t, dict) and isinstance(t.get("techniques"), str)
+                        and isinstance(t.get("selected"), (dict, type(None))))
+    for key in _TEXT_FIELDS:
+        if obj.get(key) is not None and not isinstance(obj[key], str):
+            said.append(f"results.json: `{key}` is not text; ignored")
+            obj[key] = None
+    tune = obj.get("tune")
+    if tune is not None and not (isinstance(tune, list) and all(isinstance(k, str) for k in tune)):
+        said.append("results.json: `tune` is not a list of keys; ignored")
+        obj["tune"] = None
+    c = obj.get("counts")
+    if c is not None and not (isinstance(c, dict) and all(
+            isinstance(k, str) and isinstance(v, int) and not isinstance(v, bool) for k, v in c.items())):
+        said.append("results.json: `counts` is not a mapping of status to count; recounted")
+        obj["counts"] = None
     return obj
 
 

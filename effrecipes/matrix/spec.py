@@ -94,6 +94,13 @@ class MatrixSpec(_Section):
             raise ValueError("use letters, digits and . _ = + , - only (no path separators)")
         return v
 
+    @field_validator("base", "output")
+    @classmethod
+    def _path_ok(cls, v: str) -> str:
+        if "\0" in v:  # the OS cannot open such a path: say so here, naming the field
+            raise ValueError("a path cannot contain a NUL byte (\\0); remove it")
+        return v
+
     @model_validator(mode="after")
     def _tune_keys_in_grid(self) -> "MatrixSpec":
         missing = [k for k in self.tune if k not in self.grid]

@@ -26,6 +26,7 @@ from typing import Any, Optional
 
 from effrecipes.errors import UserError
 from effrecipes.matrix.cells import Cell, Matrix, run_dir_hash
+from effrecipes.matrix.files import json_dict_or_none
 from effrecipes.rundir import FINISHED, METRICS_FILE, RESUME_FILE, CellStatus, status_of  # noqa: F401
 
 DONE, DIVERGED, FAILED = CellStatus.DONE, CellStatus.DIVERGED, CellStatus.FAILED
@@ -51,11 +52,9 @@ def atomic_write_json(path: Path, obj: Any) -> None:
 
 
 def read_json(path: Path) -> Optional[dict[str, Any]]:
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
+    """A JSON object from a file of the matrix directory, or None when it is missing, unreadable
+    (not a regular file, too big, corrupt) or not an object (`effrecipes.matrix.files`)."""
+    return json_dict_or_none(path)
 
 
 # --------------------------------------------------------------------------- lock

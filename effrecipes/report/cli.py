@@ -8,7 +8,11 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
+import shutil
+import stat
 import sys
+import tempfile
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -17,7 +21,7 @@ from effrecipes.errors import UserError, writable_dir
 from effrecipes.report.html import render_html
 from effrecipes.report.load import collect
 from effrecipes.report.markdown import render_markdown
-from effrecipes.report.plots import render_all
+from effrecipes.report.plots import PLOTS, render_all
 from effrecipes.report.wandb_report import _wr, publish
 
 EPILOG = """\
@@ -65,25 +69,73 @@ def _outdir(path: Path) -> Path:
     return path
 
 
+REPORT_FILES = ("report.md", "report.html")
+WANDB_FILE = "wandb_report.json"
+
+
+def check_destinations(outdir: Path, names: Sequence[str]) -> None:
+    """Each file the report writes in `outdir` must be absent or a regular file (a symlink to
+    one is replaced, not written through): a directory, FIFO or device there is one-line error
+    before anything is written, never a blocked write or half a report."""
+    for name in names:
+        path = outdir / name
+        try:
+            if not os.path.lexists(path):
+                continue
+            st = os.stat(path)
+        except OSError:  # a dangling symlink: replaced like an absent file
+            continue
+        if stat.S_ISREG(st.st_mode):
+            continue
+        kind = ("a directory" if stat.S_ISDIR(st.st_mode) else "a FIFO" if stat.S_ISFIFO(st.st_mode)
+                else "a device" if stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode)
+                else "a socket" if stat.S_ISSOCK(st.st_mode) else "not a regular file")
+        raise UserError(f"{name} is {kind}, so the report cannot be written there", file=str(path),
+                        hint="remove it, or choose another output directory with --out")
+
+
+def _install(staging: Path, outdir: Path, names: Sequence[str], stale: Sequence[str]) -> None:
+    """Move the finished files from `staging` into `outdir` (each an atomic rename) and remove
+    the plots of an earlier report that this one does not draw."""
+    for name in names:
+        os.replace(staging / name, outdir / name)
+    for name in stale:
+        (outdir / name).unlink(missing_ok=True)
+
+
 def write_report(dir: str | Path, out: Optional[str | Path] = None, title: Optional[str] = None,
                  wandb: bool = False) -> dict[str, Path]:
-    """Collect, plot and write; returns the paths written (report.html, report.md, plots)."""
+    """Collect, plot and write; returns the paths written (report.html, report.md, plots).
+
+    Every file is first written into a temporary directory inside the output directory and moved
+    into place only when all of them were written: a failure leaves the earlier report (if any)
+    as it was, and no part of a new one."""
     if wandb:  # fail before any work when the package is missing
         _wr()
     c = collect(dir)
     outdir = _outdir(Path(out).expanduser() if out else c.root)
+    plot_names = [name for name, _ in PLOTS.values()]
+    check_destinations(outdir, [*REPORT_FILES, *plot_names, *([WANDB_FILE] if wandb else [])])
     title = title or default_title(c.kind, c.name)
-    plots = render_all(c, outdir)
-    written = {f"plot:{k}": v for k, v in plots.items()}
-    try:
-        (outdir / "report.md").write_text(render_markdown(c, plots, title), encoding="utf-8")
-        (outdir / "report.html").write_text(render_html(c, plots, title), encoding="utf-8")
+    try:  # not named ".tmp-": composer-ablate sweeps such names from a matrix directory
+        staging = Path(tempfile.mkdtemp(prefix=".report-staging-", dir=outdir))
     except OSError as e:
         raise UserError(f"cannot write the report: {e.strerror}", file=str(outdir)) from None
+    try:
+        plots = render_all(c, staging)
+        (staging / "report.md").write_text(render_markdown(c, plots, title), encoding="utf-8")
+        (staging / "report.html").write_text(render_html(c, plots, title), encoding="utf-8")
+        names = [p.name for p in plots.values()] + list(REPORT_FILES)
+        _install(staging, outdir, names, [n for n in plot_names if n not in names])
+    except OSError as e:
+        raise UserError(f"cannot write the report: {e.strerror}", file=str(outdir)) from None
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    written = {f"plot:{k}": outdir / v.name for k, v in plots.items()}
     written["html"], written["md"] = outdir / "report.html", outdir / "report.md"
     if wandb:
         publish(c, outdir, title)
-        written["wandb"] = outdir / "wandb_report.json"
+        written["wandb"] = outdir / WANDB_FILE
     for note in c.notes:
         print(f"note: {note}", file=sys.stderr)
     return written

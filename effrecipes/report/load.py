@@ -11,10 +11,12 @@ is aggregated the same way, one row per run.
 """
 from __future__ import annotations
 
-import csv
+import errno
 import hashlib
 import json
+import os
 import re
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -23,7 +25,8 @@ import yaml
 
 from effrecipes import reference as paper_ref
 from effrecipes.errors import UserError
-from effrecipes.matrix.cells import fmt_value
+from effrecipes.matrix.cells import fmt_value, is_cell_id
+from effrecipes.matrix.files import Unreadable, read_csv, read_dict, read_json as read_any_json, read_yaml
 from effrecipes.matrix.results import read_results
 from effrecipes.matrix.state import read_json
 from effrecipes.rundir import (HISTORY_FILE, METRICS_FILE, RECIPE_FILE, CellStatus, cell_run_dir,
@@ -34,6 +37,7 @@ from effrecipes.stats import (DIVERGED, DONE, FINISHED, NOISE_RULE, aggregate, b
 BASELINE = "baseline"
 INTERRUPTED = CellStatus.INTERRUPTED
 REPEAT = "repeat"   # a run directory with the recipe and seed of an earlier one: counted once
+MAX_HISTORY_VALUE = 1e100  # beyond it a history.csv value is junk (FLOPs spent are below 1e30)
 _SEED_SUFFIX = re.compile(r"(?:__|_|-|\.)s(?:eed)?[=_-]?(\d+)$")
 _CELL_COLUMNS = {"cell_id", "techniques", "seed", "status", "hash", "error", "test_accuracy",
                  "best_val_accuracy", "flops_used", "flops_cap", "stop_reason", "epochs", "params",
@@ -50,6 +54,7 @@ class Run:
     recipe: Optional[dict[str, Any]]
     cell_id: Optional[str] = None
     status: str = DONE
+    problems: list[str] = field(default_factory=list)  # files beside metrics.json not readable
 
     @property
     def name(self) -> str:
@@ -142,6 +147,7 @@ class Collection:
     meta: dict[str, Any] = field(default_factory=dict)
     paper_sources: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    plot_errors: dict[str, str] = field(default_factory=dict)  # plot key -> why it is not drawn
 
     @property
     def best(self) -> Optional[Group]:
@@ -158,21 +164,19 @@ class Collection:
 
 # --------------------------------------------------------------------------- reading files
 
-def read_yaml_dict(path: Path) -> Optional[dict[str, Any]]:
-    """A YAML file holding a mapping (recipe.yaml, spec.yaml); None when missing or not one."""
+def read_history(path: Path, problems: Optional[list[str]] = None) -> list[dict[str, Optional[float]]]:
+    """history.csv as rows of finite numbers ([] when missing or unreadable: `problems` says
+    why). A value beyond MAX_HISTORY_VALUE (1e308 FLOPs, 1e300 % accuracy) is no measurement and
+    is dropped like a blank, so no plot is asked to span it."""
     try:
-        data = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError):
-        return None
-    return data if isinstance(data, dict) else None
-
-
-def read_history(path: Path) -> list[dict[str, Optional[float]]]:
-    try:
-        with open(path, newline="") as f:
-            return [{k: num(v) for k, v in row.items() if k} for row in csv.DictReader(f)]
-    except (OSError, csv.Error, UnicodeDecodeError):
+        rows = read_csv(path)
+    except Unreadable as e:
+        if not e.missing and problems is not None:
+            problems.append(f"{HISTORY_FILE} unreadable ({e.reason})")
         return []
+    return [{k: x if (x := num(v)) is not None and abs(x) <= MAX_HISTORY_VALUE else None
+             for k, v in row.items() if isinstance(k, str) and k and isinstance(v, str)}
+            for row in rows]
 
 
 cell_status = status_of  # a matrix cell's status from its run's metrics, as composer-ablate sets it
@@ -187,8 +191,13 @@ def read_run(path: Path, *, cell_id: Optional[str] = None, status: Optional[str]
     metrics = typed.model_dump(mode="json")
     if status is None:
         status = DIVERGED if metrics.get("stop_reason") == DIVERGED else DONE
-    return Run(path, metrics, read_history(path / HISTORY_FILE), read_yaml_dict(path / RECIPE_FILE),
-               cell_id, status)
+    problems: list[str] = []
+    history = read_history(path / HISTORY_FILE, problems)
+    # recipe.yaml is written by yaml.safe_dump: read back with its loader
+    recipe, why = read_dict(path / RECIPE_FILE, lambda p: read_yaml(p, yaml.safe_load))
+    if why:
+        problems.append(f"{RECIPE_FILE} unreadable ({why})")
+    return Run(path, metrics, history, recipe, cell_id, status, problems)
 
 
 # --------------------------------------------------------------------------- groups and stars
@@ -303,9 +312,9 @@ def _record_rows(path: Path, grid_keys: list[str]) -> list[dict[str, Any]]:
     cells = []
     for rec_path in sorted(path.glob("cells/*/cell.json")):
         rec = read_json(rec_path) or {}
-        cid = str(rec.get("cell_id") or rec_path.parent.name)
+        cid = rec.get("cell_id") if is_cell_id(rec.get("cell_id")) else rec_path.parent.name
         techniques = rec.get("techniques")
-        label = "+".join(techniques) if isinstance(techniques, list) and techniques else (
+        label = "+".join(map(str, techniques)) if isinstance(techniques, list) and techniques else (
             techniques if isinstance(techniques, str) else BASELINE)
         grid = rec.get("grid") if isinstance(rec.get("grid"), dict) else {}
         row = {"cell_id": cid, "techniques": label, "seed": rec.get("seed"),
@@ -325,9 +334,11 @@ def _records_reference(cells: list[dict[str, Any]], info: dict[str, Any],
     baseline) the full set of techniques."""
     if BASELINE in {c["techniques"] for c in cells}:
         return BASELINE
-    mode = info.get("mode") or ((spec.get("algorithms") or {}).get("mode"))
-    if mode == "leave_one_out" and info.get("techniques"):
-        return "+".join(info["techniques"])
+    algorithms = spec.get("algorithms") if isinstance(spec.get("algorithms"), dict) else {}
+    mode = info.get("mode") or algorithms.get("mode")
+    techniques = info.get("techniques")
+    if mode == "leave_one_out" and techniques and isinstance(techniques, list):
+        return "+".join(map(str, techniques))
     return None
 
 
@@ -346,6 +357,7 @@ def _cell_runs(path: Path, cells: list[dict[str, Any]], grid_keys: list[str], *,
         except UserError:
             notes.append(f"cell {cid}: finished but its run directory is missing or unreadable")
             continue
+        notes += [f"cell {cid}: {p}" for p in run.problems]
         if fill:
             row.update({k: run.metrics.get(k) for k in _CELL_COLUMNS
                         if k in run.metrics and k not in row})
@@ -372,10 +384,15 @@ def _matrix_meta(results: Optional[dict[str, Any]], info: dict[str, Any], spec: 
 def collect_matrix(path: Path) -> Collection:
     """A matrix directory: its cells and aggregate rows from results.json when readable, else
     from the cell records and run directories (aggregated the same way)."""
-    results = read_results(path)
-    info = read_json(path / "matrix.json") or {}
-    spec = read_yaml_dict(path / "spec.yaml") or {}
     notes: list[str] = []
+    results = read_results(path, notes)
+    info, why = read_dict(path / "matrix.json", read_any_json)
+    if why:
+        notes.append(f"matrix.json is unreadable ({why}); ignored")
+    spec, why = read_dict(path / "spec.yaml", read_yaml)  # as composer-ablate reads a spec
+    if why:
+        notes.append(f"spec.yaml is unreadable ({why}); ignored")
+    info, spec = info or {}, spec or {}
     name = str((results or {}).get("matrix") or info.get("name") or spec.get("name") or path.name)
     grid_keys = [str(k) for k in info.get("grid", [])] if isinstance(info.get("grid"), list) else []
     if results is not None:
@@ -384,8 +401,6 @@ def collect_matrix(path: Path) -> Collection:
             grid_keys = [k for k in cells[0] if k not in _CELL_COLUMNS]
         reference = results.get("reference")
     else:
-        if (path / "results.json").exists():
-            notes.append("results.json is unreadable; aggregates computed from the run directories")
         cells = _record_rows(path, grid_keys)
         reference = _records_reference(cells, info, spec)
     runs = _cell_runs(path, cells, grid_keys, fill=results is None, notes=notes)
@@ -485,6 +500,7 @@ def collect_runs(root: Path, run_dirs: list[Path], kind: str) -> Collection:
     if not runs:
         raise UserError("no readable run directory (every metrics.json is unreadable)",
                         file=str(root))
+    notes += [f"{r.path}: {p}" for r in runs for p in r.problems]
     configs = _configurations(runs)
     rows, counted = _run_rows(configs, notes)
     ids = {id(r) for r in counted}
@@ -502,13 +518,20 @@ def collect_runs(root: Path, run_dirs: list[Path], kind: str) -> Collection:
 def collect(path: str | Path) -> Collection:
     """Load a run directory, a matrix directory, or a directory of run directories."""
     p = Path(path).expanduser()
-    if not p.exists():
-        raise UserError("no such directory", file=str(p))
-    if not p.is_dir():
+    try:
+        st = os.stat(p)  # one look, so that an odd path (too long, a loop) is one line too
+        given, p = p, p.resolve()
+    except (OSError, ValueError, RuntimeError) as e:
+        problem = {errno.ENOENT: "no such directory", errno.ENAMETOOLONG: "path too long",
+                   errno.ELOOP: "symlink loop (too many levels of symbolic links)",
+                   errno.ENOTDIR: "a parent of this path is not a directory"}.get(
+                       getattr(e, "errno", None) or 0, f"cannot open: {getattr(e, 'strerror', None) or e}")
+        raise UserError(problem, file=str(p), hint="give a run directory, a matrix directory or a "
+                        "directory of runs") from None
+    if not stat.S_ISDIR(st.st_mode):
         raise UserError("not a directory (give a run directory, a matrix directory or a directory "
-                        "of runs)", file=str(p))
-    p = p.resolve()
-    if (p / METRICS_FILE).is_file():
+                        "of runs)", file=str(given))
+    if os.path.lexists(p / METRICS_FILE):  # whatever it is: a run directory, readable or not
         return collect_runs(p, [p], "run")
     if is_matrix_dir(p):
         c = collect_matrix(p)

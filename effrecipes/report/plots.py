@@ -274,20 +274,33 @@ def figure(c: Collection, key: str) -> Optional[Figure]:
     return fig
 
 
+PLOT_ERRORS = (ValueError, OverflowError, FloatingPointError, RuntimeError, MemoryError)
+
+
 def render_all(c: Collection, outdir: Path) -> dict[str, Path]:
-    """Write every plot that applies; returns key -> PNG path (missing keys: not applicable)."""
+    """Write every plot that applies into `outdir`; returns key -> PNG path (missing keys: not
+    applicable, or matplotlib could not draw it: absurd values such as 1e308 FLOPs make it fail
+    to lay out ticks; the plot is left out and `c.plot_errors` and a note say why)."""
     out: dict[str, Path] = {}
     for key, (name, _) in PLOTS.items():
-        path = outdir / name
-        if path.exists():
-            path.unlink()  # never leave a stale plot from an earlier report beside this one
-        fig = figure(c, key)
-        if fig is not None:
-            out[key] = _save(fig, path)
+        fig = None
+        try:
+            fig = figure(c, key)
+            if fig is not None:
+                out[key] = _save(fig, outdir / name)
+        except PLOT_ERRORS as e:
+            if fig is not None:
+                plt.close(fig)
+            (outdir / name).unlink(missing_ok=True)
+            why = f"matplotlib could not draw it ({type(e).__name__}: {' '.join(str(e).split())[:160]})"
+            c.plot_errors[key] = why
+            c.notes.append(f"plot {name} not drawn: {why}")
     return out
 
 
 def missing_reason(c: Collection, key: str) -> str:
+    if key in c.plot_errors:
+        return c.plot_errors[key]
     if key == "deltas":
         if c.reference is None:
             return "no baseline among these runs, so no deltas"
