@@ -26,7 +26,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from effrecipes.reference import lookup  # noqa: E402
-from effrecipes.stats import md_table as table, pm, signed_pm as signed  # noqa: E402
+from effrecipes.stats import delta, mean_std, md_table as table, pm, signed_pm as signed  # noqa: E402
 
 # Run order: Table 4 at 1e12 first (the best combination builds on it), then the rest.
 SPECS = ["fashion_mnist_table4", "fashion_mnist_10k_search", "fashion_mnist_10k_tune",
@@ -178,12 +178,67 @@ def best_table(results: Path) -> str:
                   "within noise", "epochs bought", "params"], rows)
 
 
+HAND_LOOP = REPO / "benchmarks" / "results" / "hand_loop-2026-11-30.json"
+BASELINE_MATRICES = ["fashion_mnist_baseline_caps", "fashion_mnist_baseline_3e12"]
+LRS = ["0.1", "0.15", "0.2", "0.3"]
+
+
+def _hand_loop(cap: float) -> dict[str, Any]:
+    """seed_stats-shaped dict of the hand loop's test (and best validation) accuracy at a cap."""
+    runs = json.loads(HAND_LOOP.read_text())["runs"] if HAND_LOOP.exists() else []
+    test = mean_std([r["test_accuracy"] for r in runs if r["cap"] == cap])
+    val = mean_std([r["best_val_accuracy"] for r in runs if r["cap"] == cap])
+    return {"n": sum(r["cap"] == cap for r in runs), "test_accuracy_mean": test.mean,
+            "test_accuracy_std": test.std, "best_val_accuracy_mean": val.mean}
+
+
+def _baseline_groups(results: Path) -> dict[tuple[float, str], dict[str, Any]]:
+    """(cap, lr text) -> the matrices' aggregate group of the one-cycle baseline."""
+    out: dict[tuple[float, str], dict[str, Any]] = {}
+    for name in BASELINE_MATRICES:
+        data = load(results, name)
+        for a in (data or {}).get("aggregate", []):
+            if not a["n"]:
+                continue
+            ids = [c for c in data["cells"] if c["techniques"] == a["techniques"]
+                   and all(str(c.get(k)) == str(a.get(k)) for k in ("budget.flops", "optimizer.lr")
+                           if k in a)]
+            over = overrides(results, name).get(ids[0]["cell_id"], {}) if ids else {}
+            cap = float(a.get("budget.flops") or over.get("budget.flops") or 0)
+            lr = str(a.get("optimizer.lr") or over.get("optimizer.lr"))
+            out[(cap, lr)] = a
+    return out
+
+
+def baseline_table(results: Path) -> str:
+    """Issue #17 point 3: the one-cycle baseline's lr search per cap against the hand loop."""
+    groups = _baseline_groups(results)
+    if not groups:
+        return "_not run yet_"
+    rows = []
+    for cap in sorted({c for c, _ in groups}):
+        hand = _hand_loop(cap)
+        tried = {lr: g for (c, lr), g in groups.items() if c == cap}
+        best_lr = max(tried, key=lambda lr: tried[lr]["best_val_accuracy_mean"] or 0.0)
+        best = tried[best_lr]
+        d_mean, d_std, noise = delta(best, hand) if hand["n"] else (None, None, None)
+        rows.append([f"{cap:.0e}", pm(hand["test_accuracy_mean"], hand["test_accuracy_std"])
+                     + f" (n={hand['n']})"]
+                    + [pm(tried[lr]["test_accuracy_mean"], tried[lr]["test_accuracy_std"])
+                       if lr in tried else "-" for lr in LRS]
+                    + [best_lr, signed(d_mean, d_std),
+                       "-" if noise is None else ("yes" if noise else "**no**")])
+    return table(["FLOP cap", "hand loop, lr 0.1", *[f"one-cycle lr {lr}" for lr in LRS],
+                  "selected on val", "selected − hand loop", "within noise"], rows)
+
+
 SECTIONS: dict[str, Callable[[Path], str]] = {
     "table4": table4,
     "table3": table3,
     "best": best_table,
     "search10k": search_table,
     "seeds10k": lambda r: aggregate_table(r, "fashion_mnist_10k_seeds"),
+    "baseline_caps": baseline_table,
 }
 
 

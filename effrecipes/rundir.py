@@ -21,6 +21,9 @@ from typing import Any, Optional
 
 from pydantic import BaseModel, ConfigDict
 
+from effrecipes.errors import UserError
+from effrecipes.recipe import read_file_bytes
+
 RECIPE_FILE = "recipe.yaml"
 METRICS_FILE = "metrics.json"
 HISTORY_FILE = "history.csv"
@@ -154,9 +157,6 @@ def read_metrics(run_dir: Path, limit: int = 64 << 20) -> Optional[RunMetrics]:
     the bounded reader recipes use (`effrecipes.recipe.read_file_bytes`: a regular file of at most
     `limit` bytes, so a FIFO never blocks and /dev/zero is never read); any parse failure (bad
     UTF-8, invalid JSON, nesting too deep, the wrong fields) is None."""
-    from effrecipes.errors import UserError
-    from effrecipes.recipe import read_file_bytes  # lazy: the run contract stays light to import
-
     try:
         data = json.loads(read_file_bytes(run_dir / METRICS_FILE, limit).decode("utf-8"))
         return RunMetrics.model_validate(data) if isinstance(data, dict) else None

@@ -159,6 +159,33 @@ def _headline(matrix: Matrix) -> list[str]:
             f"matrix directory: {matrix.matrix_dir}"]
 
 
+def _cell_entry(matrix: Matrix, c: Any, plans: dict[str, dict[str, Any]], why: dict[str, str],
+                run_ids: set[str], cal: Optional[dict[str, Any]]
+                ) -> tuple[list[str], dict[str, Any], Optional[float], bool]:
+    """One cell of the dry run: its table row, its JSON entry, its estimated seconds (when it will
+    run) and whether it is runnable (an invalid cell or a plan error is not)."""
+    if c.error:
+        problem = cell_problem(matrix, c)
+        return ([c.id, "invalid", "(see below)", "", "", "", "", ""],
+                {"cell_id": c.id, "techniques": list(c.techniques), "grid": c.grid, "seed": c.seed,
+                 "hash": None, "overrides": c.overrides, "will_run": False, "state": "invalid",
+                 "error": problem, "estimated_seconds": None}, None, False)
+    p = plans[c.id]
+    state = why.get(c.id, classify(matrix, c)[0] + " (skip)") if c.id in run_ids \
+        else classify(matrix, c)[0] + " (skip)"
+    est = estimate_seconds(p, cal) if c.id in run_ids else None
+    if p.get("error"):
+        row = [c.id, state, f"error: {p['error']}", "", "", "", "", ""]
+    else:
+        row = [c.id, state, fmt_flops(p["step_flops"]), f"{p['planned_batches']:,}",
+               f"{p['planned_epochs']:.2f}", fmt_flops(p["planned_flops"]),
+               fmt_flops(p["flops_cap"]), "-" if c.id not in run_ids else _dur(est)]
+    out = {"cell_id": c.id, "techniques": list(c.techniques), "grid": c.grid, "seed": c.seed,
+           "hash": c.hash, "overrides": c.overrides, "will_run": c.id in run_ids, "state": state,
+           **p, "estimated_seconds": est}
+    return row, out, est, not p.get("error")
+
+
 def dry_run(matrix: Matrix, *, workers: int = 1, only: Optional[list[str]] = None,
             retry_failed: bool = False, calibration_batches: int = 30,
             executor: str = "local", cpus_per_cell: float = 1.0) -> tuple[str, dict[str, Any], bool]:
@@ -183,32 +210,11 @@ def dry_run(matrix: Matrix, *, workers: int = 1, only: Optional[list[str]] = Non
     total_est = 0.0
     ok = True
     for c in cells:
-        if c.error:
-            ok = False
-            problem = cell_problem(matrix, c)
-            rows.append([c.id, "invalid", "(see below)", "", "", "", "", ""])
-            out_cells.append({"cell_id": c.id, "techniques": list(c.techniques), "grid": c.grid,
-                              "seed": c.seed, "hash": None, "overrides": c.overrides,
-                              "will_run": False, "state": "invalid", "error": problem,
-                              "estimated_seconds": None})
-            continue
-        p = plans[c.id]
-        state = why.get(c.id, classify(matrix, c)[0] + " (skip)") if c.id in run_ids \
-            else classify(matrix, c)[0] + " (skip)"
-        est = estimate_seconds(p, cal) if c.id in run_ids else None
-        if est is not None:
-            total_est += est
-        if p.get("error"):
-            ok = False
-            rows.append([c.id, state, f"error: {p['error']}", "", "", "", "", ""])
-        else:
-            rows.append([c.id, state, fmt_flops(p["step_flops"]), f"{p['planned_batches']:,}",
-                         f"{p['planned_epochs']:.2f}", fmt_flops(p["planned_flops"]),
-                         fmt_flops(p["flops_cap"]), "-" if c.id not in run_ids else _dur(est)])
-        out_cells.append({"cell_id": c.id, "techniques": list(c.techniques), "grid": c.grid,
-                          "seed": c.seed, "hash": c.hash, "overrides": c.overrides,
-                          "will_run": c.id in run_ids, "state": state, **p,
-                          "estimated_seconds": est})
+        row, out, est, cell_ok = _cell_entry(matrix, c, plans, why, run_ids, cal)
+        rows.append(row)
+        out_cells.append(out)
+        total_est += est or 0.0
+        ok = ok and cell_ok
     widths = [max(len(str(r[i])) for r in rows + [header]) for i in range(len(header))]
     fmt = "  ".join("{:<%d}" % w for w in widths)
     par = max(1, workers)
