@@ -92,6 +92,28 @@ class PerImageCutOut(CutOut):
         return x * keep
 
 
+class FinalEMA(EMA):
+    """Composer's EMA validates with the averaged weights but leaves the training weights in the
+    model after fit, so the test, the checkpoint and the latency would measure weights that were
+    never validated. The average is swapped in at FIT_END and kept through the evaluation Composer
+    runs after it, as Composer itself does for checkpoints (a resumed run swaps the training
+    weights back at its first BATCH_START)."""
+
+    _fit_ended = False  # not saved: a resumed fit starts with the training weights
+
+    def match(self, event: Event, state: State) -> bool:
+        return (event == Event.FIT_END and self.ema_started) or super().match(event, state)
+
+    def apply(self, event: Event, state: State, logger: Logger) -> None:
+        if event == Event.FIT_END:
+            self._fit_ended = True
+            self._ensure_ema_weights_active(state)
+            return
+        if event == Event.EVAL_END and self._fit_ended:
+            return  # Composer's evaluation after FIT_END must not swap the training weights back
+        super().apply(event, state, logger)
+
+
 class SWAWithBNUpdate(SWA):
     """SWA that recomputes BatchNorm statistics after swapping in the averaged weights, and swaps
     at the end of a run that a cap stopped mid-epoch.
@@ -323,7 +345,7 @@ _ALGOS: list[tuple[str, type, AlgoInfo, str]] = [
                                         if kw.get("length", 0.5) == 0 or kw.get("num_holes", 1) == 0
                                         else None),
      "mask a random square per image (length: fraction <1 or pixels >=1)"),
-    ("ema", EMA, AlgoInfo("weights"), "exponential moving average of weights for evaluation"),
+    ("ema", FinalEMA, AlgoInfo("weights"), "exponential moving average of weights, validated, tested and saved"),
     ("factorize", Factorize, AlgoInfo("model", _surgery("apply_factorization")),
      "low-rank factorisation of large convs/linears"),
     ("ghost_batchnorm", GhostBatchNorm, AlgoInfo("model", _surgery("apply_ghost_batchnorm")),

@@ -160,17 +160,26 @@ class History(Callback):
 
 
 class BestWeights(Callback):
-    """Keeps a copy of the weights with the best validation accuracy (paper 000's protocol)."""
+    """Keeps a copy of the weights with the best validation accuracy (paper 000's protocol).
+
+    The copy is taken at EVAL_START, of the weights being validated: algorithms that evaluate
+    other weights than they train (EMA swaps its average in for evaluation) have swapped them
+    back before a callback sees EVAL_END."""
 
     def __init__(self) -> None:
         self.best: Optional[float] = None
         self.state: Optional[dict[str, torch.Tensor]] = None
+        self._evaluated: Optional[dict[str, torch.Tensor]] = None
+
+    def eval_start(self, state: State, logger: Logger) -> None:
+        self._evaluated = copy.deepcopy(network_of(state.model).state_dict())
 
     def eval_end(self, state: State, logger: Logger) -> None:
         acc = _val_accuracy(state)
         if acc is not None and (self.best is None or acc > self.best):
             self.best = acc
-            self.state = copy.deepcopy(network_of(state.model).state_dict())
+            self.state = self._evaluated
+        self._evaluated = None
 
 
 class EpochSync(Callback):
