@@ -337,7 +337,10 @@ def parse_flops(v: Any) -> float:
     if isinstance(v, bool):
         raise ValueError("expected a number of FLOPs such as 1e14 or '100T'")
     if isinstance(v, (int, float)):
-        x = float(v) if not isinstance(v, int) or abs(v) < 10 ** 300 else math.inf  # no OverflowError
+        try:
+            x = float(v)
+        except OverflowError:  # an integer of hundreds of digits
+            x = math.inf
     elif isinstance(v, str):
         m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:[eE][+-]?[0-9]+)?)\s*([KMGTPE]?)(?:FLOPs?)?\s*", v)
         if not m:
@@ -627,6 +630,13 @@ def _open_problem(e: OSError) -> str:
                 e.errno or 0, f"cannot open file: {e.strerror}")
 
 
+def file_kind(mode: int) -> str:
+    """What a non-regular file is, for an error line ("is a FIFO", ...)."""
+    return ("a directory" if stat.S_ISDIR(mode) else "a FIFO" if stat.S_ISFIFO(mode)
+            else "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode)
+            else "a socket" if stat.S_ISSOCK(mode) else "not a regular file")
+
+
 def read_file_bytes(path: Union[str, Path], limit: int = MAX_RECIPE_BYTES) -> bytes:
     """The bytes of a regular file, at most `limit` of them (enforced while reading, so a file that
     grows or lies about its size is still refused). FIFOs, devices (/dev/zero) and sockets are
@@ -642,10 +652,8 @@ def read_file_bytes(path: Union[str, Path], limit: int = MAX_RECIPE_BYTES) -> by
         if stat.S_ISDIR(st.st_mode):
             raise RecipeError("is a directory, expected a YAML file", file=p)
         if not stat.S_ISREG(st.st_mode):
-            kind = ("a FIFO" if stat.S_ISFIFO(st.st_mode) else "a device" if stat.S_ISCHR(st.st_mode)
-                    or stat.S_ISBLK(st.st_mode) else "a socket" if stat.S_ISSOCK(st.st_mode)
-                    else "not a regular file")
-            raise RecipeError(f"is {kind}; recipes are read from regular files only", file=p)
+            raise RecipeError(f"is {file_kind(st.st_mode)}; recipes are read from regular files only",
+                              file=p)
         too_big = RecipeError(f"file is larger than {limit:,} bytes; recipes are limited to "
                               f"{limit:,}", file=p)
         if st.st_size > limit:
@@ -818,8 +826,6 @@ def read_recipe_data(path: Union[str, Path], _seen: tuple[Path, ...] = ()) -> di
     except OSError as e:
         raise RecipeError(f"base recipe {shorten(base, 80)!r}: {_open_problem(e)} (looked at "
                           f"{shorten(str(base_path), 120)})", file=str(p), field="base") from None
-    except ValueError:  # an embedded NUL byte
-        raise RecipeError("not a valid path", file=str(p), field="base") from None
     return deep_merge(read_recipe_data(base_path, _seen + (_resolved(p),)), data)
 
 

@@ -21,8 +21,7 @@ from typing import Any, Optional
 
 from pydantic import BaseModel, ConfigDict
 
-from effrecipes.errors import UserError
-from effrecipes.recipe import read_file_bytes
+from effrecipes.files import json_dict_or_none
 
 RECIPE_FILE = "recipe.yaml"
 METRICS_FILE = "metrics.json"
@@ -152,17 +151,16 @@ def write_metrics(run_dir: Path, metrics: RunMetrics) -> Path:
     return path
 
 
-def read_metrics(run_dir: Path, limit: int = 64 << 20) -> Optional[RunMetrics]:
-    """The run's metrics, or None when the file is missing, unreadable or not metrics. Read with
-    the bounded reader recipes use (`effrecipes.recipe.read_file_bytes`: a regular file of at most
-    `limit` bytes, so a FIFO never blocks and /dev/zero is never read); any parse failure (bad
-    UTF-8, invalid JSON, nesting too deep, the wrong fields) is None."""
+def read_metrics(run_dir: Path) -> Optional[RunMetrics]:
+    """The run's metrics, or None when the file is missing, unreadable (read with the one bounded
+    reader, `effrecipes.files`: a FIFO never blocks, /dev/zero is never read, any parse failure is
+    None) or not metrics."""
+    data = json_dict_or_none(run_dir / METRICS_FILE)
+    if data is None:
+        return None
     try:
-        data = json.loads(read_file_bytes(run_dir / METRICS_FILE, limit).decode("utf-8"))
-        return RunMetrics.model_validate(data) if isinstance(data, dict) else None
-    # UserError: not a regular file, too big, missing; ValueError: JSON, UTF-8 and pydantic's
-    # ValidationError; RecursionError: nesting too deep for the parser or the validator
-    except (UserError, OSError, ValueError, TypeError, RecursionError, MemoryError):
+        return RunMetrics.model_validate(data)
+    except (ValueError, RecursionError):  # pydantic's ValidationError is a ValueError
         return None
 
 

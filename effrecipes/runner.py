@@ -542,7 +542,7 @@ def _final_module(prepared: Prepared, run: Training, out: Path, guard: RunGuard)
     ones of a diverged run), ready for inference; the final checkpoint."""
     trainer, ledger = run.trainer, run.budget.ledger
     if ledger.stop_reason == StopReason.INTERRUPTED:
-        _save_or_clean(out / RESUME_FILE, lambda: save_checkpoint(trainer.state, str(out / RESUME_FILE)))
+        _save_or_clean(out / RESUME_FILE, lambda path: save_checkpoint(trainer.state, str(path)))
     elif (out / RESUME_FILE).exists():
         (out / RESUME_FILE).unlink()
     if guard.diverged and guard.last_good is not None:
@@ -557,9 +557,9 @@ def _final_module(prepared: Prepared, run: Training, out: Path, guard: RunGuard)
     if prepared.recipe.output.save_checkpoint:
         weights = {k: v.detach().cpu() for k, v in module.state_dict().items()}  # loadable anywhere
         try:
-            _save_or_clean(out / CHECKPOINT_FILE, lambda: torch.save(
+            _save_or_clean(out / CHECKPOINT_FILE, lambda path: torch.save(
                 {"model": weights, "recipe": prepared.recipe.model_dump(mode="json"),
-                 "ledger": ledger.as_plain()}, out / CHECKPOINT_FILE))
+                 "ledger": ledger.as_plain()}, path))
         except OSError as e:  # the trained run is still measured and kept, without checkpoint.pt
             guard.write_failed(out / CHECKPOINT_FILE, e)
             prepared.warnings.append(f"{CHECKPOINT_FILE} could not be written ({e.strerror or e}); "
@@ -567,10 +567,10 @@ def _final_module(prepared: Prepared, run: Training, out: Path, guard: RunGuard)
     return module
 
 
-def _save_or_clean(path: Path, save: Callable[[], Any]) -> None:
-    """Save a file; if the save fails (a full disk), remove what it half wrote and re-raise."""
+def _save_or_clean(path: Path, save: Callable[[Path], Any]) -> None:
+    """`save(path)`; if it fails (a full disk), remove what it half wrote and re-raise."""
     try:
-        save()
+        save(path)
     except OSError:
         with contextlib.suppress(OSError):
             path.unlink()

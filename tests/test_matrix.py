@@ -134,8 +134,8 @@ def test_equal_epochs_view_removes_flop_cap(tmp_path: Path, capsys: pytest.Captu
     ({"reference": {"source": "x", "values": {"blurpool": 1.0}}},
      "spec.yaml: reference.values.blurpool: 'blurpool' is not a combination of this matrix"),
     ({"colour": 1}, "spec.yaml: colour: unknown key; valid keys (closest first):"),
-    ({"base": "b\0.yaml"}, "spec.yaml: base: a path cannot contain a NUL byte"),
-    ({"output": "o\0x"}, "spec.yaml: output: a path cannot contain a NUL byte"),
+    ({"base": "b\0.yaml"}, "spec.yaml: base: not a valid path (it holds a NUL byte)"),
+    ({"output": "o\0x"}, "spec.yaml: output: not a valid path (it holds a NUL byte)"),
 ])
 def test_bad_spec_one_line_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str],
                                   change: dict[str, Any], fragment: str) -> None:
@@ -177,7 +177,7 @@ def test_invalid_cells_one_error_line_and_dry_run_lists_all(tmp_path: Path,
 
 def test_matrix_state_reads_hostile_files_through_one_bounded_reader(tmp_path: Path) -> None:
     """The matrix state (cell records, failure records, metrics.json, recipe.yaml) is read by
-    `effrecipes.matrix.files`: a FIFO never blocks, /dev/zero is never read, deep nesting, bad
+    `effrecipes.files`: a FIFO never blocks, /dev/zero is never read, deep nesting, bad
     UTF-8 and bad explicit YAML tags are Unreadable (None to the state), never an exception."""
     import signal
 
@@ -205,7 +205,7 @@ def test_matrix_state_reads_hostile_files_through_one_bounded_reader(tmp_path: P
         os.mkfifo(tmp_path / "recipe.yaml")  # a run directory's recipe.yaml: no hash, at once
         assert run_dir_hash(tmp_path) is None
 
-        from effrecipes.matrix import files
+        from effrecipes import files
 
         for name, reason in hostile:
             with pytest.raises(files.Unreadable, match=reason):

@@ -21,7 +21,7 @@ from typing import Any, Optional
 import yaml
 
 from effrecipes.errors import RecipeError, UserError, closest_first, shorten
-from effrecipes.matrix.files import read_yaml
+from effrecipes.files import read_yaml
 from effrecipes.matrix.spec import MAX_CELLS, MatrixSpec, load_spec
 from effrecipes import rundir
 from effrecipes.recipe import (Recipe, apply_override, normalise_algorithms, parse_override,

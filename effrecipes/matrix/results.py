@@ -14,7 +14,7 @@ from typing import Any, Optional
 from effrecipes.recipe import read_recipe_data
 from effrecipes.rundir import TABLE_FIELDS
 from effrecipes.matrix.cells import Matrix, combo_label, fmt_value, is_cell_id
-from effrecipes.matrix.files import read_dict
+from effrecipes.files import read_dict
 from effrecipes.matrix.state import (DIVERGED, DONE, FAILED, INTERRUPTED, PENDING, RUNNING,
                                      atomic_write_json, atomic_write_text, failure,
                                      finished_metrics, metrics_status, now, resumable)
@@ -229,7 +229,7 @@ def read_results(matrix_dir: Path, problems: Optional[list[str]] = None) -> Opti
     `aggregate` / `tuned` entries (dicts with `techniques`) are kept, and a top-level field of the
     wrong type is dropped (its consumer falls back, e.g. `counts` to counting the cells), each
     drop said in `problems`. None when the file is missing, unreadable (see
-    `effrecipes.matrix.files`) or has no list of cells (`problems` says why, unless missing)."""
+    `effrecipes.files`) or has no list of cells (`problems` says why, unless missing)."""
     said = problems if problems is not None else []
     obj, why = read_dict(Path(matrix_dir) / RESULTS_JSON)
     if obj is not None and not isinstance(obj.get("cells"), list):

@@ -18,7 +18,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from effrecipes.errors import RecipeError, closest_first, shorten
-from effrecipes.recipe import (RecipeLoader, normalise_algorithms, parse_override, read_yaml,
+from effrecipes.recipe import (RecipeLoader, normalise_algorithms, parse_override, path_problem, read_yaml,
                                set_dotted, validation_error_to_recipe_error)
 
 MODES = ("one_at_a_time", "leave_one_out", "all_subsets", "cumulative", "explicit")
@@ -97,8 +97,9 @@ class MatrixSpec(_Section):
     @field_validator("base", "output")
     @classmethod
     def _path_ok(cls, v: str) -> str:
-        if "\0" in v:  # the OS cannot open such a path: say so here, naming the field
-            raise ValueError("a path cannot contain a NUL byte (\\0); remove it")
+        problem = path_problem(v)  # the recipe's own path check: NUL bytes, ~unknown, too long
+        if problem:
+            raise ValueError(problem)
         return v
 
     @model_validator(mode="after")

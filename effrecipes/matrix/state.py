@@ -26,7 +26,7 @@ from typing import Any, Optional
 
 from effrecipes.errors import UserError
 from effrecipes.matrix.cells import Cell, Matrix, run_dir_hash
-from effrecipes.matrix.files import json_dict_or_none
+from effrecipes.files import json_dict_or_none
 from effrecipes.rundir import FINISHED, METRICS_FILE, RESUME_FILE, CellStatus, status_of  # noqa: F401
 
 DONE, DIVERGED, FAILED = CellStatus.DONE, CellStatus.DIVERGED, CellStatus.FAILED
@@ -53,7 +53,7 @@ def atomic_write_json(path: Path, obj: Any) -> None:
 
 def read_json(path: Path) -> Optional[dict[str, Any]]:
     """A JSON object from a file of the matrix directory, or None when it is missing, unreadable
-    (not a regular file, too big, corrupt) or not an object (`effrecipes.matrix.files`)."""
+    (not a regular file, too big, corrupt) or not an object (`effrecipes.files`)."""
     return json_dict_or_none(path)
 
 

@@ -18,6 +18,7 @@ from typing import Optional, Sequence
 
 from effrecipes.cli_common import OneLineParser, guard, package_version, run_entrypoint
 from effrecipes.errors import UserError, writable_dir
+from effrecipes.recipe import file_kind
 from effrecipes.report.html import render_html
 from effrecipes.report.load import collect
 from effrecipes.report.markdown import render_markdown
@@ -87,10 +88,8 @@ def check_destinations(outdir: Path, names: Sequence[str]) -> None:
             continue
         if stat.S_ISREG(st.st_mode):
             continue
-        kind = ("a directory" if stat.S_ISDIR(st.st_mode) else "a FIFO" if stat.S_ISFIFO(st.st_mode)
-                else "a device" if stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode)
-                else "a socket" if stat.S_ISSOCK(st.st_mode) else "not a regular file")
-        raise UserError(f"{name} is {kind}, so the report cannot be written there", file=str(path),
+        raise UserError(f"{name} is {file_kind(st.st_mode)}, so the report cannot be written there",
+                        file=str(path),
                         hint="remove it, or choose another output directory with --out")
 
 

@@ -26,7 +26,7 @@ import yaml
 from effrecipes import reference as paper_ref
 from effrecipes.errors import UserError
 from effrecipes.matrix.cells import fmt_value, is_cell_id
-from effrecipes.matrix.files import Unreadable, read_csv, read_dict, read_json as read_any_json, read_yaml
+from effrecipes.files import Unreadable, read_csv, read_dict, read_json as read_any_json, read_yaml
 from effrecipes.matrix.results import read_results
 from effrecipes.matrix.state import read_json
 from effrecipes.rundir import (HISTORY_FILE, METRICS_FILE, RECIPE_FILE, CellStatus, cell_run_dir,

@@ -1,6 +1,6 @@
-"""The one bounded reader of the files a matrix directory and a report read back.
+"""The one bounded reader of the files effrecipes reads back from disk.
 
-`composer-ablate` (the matrix state: cell records, failure records, run directories) and
+`composer-ablate` (the matrix state: cell records, failure records, run directories, metrics) and
 `composer-report` (results.json, matrix.json, spec.yaml, metrics.json's neighbours recipe.yaml
 and history.csv) read files that any tool, crash or person may have left in any state. Every such
 read goes through `read_text` here: regular files only (a symlink is followed, but its target must
