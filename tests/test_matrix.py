@@ -448,3 +448,45 @@ def test_paper000_grid_specs_expand_to_the_papers_grid() -> None:
         assert r.budget.flops == 1e14 and r.eval.checkpoint == "best_val"
         assert {c.recipe.optimizer.lr for c in m.cells} == {1e-3, 1e-4, 1e-5}
         assert {c.recipe.data.batch_size for c in m.cells} == {32, 64, 128}
+
+
+def test_reuse_from_copies_finished_runs_of_identical_recipes_only(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """--reuse-from: a finished run of the same recipe hash in another matrix is copied in (the
+    source stays, cell.json names it) and not trained; an interrupted run, or a run of another
+    recipe (a different lr), is not reused; a missing directory is one error line."""
+    path = make_spec(tmp_path, seeds=[0, 1])
+    m = load_matrix(path)
+    other = load_matrix(path, ["name=other", "seeds=[0,1,2]"])
+    cells = {c.id: c for c in other.cells}
+    assert {c.hash for c in m.cells} < set(c.hash for c in other.cells)
+    for cid in ("baseline__s0", "baseline__s1", "cutout__s0"):
+        _fake_run(other, cells[cid], test_accuracy=60.0 + int(cid[-1]))
+    _fake_run(other, cells["cutout__s1"], test_accuracy=20.0, stop_reason="interrupted")
+    changed = load_matrix(path, ["name=changed", "optimizer.lr=0.5"])
+    _fake_run(changed, {c.id: c for c in changed.cells}["cutout__s1"], test_accuracy=99.0)
+
+    code, out, err = ablate(capsys, str(path), "--dry-run", "--calibration-batches", "0",
+                            "--reuse-from", str(other.matrix_dir), "--reuse-from",
+                            str(changed.matrix_dir))
+    states = {line.split()[0]: line.split()[1:3] for line in out.splitlines()
+              if line.startswith(("baseline__", "cutout__"))}
+    assert states == {"baseline__s0": ["reuse", "baseline__s0"], "baseline__s1": ["reuse", "baseline__s1"],
+                      "cutout__s0": ["reuse", "cutout__s0"], "cutout__s1": ["new", "6.85M"]}, out
+    assert not m.matrix_dir.exists()  # a dry run writes nothing
+
+    code, out, err = ablate(capsys, str(path), "--only", "baseline*", "--only", "cutout__s0",
+                            "--reuse-from", str(other.matrix_dir), "--reuse-from",
+                            str(changed.matrix_dir))
+    assert code == 0, err
+    assert "ran 0, skipped 3" in out and "reused 3 finished run(s)" in err
+    for cid in ("baseline__s0", "baseline__s1", "cutout__s0"):
+        rec = json.loads((m.cell_dir(cid) / "cell.json").read_text())
+        assert rec["status"] == "done" and rec["reused_from"] == str(other.run_dir(cid))
+        assert json.loads((m.run_dir(cid) / "metrics.json").read_text())["test_accuracy"] == 60.0 + int(cid[-1])
+        assert (other.run_dir(cid) / "metrics.json").exists()  # copied, not moved
+    assert not m.run_dir("cutout__s1").exists()
+    assert {r["cell_id"]: r["test_accuracy"] for r in rows(m.matrix_dir)}["baseline__s1"] == "61.0"
+
+    code, _, err = ablate(capsys, str(path), "--reuse-from", str(tmp_path / "nowhere"))
+    assert code == 2 and err.count("\n") == 1 and "nowhere: no such directory" in err

@@ -18,6 +18,7 @@ from effrecipes.errors import UserError
 from effrecipes.matrix.cells import Matrix, cell_problem, check_valid, load_matrix
 from effrecipes.matrix.dryrun import dry_run
 from effrecipes.matrix.execute import format_outcome, run_matrix
+from effrecipes.matrix.reuse import check_sources
 from effrecipes.matrix.spec import MatrixSpec
 from effrecipes.matrix.state import classify
 from effrecipes.recipe import Recipe
@@ -27,6 +28,7 @@ examples:
   composer-ablate recipes/ablations/cifar10_table4.yaml --dry-run
   composer-ablate recipes/ablations/cifar10_table4.yaml --workers 2
   composer-ablate SPEC.yaml --only 'blurpool*' --retry-failed
+  composer-ablate SPEC.yaml --reuse-from results/matrices/OTHER_MATRIX
   composer-ablate SPEC.yaml --executor ray --ray-address auto --cpus-per-cell 4
   composer-ablate SPEC.yaml seeds=[0,1,2] grid.optimizer.lr=[0.1,0.01] budget.flops=1e11
       (key=value edits the spec; a recipe key such as budget.flops is applied to every cell)
@@ -74,6 +76,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also re-run cells whose last attempt failed (default: keep them failed)")
     p.add_argument("--only", action="append", metavar="PATTERN",
                    help="run only cells whose id matches this glob (repeatable), e.g. 'blurpool*'")
+    p.add_argument("--reuse-from", action="append", metavar="DIR", default=[],
+                   help="copy finished runs of identical recipes (same recipe hash) from DIR, another "
+                   "matrix directory or a composer-run output root, instead of training them again "
+                   "(repeatable; cell.json records the source)")
     p.add_argument("--out", dest="output", metavar="DIR", default=None,
                    help="directory holding matrix directories (overrides the spec's output)")
     p.add_argument("--output", dest="output", default=None, help=argparse.SUPPRESS)  # old name
@@ -115,6 +121,7 @@ def _print_dry_run(matrix: Matrix, args: argparse.Namespace, workers: int) -> in
     """--dry-run: the plan and time estimate; a cell that cannot be prepared is a user error, so
     the exit code says whether the matrix is ready to run."""
     text, report, ok = dry_run(matrix, workers=workers, only=args.only,
+                               reuse_from=check_sources(args.reuse_from),
                                retry_failed=args.retry_failed,
                                calibration_batches=args.calibration_batches,
                                executor=args.executor, cpus_per_cell=args.cpus_per_cell)
@@ -132,7 +139,7 @@ def _run(matrix: Matrix, args: argparse.Namespace, workers: int) -> int:
                          retry_failed=args.retry_failed, only=args.only,
                          ray_address=args.ray_address, cpus_per_cell=args.cpus_per_cell,
                          gpus_per_cell=args.gpus_per_cell, window=args.workers,
-                         quiet=args.quiet)
+                         quiet=args.quiet, reuse_from=check_sources(args.reuse_from))
     print(format_outcome(matrix, outcome))
     return 1 if outcome.failed_ids else 0
 

@@ -14,11 +14,13 @@ from __future__ import annotations
 import os
 import tempfile
 import warnings
-from typing import Any, Optional
+from pathlib import Path
+from typing import Any, Optional, Sequence
 
 from effrecipes.errors import UserError
 from effrecipes.matrix.cells import Cell, Matrix, canonical_json, cell_problem
 from effrecipes.matrix.execute import plan_work, select, threads_per_worker
+from effrecipes.matrix.reuse import find_reusable
 from effrecipes.stats import fmt_flops
 from effrecipes.matrix.state import classify
 from effrecipes.recipe import validate_recipe
@@ -171,8 +173,8 @@ def _cell_entry(matrix: Matrix, c: Any, plans: dict[str, dict[str, Any]], why: d
                  "hash": None, "overrides": c.overrides, "will_run": False, "state": "invalid",
                  "error": problem, "estimated_seconds": None}, None, False)
     p = plans[c.id]
-    state = why.get(c.id, classify(matrix, c)[0] + " (skip)") if c.id in run_ids \
-        else classify(matrix, c)[0] + " (skip)"
+    state = why.get(c.id, classify(matrix, c)[0] + " (skip)") if c.id in run_ids or \
+        why.get(c.id, "").startswith("reuse ") else classify(matrix, c)[0] + " (skip)"
     est = estimate_seconds(p, cal) if c.id in run_ids else None
     if p.get("error"):
         row = [c.id, state, f"error: {p['error']}", "", "", "", "", ""]
@@ -188,7 +190,8 @@ def _cell_entry(matrix: Matrix, c: Any, plans: dict[str, dict[str, Any]], why: d
 
 def dry_run(matrix: Matrix, *, workers: int = 1, only: Optional[list[str]] = None,
             retry_failed: bool = False, calibration_batches: int = 30,
-            executor: str = "local", cpus_per_cell: float = 1.0) -> tuple[str, dict[str, Any], bool]:
+            executor: str = "local", cpus_per_cell: float = 1.0,
+            reuse_from: Sequence[Path] = ()) -> tuple[str, dict[str, Any], bool]:
     """(text report, JSON report, ok). Reads the matrix directory (to say what would be skipped)
     but writes nothing to it. Invalid cells (`Cell.error`) are listed, each with its message,
     and make `ok` false."""
@@ -198,6 +201,10 @@ def dry_run(matrix: Matrix, *, workers: int = 1, only: Optional[list[str]] = Non
     valid = [c for c in cells if not c.error]
     threads = max(1, int(cpus_per_cell)) if executor == "ray" else threads_per_worker(workers)
     to_run, _, why = plan_work(matrix, valid, retry_failed)
+    reusable = find_reusable(matrix, to_run, list(reuse_from)) if reuse_from else {}
+    for cid, source in reusable.items():
+        why[cid] = f"reuse {source.name}"  # the run's name in the matrix it comes from
+    to_run = [c for c in to_run if c.id not in reusable]
     run_ids = {c.id for c in to_run}
     plans = plan_cells(matrix, valid, threads)
     if invalid:

@@ -28,12 +28,14 @@ import traceback
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Optional, TextIO
+from pathlib import Path
+from typing import Any, Callable, Iterable, Optional, Sequence, TextIO
 
 from effrecipes.errors import UserError
 from effrecipes.wandb_mode import OFFLINE_HINT_SAID, offline_hint
 from effrecipes.matrix.cells import Cell, Matrix, check_valid
 from effrecipes.matrix.results import summary_table, write_results
+from effrecipes.matrix.reuse import copy_run, find_reusable
 from effrecipes.matrix.spec import spec_as_run
 from effrecipes.recipe import validate_recipe
 from effrecipes.matrix.state import (DIVERGED, DONE, FAILED, FINISHED, INTERRUPTED, PENDING,
@@ -553,6 +555,33 @@ class MatrixRun:
         self.progress.finish(cell.id, FAILED, str(res.get("error", "")))
 
 
+def _reuse(matrix: Matrix, to_run: list[Cell], sources: Sequence[Path], stream: TextIO,
+           quiet: bool) -> tuple[list[Cell], list[tuple[Cell, str]]]:
+    """Copy in finished runs of identical recipes from `sources` (--reuse-from): (cells still to
+    run, (cell, status) reused). A copy that fails leaves the cell to run, with a notice."""
+    found = find_reusable(matrix, to_run, list(sources))
+    reused: list[tuple[Cell, str]] = []
+    for cell in [c for c in to_run if c.id in found]:
+        problem = copy_run(matrix, cell, found[cell.id])
+        metrics = None if problem else finished_metrics(matrix, cell)
+        if metrics is None:
+            if not quiet:
+                stream.write(f"{cell.id}: not reused ({problem or 'the copy does not match'}); "
+                             "it will train\n")
+            continue
+        status = metrics_status(metrics)
+        clear_failed(matrix, cell)
+        write_record(matrix, cell, status, reused_from=str(found[cell.id]),
+                     test_accuracy=metrics.get("test_accuracy"),
+                     stop_reason=metrics.get("stop_reason"))
+        reused.append((cell, status))
+    ids = {c.id for c, _ in reused}
+    if reused and not quiet:
+        stream.write(f"reused {len(reused)} finished run(s) of identical recipes from "
+                     f"{', '.join(str(s) for s in sources)} (cell.json records each source)\n")
+    return [c for c in to_run if c.id not in ids], reused
+
+
 def _sync_records(matrix: Matrix, skipped: list[tuple[Cell, str]]) -> None:
     """Keep cell.json in step with the run directories (e.g. after a kill)."""
     for c, status in skipped:
@@ -578,8 +607,10 @@ def run_matrix(matrix: Matrix, *, executor: str = "local", workers: int = 1,
                retry_failed: bool = False, only: Optional[Iterable[str]] = None,
                ray_address: Optional[str] = None, cpus_per_cell: float = 1.0,
                gpus_per_cell: float = 0.0, window: Optional[int] = None,
-               stream: Optional[TextIO] = None, quiet: bool = False) -> MatrixOutcome:
-    """Run (or resume) every selected cell that is not finished; rebuild results as cells end."""
+               stream: Optional[TextIO] = None, quiet: bool = False,
+               reuse_from: Sequence[Path] = ()) -> MatrixOutcome:
+    """Run (or resume) every selected cell that is not finished, first copying in finished runs
+    of identical recipes from `reuse_from`; rebuild results as cells end."""
     stream = stream or sys.stderr
     check_valid(matrix)
     cells = select(matrix, only)
@@ -589,6 +620,9 @@ def run_matrix(matrix: Matrix, *, executor: str = "local", workers: int = 1,
         _write_provenance(matrix)
         to_run, skipped, why = plan_work(matrix, cells, retry_failed)
         _sync_records(matrix, skipped)
+        if reuse_from:
+            to_run, reused = _reuse(matrix, to_run, reuse_from, stream, quiet)
+            skipped += reused
         write_results(matrix, frozenset())
         if not quiet:
             _announce(matrix, cells, to_run, skipped, stream)
