@@ -772,3 +772,24 @@ def test_a_failed_write_keeps_the_earlier_report(matrix_dir: Path, tmp_path: Pat
     assert (out / "report.md").read_text() == "earlier"
     assert (out / "report_val_curves.png").read_bytes() == b"earlier"
     assert err.count("\n") == 1 and "No space left on device" in err, err
+
+
+def test_a_killed_reports_staging_directory_is_swept(matrix_dir: Path, tmp_path: Path) -> None:
+    """A report killed mid-write leaves `.report-staging-<pid>-*`; the next report removes it
+    when that pid no longer runs, and leaves a live writer's directory alone."""
+    out = tmp_path / "out"
+    out.mkdir()
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    (out / f".report-staging-{dead.pid}-abc").mkdir()
+    (out / f".report-staging-{dead.pid}-abc" / "report.md").write_text("half")
+    live = subprocess.Popen(["sleep", "30"])
+    try:
+        (out / f".report-staging-{live.pid}-xyz").mkdir()
+        assert main([str(matrix_dir), "--out", str(out)]) == 0
+        staging = sorted(p.name for p in out.iterdir() if p.name.startswith(".report-staging-"))
+        assert staging == [f".report-staging-{live.pid}-xyz"]
+        assert (out / "report.md").exists()
+    finally:
+        live.kill()
+        live.wait()

@@ -102,6 +102,24 @@ def _install(staging: Path, outdir: Path, names: Sequence[str], stale: Sequence[
         (outdir / name).unlink(missing_ok=True)
 
 
+STAGING_PREFIX = ".report-staging-"
+
+
+def _sweep_stale_staging(outdir: Path) -> None:
+    """Remove staging directories (`.report-staging-<pid>-*`) left by a report that was killed
+    before it could clean up; a live writer's directory (its pid still running) is kept."""
+    for p in outdir.glob(STAGING_PREFIX + "*"):
+        pid = p.name[len(STAGING_PREFIX):].split("-", 1)[0]
+        if not (pid.isdigit() and p.is_dir()) or int(pid) == os.getpid():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            shutil.rmtree(p, ignore_errors=True)
+        except (PermissionError, OverflowError):  # another user's live process / not a pid
+            continue
+
+
 def write_report(dir: str | Path, out: Optional[str | Path] = None, title: Optional[str] = None,
                  wandb: bool = False) -> dict[str, Path]:
     """Collect, plot and write; returns the paths written (report.html, report.md, plots).
@@ -117,7 +135,8 @@ def write_report(dir: str | Path, out: Optional[str | Path] = None, title: Optio
     check_destinations(outdir, [*REPORT_FILES, *plot_names, *([WANDB_FILE] if wandb else [])])
     title = title or default_title(c.kind, c.name)
     try:  # not named ".tmp-": composer-ablate sweeps such names from a matrix directory
-        staging = Path(tempfile.mkdtemp(prefix=".report-staging-", dir=outdir))
+        _sweep_stale_staging(outdir)
+        staging = Path(tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}{os.getpid()}-", dir=outdir))
     except OSError as e:
         raise UserError(f"cannot write the report: {e.strerror}", file=str(outdir)) from None
     try:
