@@ -26,7 +26,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from effrecipes.reference import lookup  # noqa: E402
-from effrecipes.stats import delta, mean_std, md_table as table, pm, signed_pm as signed  # noqa: E402
+from effrecipes.stats import (delta, fmt_flops, mean_std, md_table as table, pm,  # noqa: E402
+                             signed_pm as signed)
 
 # Run order: Table 4 at 1e12 first (the best combination builds on it), then the rest.
 SPECS = ["fashion_mnist_table4", "fashion_mnist_10k_search", "fashion_mnist_10k_tune",
@@ -232,6 +233,109 @@ def baseline_table(results: Path) -> str:
                   "selected on val", "selected − hand loop", "within noise"], rows)
 
 
+def verdict(d_mean: Optional[float], noise: Optional[bool]) -> str:
+    """'pays' / 'hurts' (outside the noise rule), 'noise', or '-' (not run)."""
+    if d_mean is None or noise is None:
+        return "-"
+    return "noise" if noise else ("pays" if d_mean > 0 else "hurts")
+
+
+REVERSED = {"pays": "hurts", "hurts": "pays"}
+
+
+def _old_verdict(old: Optional[dict[str, Any]], technique: str) -> str:
+    """The untuned Table 4's verdict (cosine lr 0.05 base). Its schedule row was one-cycle against
+    the cosine base; the tuned table's is cosine against a one-cycle base, so it reads reversed."""
+    name = "one_cycle" if technique == "cosine" else technique
+    agg = next((a for a in (old or {}).get("aggregate", []) if a["techniques"] == name), None)
+    if not agg or agg["delta_mean"] is None:
+        return "-"
+    v = verdict(agg["delta_mean"], agg["within_noise"])
+    v = REVERSED.get(v, v) if technique == "cosine" else v
+    return f"{v} ({signed(agg['delta_mean'], agg['delta_std'])}" + (
+        ", one_cycle's row reversed)" if technique == "cosine" else ")")
+
+
+def table4_tuned(results: Path) -> str:
+    """Issue #17 point 4: Table 4 at 1e12 with every arm's peak lr tuned (selected on validation)
+    against the untuned Table 4, with the compute each result and each arm's search took."""
+    data = load(results, "fashion_mnist_table4_tuned")
+    if not data:
+        return "_not run yet_"
+    old = load(results, "fashion_mnist_table4")
+    rows = []
+    for t in data["tuned"]:
+        name = t["techniques"]
+        sel = (t.get("selected") or {}).get("optimizer.lr")
+        ref = name == data["reference"]
+        new = "(reference)" if ref else verdict(t["tuned_delta_mean"], t["tuned_within_noise"])
+        was = "(reference)" if ref else _old_verdict(old, name)
+        changed = "-" if ref or new == "-" or was == "-" else (
+            "no" if was.split(" ")[0] == new else "**yes**")
+        rows.append([name, was,
+                     f"{pm(t['untuned_test_mean'], t['untuned_test_std'])} ({t['untuned_n']})",
+                     "(reference)" if ref else signed(t["untuned_delta_mean"], t["untuned_delta_std"]),
+                     sel or "-", f"{pm(t['tuned_test_mean'], t['tuned_test_std'])} ({t['tuned_n']})",
+                     "(reference)" if ref else signed(t["tuned_delta_mean"], t["tuned_delta_std"]),
+                     new, changed, fmt_flops(t["flops_per_result"]), fmt_flops(t["tuning_flops"])])
+    return table(["technique", "untuned Table 4 (§1): verdict (Δ)", "lr 0.2: test acc % (n)", "Δ",
+                  "selected lr", "tuned: test acc % (n)", "Δ vs tuned baseline", "verdict",
+                  "changed", "FLOPs per result", "FLOPs spent tuning"], rows)
+
+
+CAPS = [3e11, 1e12, 3e12]
+CURVE_IMAGE = "img/accuracy_vs_cap.png"  # relative to the document
+
+
+def _curve_points(results: Path) -> dict[str, dict[float, dict[str, Any]]]:
+    """recipe label -> cap -> a seed_stats-shaped group (test accuracy mean, std, n)."""
+    base = _baseline_groups(results)
+    tenk: dict[float, dict[str, Any]] = {}
+    for a in (load(results, "fashion_mnist_10k_caps") or {}).get("aggregate", []):
+        if a["n"]:
+            tenk[float(a["budget.flops"])] = a
+    seeds = next((a for a in (load(results, "fashion_mnist_10k_seeds") or {}).get("aggregate", [])
+                  if a["n"]), None)
+    if seeds:
+        tenk[1e12] = seeds
+    return {"hand loop, 1.5K-DW (one-cycle lr 0.1)": {c: _hand_loop(c) for c in CAPS
+                                                       if _hand_loop(c)["n"]},
+            "effrecipes baseline, 1.5K-DW (one-cycle lr 0.2)": {c: base[(c, "0.2")] for c in CAPS
+                                                               if (c, "0.2") in base},
+            "effrecipes <=10K recipe, 9.9K (fashion_mnist_10k.yaml)": tenk}
+
+
+def caps_curve(results: Path) -> str:
+    """Issue #17 point 5: test accuracy of the best recipes at 3e11, 1e12 and 3e12 FLOPs."""
+    points = _curve_points(results)
+    rows = [[label] + [f"{pm(g[c]['test_accuracy_mean'], g[c]['test_accuracy_std'])} (n={g[c]['n']})"
+                       if c in g else "-" for c in CAPS] for label, g in points.items()]
+    return table(["recipe"] + [f"{c:.0e} FLOPs: test acc %" for c in CAPS], rows)
+
+
+def plot_curve(results: Path, path: Path) -> None:
+    """The curve as a PNG: test accuracy (mean, std bars over seeds) against the FLOP cap."""
+    import matplotlib  # lazy: only when the document is rewritten
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=100)
+    for label, g in _curve_points(results).items():
+        caps = sorted(g)
+        ax.errorbar(caps, [g[c]["test_accuracy_mean"] for c in caps],
+                    yerr=[g[c]["test_accuracy_std"] or 0.0 for c in caps], marker="o", capsize=3,
+                    label=label)
+    ax.set_xscale("log")
+    ax.set_xlabel("training FLOP cap")
+    ax.set_ylabel("Fashion-MNIST test accuracy % (mean ± std, 3 seeds)")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, metadata={"Software": None})
+    plt.close(fig)
+
+
 SECTIONS: dict[str, Callable[[Path], str]] = {
     "table4": table4,
     "table3": table3,
@@ -239,6 +343,8 @@ SECTIONS: dict[str, Callable[[Path], str]] = {
     "search10k": search_table,
     "seeds10k": lambda r: aggregate_table(r, "fashion_mnist_10k_seeds"),
     "baseline_caps": baseline_table,
+    "table4_tuned": table4_tuned,
+    "caps_curve": caps_curve,
 }
 
 
@@ -275,6 +381,8 @@ def main(argv: Optional[list[str]] = None) -> int:
                 print(f"{spec}: composer-ablate exited {code}; later matrices not started")
                 return code
     written = rewrite(args.doc, args.results)
+    if "caps_curve" in written:
+        plot_curve(args.results, args.doc.parent / CURVE_IMAGE)
     print(f"{args.doc}: rewrote {', '.join(written) or 'no'} table sections")
     return 0
 
