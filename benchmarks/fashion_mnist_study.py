@@ -32,7 +32,8 @@ from effrecipes.stats import (delta, fmt_flops, mean_std, md_table as table, pm,
 # Run order: Table 4 at 1e12 first (the best combination builds on it), then the rest.
 SPECS = ["fashion_mnist_table4", "fashion_mnist_10k_search", "fashion_mnist_10k_tune",
          "fashion_mnist_best", "fashion_mnist_10k_seeds", "fashion_mnist_table3",
-         "fashion_mnist_table4_epochs"]
+         "fashion_mnist_table4_epochs", "fashion_mnist_baseline_caps", "fashion_mnist_baseline_3e12",
+         "fashion_mnist_table4_tuned", "fashion_mnist_10k_caps", "fashion_mnist_10k_round4"]
 TECHNIQUES = ["baseline", "blurpool", "squeeze_excite", "swa", "sam", "mixup", "cutout",
               "label_smoothing", "one_cycle"]
 PAPER_SETTING = {"one_cycle": "one_cycle_lr"}  # our name -> seed_results.csv's
@@ -375,6 +376,8 @@ def main(argv: Optional[list[str]] = None) -> int:
             cmd = [sys.executable, "-m", "effrecipes.matrix.cli",
                    str(REPO / "recipes" / "ablations" / f"{spec}.yaml"),
                    "--output", str(args.results), "--workers", str(args.workers)]
+            if args.results.is_dir():  # cells shared between matrices train once
+                cmd += ["--reuse-from", str(args.results)]
             print("$ " + " ".join(cmd), flush=True)
             code = subprocess.call(cmd)
             if code:

@@ -77,9 +77,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--only", action="append", metavar="PATTERN",
                    help="run only cells whose id matches this glob (repeatable), e.g. 'blurpool*'")
     p.add_argument("--reuse-from", action="append", metavar="DIR", default=[],
-                   help="copy finished runs of identical recipes (same recipe hash) from DIR, another "
-                   "matrix directory or a composer-run output root, instead of training them again "
-                   "(repeatable; cell.json records the source)")
+                   help="copy finished runs of identical recipes (same recipe hash) from DIR (another "
+                   "matrix directory, a directory of matrices, or a composer-run output root) "
+                   "instead of training them again (repeatable; cell.json records the source)")
     p.add_argument("--out", dest="output", metavar="DIR", default=None,
                    help="directory holding matrix directories (overrides the spec's output)")
     p.add_argument("--output", dest="output", default=None, help=argparse.SUPPRESS)  # old name

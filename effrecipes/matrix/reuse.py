@@ -21,11 +21,12 @@ from effrecipes.recipe import path_problem
 from effrecipes.rundir import FINISHED, METRICS_FILE, RECIPE_FILE, status_of
 from effrecipes.files import json_dict_or_none
 
-MAX_DEPTH = 3  # <matrix>/cells/<cell>/<run>/ is 3 levels below a matrix directory
+MAX_DEPTH = 4  # <root>/<matrix>/cells/<cell>/<run>/: a run is 3 levels below its matrix directory
 
 
 def check_sources(sources: Iterable[str]) -> list[Path]:
-    """The --reuse-from directories, each an existing directory (a one-line error otherwise)."""
+    """The --reuse-from directories (a matrix directory, a directory of matrices, or a composer-run
+    output root), each an existing directory (a one-line error otherwise)."""
     out = []
     for s in sources:
         problem = path_problem(s)
