@@ -238,6 +238,40 @@ def micro(name: str, shape: tuple[int, ...], batch: int, calls: int) -> dict[str
     xf = xb.to(torch.float32)
     out["x.contiguous(channels_last)"] = _us(
         lambda: xf.contiguous(memory_format=torch.channels_last), calls)
+    out.update(_engine_micro(name, shape, batch, calls))
+    return out
+
+
+def _engine_micro(name: str, shape: tuple[int, ...], batch: int, calls: int) -> dict[str, float]:
+    """Composer's Engine against effrecipes' LeanEngine (`effrecipes/lean_engine.py`) on the same
+    Trainer, as effrecipes builds it (its four callbacks, no algorithms): one `_debug_log` call,
+    and one whole `run_event(BATCH_START)` (what every one of the 13 events per batch pays)."""
+    from composer.core import Event
+    from composer.core.engine import Engine
+
+    from effrecipes import runner
+    from effrecipes.callbacks import RunGuard
+    from effrecipes.lean_engine import LeanEngine
+    from effrecipes.recipe import Recipe
+
+    tmp = Path(tempfile.mkdtemp())
+    recipe = Recipe.model_validate({
+        "name": "engine-micro", "seed": 0, "model": {"name": name},
+        "data": {"name": "synthetic", "batch_size": batch, "val_fraction": 0.1,
+                 "kwargs": {"num_train": batch * 20, "num_test": batch, "channels": shape[0],
+                            "image_size": shape[1], "num_classes": tp.NUM_CLASSES}},
+        "budget": {"flops": 1e18}, "loggers": {"progress_bar": False},
+        "output": {"root": str(tmp), "run_name": "m"}})
+    prepared = runner.prepare(recipe)
+    engine = runner._build_trainer(prepared, tmp, quiet=True, guard=RunGuard(budget=None),
+                                   resume=False).trainer.engine
+    out = {}
+    for cls in (Engine, LeanEngine):
+        engine.__class__ = cls
+        out[f"{cls.__name__}._debug_log (one call)"] = _us(
+            lambda: engine._debug_log(Event.BATCH_START, "Running event"), calls)
+        out[f"{cls.__name__}.run_event(BATCH_START) (x13 events per batch)"] = _us(
+            lambda: engine.run_event(Event.BATCH_START), calls)
     return out
 
 

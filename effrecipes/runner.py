@@ -40,6 +40,7 @@ from effrecipes.callbacks import BestWeights, EpochSync, History, LiveProgress, 
 from effrecipes.data import DataBundle, build_data, stand_in_data
 from effrecipes.errors import DataMissing, RecipeError, UserError, writable_dir
 from effrecipes import device as devices
+from effrecipes.lean_engine import make_lean
 from effrecipes.evaluate import evaluate, measure_device_latency, measure_latency, model_size_bytes
 from effrecipes.models import build_model, network_of
 from effrecipes.optim import build_optimizer, build_scheduler
@@ -533,6 +534,7 @@ def _build_trainer(prepared: Prepared, out: Path, *, quiet: bool, guard: RunGuar
             python_log_level=None,
             load_path=str(out / RESUME_FILE) if resume else None,
         )
+    make_lean(trainer)  # Composer's per-event debug-log formatting, skipped unless ENGINE_DEBUG
     prepared.trainer = trainer
     return Training(trainer, budget, history, best, run_device)
 

@@ -371,3 +371,33 @@ def test_logged_metrics_use_the_run_directory_names_and_percent(
     assert evals[-1]["val_accuracy"] == pytest.approx(m["final_val_accuracy"]) and evals[-1]["val_accuracy"] > 1
     assert {"lr", "flops_used", "epoch"} <= set(evals[-1])
     assert sum("flops_used" in d for d in logged) >= m["batches"]
+
+
+@pytest.mark.parametrize("debug", [False, True])
+def test_lean_engine_formats_debug_logs_only_when_asked(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                        debug: bool) -> None:
+    """Runs train on `LeanEngine`: Composer's per-event debug-log formatting (5 calls per event,
+    13 events per batch) is skipped unless $ENGINE_DEBUG is set, and with it set every call reaches
+    Composer's own `_debug_log` as before."""
+    from composer.core.engine import Engine
+
+    from effrecipes import runner
+    from effrecipes.lean_engine import LeanEngine
+    from effrecipes.recipe import load_recipe
+
+    calls: list[str] = []
+    real_log = Engine._debug_log
+    monkeypatch.setattr(Engine, "_debug_log", lambda self, event, msg: (calls.append(msg),
+                                                                        real_log(self, event, msg)))
+    engines: list[Any] = []
+    real = runner.make_lean
+    monkeypatch.setattr(runner, "make_lean", lambda t: (real(t), engines.append(t.engine)))
+    if debug:
+        monkeypatch.setenv("ENGINE_DEBUG", "1")
+    else:
+        monkeypatch.delenv("ENGINE_DEBUG", raising=False)
+    runner.run(load_recipe(write_recipe(tmp_path, tiny_recipe(tmp_path, **{"budget.flops": 5e7}))),
+               quiet=True)
+    assert [type(e) for e in engines] == [LeanEngine]
+    fit_calls = [c for c in calls if c.startswith(("Running callback EpochSync", "Running event"))]
+    assert (len(fit_calls) > 100) == debug, len(fit_calls)
