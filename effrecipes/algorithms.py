@@ -14,6 +14,7 @@ from __future__ import annotations
 import copy
 import inspect
 import logging
+import warnings
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
@@ -425,8 +426,17 @@ def build_algorithm(name: str, kwargs: dict[str, Any]) -> Algorithm:
     return entry.builder(**merged)
 
 
+# Composer warns at construction that SAM and SWA "have known issues" resuming from its own
+# checkpoints; effrecipes' --resume of both is tested to end exactly like the uninterrupted run
+# (tests/test_faults.py for SAM, tests/test_budget_exact.py for SWA), so the warning would only
+# mislead (and it was printed once per matrix cell).
+_RESUME_WARNINGS = r"(SAM|SWA) has known issues"
+
+
 def build_algorithms(spec: list[dict[str, dict[str, Any]]]) -> list[Algorithm]:
-    return [build_algorithm(name, kw) for item in spec for name, kw in item.items()]
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=_RESUME_WARNINGS, category=UserWarning)
+        return [build_algorithm(name, kw) for item in spec for name, kw in item.items()]
 
 
 # --------------------------------------------------------------------------- what changed

@@ -102,3 +102,19 @@ def test_defaults_build(name: str, cls: str, defaults: dict) -> None:
     assert type(build_algorithm(name, {})).__name__ == cls
     kw = effective_kwargs(name, {})
     assert {k: kw[k] for k in defaults} == defaults
+
+
+def test_sam_and_swa_build_without_composers_resume_warning() -> None:
+    """Composer warns at construction that SAM and SWA have resume issues; effrecipes' resume of
+    both is tested exact, so building them says nothing (it was printed once per matrix cell)."""
+    import warnings
+
+    from effrecipes.algorithms import build_algorithms
+
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        algos = build_algorithms([{"sam": {"rho": 0.05}}, {"swa": {"swa_start": "0.75dur"}}])
+    from composer.algorithms import SAM, SWA
+
+    assert isinstance(algos[0], SAM) and isinstance(algos[1], SWA)
+    assert not [w for w in seen if "known issues" in str(w.message)], [str(w.message) for w in seen]
