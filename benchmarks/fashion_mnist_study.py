@@ -290,9 +290,13 @@ def table4_tuned(results: Path) -> str:
         name = t["techniques"]
         sel = (t.get("selected") or {}).get("optimizer.lr")
         ref = name == data["reference"]
+        cells = [c for c in data["cells"] if c["techniques"] == name]
+        finished = sum(c["status"] in ("done", "diverged") for c in cells)
         new = "(reference)" if ref else verdict(t["tuned_delta_mean"], t["tuned_within_noise"])
+        if finished < len(cells):  # the search is not complete: no verdict yet
+            new = f"incomplete ({finished}/{len(cells)} runs)"
         was = "(reference)" if ref else _old_verdict(old, name)
-        changed = "-" if ref or new == "-" or was == "-" else (
+        changed = "-" if ref or new == "-" or was == "-" or new.startswith("incomplete") else (
             "no" if was.split(" ")[0] == new else "**yes**")
         rows.append([name, was,
                      f"{pm(t['untuned_test_mean'], t['untuned_test_std'])} ({t['untuned_n']})",
