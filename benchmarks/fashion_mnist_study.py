@@ -265,16 +265,17 @@ def verdict(d_mean: Optional[float], noise: Optional[bool]) -> str:
 REVERSED = {"pays": "hurts", "hurts": "pays"}
 
 
-def _old_verdict(old: Optional[dict[str, Any]], technique: str) -> str:
-    """The untuned Table 4's verdict (cosine lr 0.05 base). Its schedule row was one-cycle against
-    the cosine base; the tuned table's is cosine against a one-cycle base, so it reads reversed."""
+def _old_verdict(old: Optional[dict[str, Any]], technique: str) -> tuple[str, str]:
+    """(verdict, cell text) of the untuned Table 4 (cosine lr 0.05 base). Its schedule row was
+    one-cycle against the cosine base; the tuned table's is cosine against a one-cycle base, so it
+    reads reversed."""
     name = "one_cycle" if technique == "cosine" else technique
     agg = next((a for a in (old or {}).get("aggregate", []) if a["techniques"] == name), None)
     if not agg or agg["delta_mean"] is None:
-        return "-"
+        return "-", "-"
     v = verdict(agg["delta_mean"], agg["within_noise"])
     v = REVERSED.get(v, v) if technique == "cosine" else v
-    return f"{v} ({signed(agg['delta_mean'], agg['delta_std'])}" + (
+    return v, f"{v} ({signed(agg['delta_mean'], agg['delta_std'])}" + (
         ", one_cycle's row reversed)" if technique == "cosine" else ")")
 
 
@@ -292,12 +293,12 @@ def table4_tuned(results: Path) -> str:
         ref = name == data["reference"]
         cells = [c for c in data["cells"] if c["techniques"] == name]
         finished = sum(c["status"] in ("done", "diverged") for c in cells)
-        new = "(reference)" if ref else verdict(t["tuned_delta_mean"], t["tuned_within_noise"])
-        if finished < len(cells):  # the search is not complete: no verdict yet
-            new = f"incomplete ({finished}/{len(cells)} runs)"
-        was = "(reference)" if ref else _old_verdict(old, name)
-        changed = "-" if ref or new == "-" or was == "-" or new.startswith("incomplete") else (
-            "no" if was.split(" ")[0] == new else "**yes**")
+        complete = finished == len(cells)  # an arm whose search is not complete gets no verdict
+        new = ("(reference)" if ref else verdict(t["tuned_delta_mean"], t["tuned_within_noise"])
+               if complete else f"incomplete ({finished}/{len(cells)} runs)")
+        old_v, was = ("(reference)", "(reference)") if ref else _old_verdict(old, name)
+        changed = ("no" if old_v == new else "**yes**") if (
+            not ref and complete and "-" not in (old_v, new)) else "-"
         rows.append([name, was,
                      f"{pm(t['untuned_test_mean'], t['untuned_test_std'])} ({t['untuned_n']})",
                      "(reference)" if ref else signed(t["untuned_delta_mean"], t["untuned_delta_std"]),
@@ -324,8 +325,8 @@ def _curve_points(results: Path) -> dict[str, dict[float, dict[str, Any]]]:
                   if a["n"]), None)
     if seeds:
         tenk[1e12] = seeds
-    return {"hand loop, 1.5K-DW (one-cycle lr 0.1)": {c: _hand_loop(c) for c in CAPS
-                                                       if _hand_loop(c)["n"]},
+    hand = {c: _hand_loop(c) for c in CAPS}  # one read of the hand loop's JSON per cap
+    return {"hand loop, 1.5K-DW (one-cycle lr 0.1)": {c: h for c, h in hand.items() if h["n"]},
             "effrecipes baseline, 1.5K-DW (one-cycle lr 0.2)": {c: base[(c, "0.2")] for c in CAPS
                                                                if (c, "0.2") in base},
             "effrecipes <=10K recipe, 9.9K (fashion_mnist_10k.yaml)": tenk}

@@ -420,23 +420,24 @@ def cost_of(spec: list[dict[str, dict[str, Any]]]) -> AlgoCost:
                              for item in spec for name, kw in item.items()])
 
 
-def build_algorithm(name: str, kwargs: dict[str, Any]) -> Algorithm:
-    entry = algorithms.entry(name)
-    merged = {**(entry.info.defaults or {}), **kwargs}
-    return entry.builder(**merged)
-
-
 # Composer warns at construction that SAM and SWA "have known issues" resuming from its own
 # checkpoints; effrecipes' --resume of both is tested to end exactly like the uninterrupted run
 # (tests/test_faults.py for SAM, tests/test_budget_exact.py for SWA), so the warning would only
-# mislead (and it was printed once per matrix cell).
+# mislead (it was printed once per matrix cell). Filtered here, where every path (validation,
+# planning, training) builds an algorithm.
 _RESUME_WARNINGS = r"(SAM|SWA) has known issues"
 
 
-def build_algorithms(spec: list[dict[str, dict[str, Any]]]) -> list[Algorithm]:
+def build_algorithm(name: str, kwargs: dict[str, Any]) -> Algorithm:
+    entry = algorithms.entry(name)
+    merged = {**(entry.info.defaults or {}), **kwargs}
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=_RESUME_WARNINGS, category=UserWarning)
-        return [build_algorithm(name, kw) for item in spec for name, kw in item.items()]
+        return entry.builder(**merged)
+
+
+def build_algorithms(spec: list[dict[str, dict[str, Any]]]) -> list[Algorithm]:
+    return [build_algorithm(name, kw) for item in spec for name, kw in item.items()]
 
 
 # --------------------------------------------------------------------------- what changed

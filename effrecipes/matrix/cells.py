@@ -13,7 +13,6 @@ import itertools
 import json
 import re
 import shlex
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -281,9 +280,7 @@ def _resolve_cell(matrix: Matrix, cell: Cell, base: dict[str, Any]) -> None:
     cell.overrides.append(f"seed={cell.seed}")
     _apply_view(cell, data, spec)
     _place_in_matrix(matrix, cell.id, data)
-    with warnings.catch_warnings():  # Composer warns about multi-GPU resume when building SAM/SWA
-        warnings.simplefilter("ignore")
-        cell.recipe = validate_recipe(data, file=f"{matrix.spec_path} [cell {cell.id}]")
+    cell.recipe = validate_recipe(data, file=f"{matrix.spec_path} [cell {cell.id}]")
     cell.hash = recipe_hash(cell.recipe)
 
 

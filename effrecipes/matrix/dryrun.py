@@ -173,8 +173,7 @@ def _cell_entry(matrix: Matrix, c: Any, plans: dict[str, dict[str, Any]], why: d
                  "hash": None, "overrides": c.overrides, "will_run": False, "state": "invalid",
                  "error": problem, "estimated_seconds": None}, None, False)
     p = plans[c.id]
-    state = why.get(c.id, classify(matrix, c)[0] + " (skip)") if c.id in run_ids or \
-        why.get(c.id, "").startswith("reuse ") else classify(matrix, c)[0] + " (skip)"
+    state = why.get(c.id) or classify(matrix, c)[0] + " (skip)"  # why: cells to run or reuse
     est = estimate_seconds(p, cal) if c.id in run_ids else None
     if p.get("error"):
         row = [c.id, state, f"error: {p['error']}", "", "", "", "", ""]
