@@ -33,7 +33,9 @@ from effrecipes.stats import (delta, fmt_flops, mean_std, md_table as table, pm,
 SPECS = ["fashion_mnist_table4", "fashion_mnist_10k_search", "fashion_mnist_10k_tune",
          "fashion_mnist_best", "fashion_mnist_10k_seeds", "fashion_mnist_table3",
          "fashion_mnist_table4_epochs", "fashion_mnist_baseline_caps", "fashion_mnist_baseline_3e12",
-         "fashion_mnist_table4_tuned", "fashion_mnist_10k_caps", "fashion_mnist_10k_round4"]
+         "fashion_mnist_table4_tuned", "fashion_mnist_10k_caps", "fashion_mnist_10k_round4",
+         "fashion_mnist_baseline_bs", "fashion_mnist_10k_round5", "fashion_mnist_10k_round6",
+         "fashion_mnist_10k_round5_seeds"]
 TECHNIQUES = ["baseline", "blurpool", "squeeze_excite", "swa", "sam", "mixup", "cutout",
               "label_smoothing", "one_cycle"]
 PAPER_SETTING = {"one_cycle": "one_cycle_lr"}  # our name -> seed_results.csv's
@@ -157,25 +159,67 @@ def search_table(results: Path) -> str:
                   "best val %", "training FLOPs"], [r for _, r in rows])
 
 
+LATER_ROUNDS = ("fashion_mnist_10k_round3", "fashion_mnist_10k_round4", "fashion_mnist_10k_round5",
+                "fashion_mnist_10k_round6")
+
+
+def _change_label(results: Path, name: str, cell_id: str) -> str:
+    """What a later-round cell changed: its id, or for a layer-list round the layers it trained."""
+    if "__layers=" not in cell_id:
+        return cell_id.removesuffix("__s0")
+    r = yaml.safe_load((results / name / "cells" / cell_id / cell_id / "recipe.yaml").read_text())
+    augment = r["data"].get("augment") or []
+    return "layers " + " ".join(r["model"]["kwargs"]["layers"]) + (
+        f"; augment {', '.join(augment)}" if augment else "")
+
+
 def later_rounds_table(results: Path) -> str:
-    """<= 10K search rounds 3 and 4 (issue #17 point 5), each cell on seed 0, best validation
-    first: what each changed against the shipped recipe, and what it bought."""
+    """<= 10K search rounds 3-6 (issue #17 point 5), each cell on seed 0, best validation first:
+    what each changed against the shipped recipe, and what it bought."""
     rows = []
-    for name in ("fashion_mnist_10k_round3", "fashion_mnist_10k_round4"):
+    for name in LATER_ROUNDS:
         data = load(results, name)
         for c in done((data or {}).get("cells", [])):
             record = json.loads((results / name / "cells" / c["cell_id"] / "cell.json").read_text())
             if record.get("reused_from"):  # the same run as a row already listed
                 continue
             rows.append((c["best_val_accuracy"], [
-                name.removeprefix("fashion_mnist_10k_"), c["cell_id"].removesuffix("__s0"),
-                f"{c['epochs']:.2f}", f"{c['best_val_accuracy']:.2f}", f"{c['test_accuracy']:.2f}",
-                f"{c['flops_used']:.4g}"]))
+                name.removeprefix("fashion_mnist_10k_"), _change_label(results, name, c["cell_id"]),
+                f"{c['params']:,}", f"{c['epochs']:.2f}", f"{c['best_val_accuracy']:.2f}",
+                f"{c['test_accuracy']:.2f}", f"{c['flops_used']:.4g}"]))
     if not rows:
         return "_not run yet_"
     rows.sort(key=lambda r: -r[0])
-    return table(["round", "cell (changes against recipes/fashion_mnist_10k.yaml)", "epochs bought",
-                  "best val % (selects)", "test acc %", "training FLOPs"], [r for _, r in rows])
+    return table(["round", "cell (changes against recipes/fashion_mnist_10k.yaml)", "params",
+                  "epochs bought", "best val % (selects)", "test acc %", "training FLOPs"],
+                 [r for _, r in rows])
+
+
+SEED_CHECKS = [("shipped: c16 m dw32 dw32 m dw64 dw60", "fashion_mnist_10k_seeds"),
+               ("round 5's best: c16 m dw32 m dw64 dw64", "fashion_mnist_10k_round5_seeds")]
+
+
+def seeds10k_round5_table(results: Path) -> str:
+    """Round 5's best layer list on 3 seeds against the shipped <= 10K recipe's 3 seeds."""
+    groups = []
+    for label, name in SEED_CHECKS:
+        data = load(results, name)
+        group = next((a for a in (data or {}).get("aggregate", []) if a["n"]), None)
+        if group:
+            groups.append((label, data, group))
+    if len(groups) < 2:
+        return "_not run yet_"
+    ref = groups[0][2]
+    rows = []
+    for label, data, g in groups:
+        d_mean, d_std, noise = (None, None, None) if g is ref else delta(g, ref)
+        rows.append([label, f"{g['n']}/{g['n_cells']}", pm(g["test_accuracy_mean"], g["test_accuracy_std"]),
+                     f"{g['best_val_accuracy_mean']:.2f}",
+                     "(reference)" if g is ref else signed(d_mean, d_std),
+                     "-" if noise is None else ("yes" if noise else "**no**"),
+                     f"{epochs_of(data, g['techniques']) or 0:.2f}", f"{g['params']:,}"])
+    return table(["layers", "seeds", "test acc % (mean ± std)", "best val % (mean)", "Δ vs shipped",
+                  "within noise", "epochs bought", "params"], rows)
 
 
 def best_table(results: Path) -> str:
@@ -253,6 +297,46 @@ def baseline_table(results: Path) -> str:
                        "-" if noise is None else ("yes" if noise else "**no**")])
     return table(["FLOP cap", "hand loop, lr 0.1", *[f"one-cycle lr {lr}" for lr in LRS],
                   "selected on val", "selected − hand loop", "within noise"], rows)
+
+
+BS_LRS = ["0.1", "0.2", "0.3"]
+
+
+def baseline_bs_table(results: Path) -> str:
+    """Issue #17 point 3, second search: batch size x one-cycle peak lr at 1e12 (3 seeds each),
+    selected on mean validation accuracy, against the hand loop at the same cap."""
+    data = load(results, "fashion_mnist_baseline_bs")
+    if not data:
+        return "_not run yet_"
+    groups = {(a["data.batch_size"], a["optimizer.lr"]): a for a in data["aggregate"] if a["n"]}
+    steps: dict[str, int] = {}  # batch size -> optimizer steps the cap bought (from metrics.json)
+    for c in done(data["cells"]):
+        metrics = results / "fashion_mnist_baseline_bs" / "cells" / c["cell_id"] / c["cell_id"] / "metrics.json"
+        if c["data.batch_size"] not in steps and metrics.exists():
+            steps[c["data.batch_size"]] = json.loads(metrics.read_text())["batches"]
+    rows = []
+    for bs in sorted({b for b, _ in groups}, key=int):
+        cells = [groups.get((bs, lr)) for lr in BS_LRS]
+        rows.append([bs, f"{steps.get(bs) or 0:,}"] + [
+            "-" if g is None else f"{pm(g['test_accuracy_mean'], g['test_accuracy_std'])} "
+                                  f"({g['best_val_accuracy_mean']:.2f}; n={g['n']})" for g in cells])
+    out = table(["batch", "optimizer steps", *[f"one-cycle lr {lr}: test % (val %; n)" for lr in BS_LRS]],
+                rows)
+    tuned = next((t for t in data.get("tuned", []) if t.get("selected")), None)
+    hand = _hand_loop(1e12)
+    if tuned and all(g["n"] == g["n_cells"] for g in groups.values()) and len(groups) == 9:
+        sel = tuned["selected"]
+        best = groups[(sel["data.batch_size"], sel["optimizer.lr"])]
+        d_mean, d_std, noise = delta(best, hand)
+        out += "\n\n" + table(
+            ["selected on val", "test acc %", "hand loop, lr 0.1, batch 128", "selected − hand loop",
+             "within noise", "FLOPs spent searching"],
+            [[f"batch {sel['data.batch_size']}, lr {sel['optimizer.lr']}",
+              pm(best["test_accuracy_mean"], best["test_accuracy_std"]),
+              pm(hand["test_accuracy_mean"], hand["test_accuracy_std"]), signed(d_mean, d_std),
+              "-" if noise is None else ("yes" if noise else "**no**"),
+              fmt_flops(tuned["tuning_flops"])]])
+    return out
 
 
 def verdict(d_mean: Optional[float], noise: Optional[bool]) -> str:
@@ -376,7 +460,9 @@ SECTIONS: dict[str, Callable[[Path], str]] = {
     "search10k": search_table,
     "seeds10k": lambda r: aggregate_table(r, "fashion_mnist_10k_seeds"),
     "rounds10k": later_rounds_table,
+    "seeds10k_round5": seeds10k_round5_table,
     "baseline_caps": baseline_table,
+    "baseline_bs": baseline_bs_table,
     "table4_tuned": table4_tuned,
     "caps_curve": caps_curve,
 }
