@@ -35,7 +35,7 @@ SPECS = ["fashion_mnist_table4", "fashion_mnist_10k_search", "fashion_mnist_10k_
          "fashion_mnist_table4_epochs", "fashion_mnist_baseline_caps", "fashion_mnist_baseline_3e12",
          "fashion_mnist_table4_tuned", "fashion_mnist_10k_caps", "fashion_mnist_10k_round4",
          "fashion_mnist_baseline_bs", "fashion_mnist_10k_round5", "fashion_mnist_10k_round6",
-         "fashion_mnist_10k_round5_seeds"]
+         "fashion_mnist_10k_round5_seeds", "fashion_mnist_10k_round7"]
 TECHNIQUES = ["baseline", "blurpool", "squeeze_excite", "swa", "sam", "mixup", "cutout",
               "label_smoothing", "one_cycle"]
 PAPER_SETTING = {"one_cycle": "one_cycle_lr"}  # our name -> seed_results.csv's
@@ -160,21 +160,26 @@ def search_table(results: Path) -> str:
 
 
 LATER_ROUNDS = ("fashion_mnist_10k_round3", "fashion_mnist_10k_round4", "fashion_mnist_10k_round5",
-                "fashion_mnist_10k_round6")
+                "fashion_mnist_10k_round6", "fashion_mnist_10k_round7")
 
 
 def _change_label(results: Path, name: str, cell_id: str) -> str:
-    """What a later-round cell changed: its id, or for a layer-list round the layers it trained."""
-    if "__layers=" not in cell_id:
-        return cell_id.removesuffix("__s0")
+    """What a later-round cell changed, from the recipe it trained: the layer list, the training
+    augmentations and a non-SGD optimizer; else the cell id (it names the change)."""
     r = yaml.safe_load((results / name / "cells" / cell_id / cell_id / "recipe.yaml").read_text())
-    augment = r["data"].get("augment") or []
-    return "layers " + " ".join(r["model"]["kwargs"]["layers"]) + (
-        f"; augment {', '.join(augment)}" if augment else "")
+    parts = []
+    if "__layers=" in cell_id:
+        parts.append("layers " + " ".join(r["model"]["kwargs"]["layers"]))
+    if r["data"].get("augment"):
+        parts.append("augment " + ", ".join(r["data"]["augment"]))
+    opt = r["optimizer"]
+    if opt["name"] != "sgd":
+        parts.append(f"{opt['name']} lr {opt['lr']}, weight decay {opt['weight_decay']}")
+    return "; ".join(parts) or cell_id.removesuffix("__s0")
 
 
 def later_rounds_table(results: Path) -> str:
-    """<= 10K search rounds 3-6 (issue #17 point 5), each cell on seed 0, best validation first:
+    """<= 10K search rounds 3-7 (issue #17 point 5), each cell on seed 0, best validation first:
     what each changed against the shipped recipe, and what it bought."""
     rows = []
     for name in LATER_ROUNDS:
@@ -299,39 +304,41 @@ def baseline_table(results: Path) -> str:
                   "selected on val", "selected − hand loop", "within noise"], rows)
 
 
-BS_LRS = ["0.1", "0.2", "0.3"]
-
-
-def baseline_bs_table(results: Path) -> str:
-    """Issue #17 point 3, second search: batch size x one-cycle peak lr at 1e12 (3 seeds each),
-    selected on mean validation accuracy, against the hand loop at the same cap."""
-    data = load(results, "fashion_mnist_baseline_bs")
+def grid_search_table(results: Path, name: str, rows_key: str, cols_key: str, cols: list[str],
+                      label: Callable[[str, str], str]) -> str:
+    """Issue #17 point 3: a two-key search of the baseline at 1e12 (3 seeds per setting), one row
+    per `rows_key` value and one column per `cols_key` value, then the setting selected on mean
+    validation accuracy against the hand loop at the same cap (once every setting run has all its
+    seeds).
+    `label(row value, column value)` names a setting."""
+    data = load(results, name)
     if not data:
         return "_not run yet_"
-    groups = {(a["data.batch_size"], a["optimizer.lr"]): a for a in data["aggregate"] if a["n"]}
-    steps: dict[str, int] = {}  # batch size -> optimizer steps the cap bought (from metrics.json)
+    groups = {(a[rows_key], a[cols_key]): a for a in data["aggregate"] if a["n"]}
+    steps: dict[str, int] = {}  # row value -> optimizer steps the cap bought (from metrics.json)
     for c in done(data["cells"]):
-        metrics = results / "fashion_mnist_baseline_bs" / "cells" / c["cell_id"] / c["cell_id"] / "metrics.json"
-        if c["data.batch_size"] not in steps and metrics.exists():
-            steps[c["data.batch_size"]] = json.loads(metrics.read_text())["batches"]
+        metrics = results / name / "cells" / c["cell_id"] / c["cell_id"] / "metrics.json"
+        if c[rows_key] not in steps and metrics.exists():
+            steps[c[rows_key]] = json.loads(metrics.read_text())["batches"]
     rows = []
-    for bs in sorted({b for b, _ in groups}, key=int):
-        cells = [groups.get((bs, lr)) for lr in BS_LRS]
-        rows.append([bs, f"{steps.get(bs) or 0:,}"] + [
+    for rv in sorted({r for r, _ in groups}, key=float):
+        cells = [groups.get((rv, cv)) for cv in cols]
+        rows.append([rv, f"{steps.get(rv) or 0:,}"] + [
             "-" if g is None else f"{pm(g['test_accuracy_mean'], g['test_accuracy_std'])} "
                                   f"({g['best_val_accuracy_mean']:.2f}; n={g['n']})" for g in cells])
-    out = table(["batch", "optimizer steps", *[f"one-cycle lr {lr}: test % (val %; n)" for lr in BS_LRS]],
+    out = table([rows_key, "optimizer steps", *[f"{cols_key} {cv}: test % (val %; n)" for cv in cols]],
                 rows)
+    started = [a for a in data["aggregate"] if a["n"]]  # settings not run (--only) are left out
     tuned = next((t for t in data.get("tuned", []) if t.get("selected")), None)
-    hand = _hand_loop(1e12)
-    if tuned and all(g["n"] == g["n_cells"] for g in groups.values()) and len(groups) == 9:
+    if tuned and started and all(a["n"] == a["n_cells"] for a in started):
         sel = tuned["selected"]
-        best = groups[(sel["data.batch_size"], sel["optimizer.lr"])]
+        best = groups[(sel[rows_key], sel[cols_key])]
+        hand = _hand_loop(1e12)
         d_mean, d_std, noise = delta(best, hand)
         out += "\n\n" + table(
             ["selected on val", "test acc %", "hand loop, lr 0.1, batch 128", "selected − hand loop",
              "within noise", "FLOPs spent searching"],
-            [[f"batch {sel['data.batch_size']}, lr {sel['optimizer.lr']}",
+            [[label(sel[rows_key], sel[cols_key]),
               pm(best["test_accuracy_mean"], best["test_accuracy_std"]),
               pm(hand["test_accuracy_mean"], hand["test_accuracy_std"]), signed(d_mean, d_std),
               "-" if noise is None else ("yes" if noise else "**no**"),
@@ -462,7 +469,12 @@ SECTIONS: dict[str, Callable[[Path], str]] = {
     "rounds10k": later_rounds_table,
     "seeds10k_round5": seeds10k_round5_table,
     "baseline_caps": baseline_table,
-    "baseline_bs": baseline_bs_table,
+    "baseline_bs": lambda r: grid_search_table(
+        r, "fashion_mnist_baseline_bs", "data.batch_size", "optimizer.lr", ["0.1", "0.2", "0.3"],
+        lambda bs, lr: f"batch {bs}, lr {lr}"),
+    "baseline_wd": lambda r: grid_search_table(
+        r, "fashion_mnist_baseline_wd", "scheduler.pct_start", "optimizer.weight_decay",
+        ["0", "5e-05", "0.0001", "0.0002"], lambda pct, wd: f"weight decay {wd}, warm-up {pct}"),
     "table4_tuned": table4_tuned,
     "caps_curve": caps_curve,
 }
