@@ -33,9 +33,10 @@ from effrecipes.stats import (delta, fmt_flops, mean_std, md_table as table, pm,
 SPECS = ["fashion_mnist_table4", "fashion_mnist_10k_search", "fashion_mnist_10k_tune",
          "fashion_mnist_best", "fashion_mnist_10k_seeds", "fashion_mnist_table3",
          "fashion_mnist_table4_epochs", "fashion_mnist_baseline_caps", "fashion_mnist_baseline_3e12",
-         "fashion_mnist_table4_tuned", "fashion_mnist_10k_caps", "fashion_mnist_10k_round4",
-         "fashion_mnist_baseline_bs", "fashion_mnist_10k_round5", "fashion_mnist_10k_round6",
-         "fashion_mnist_10k_round5_seeds", "fashion_mnist_10k_round7"]
+         "fashion_mnist_table4_tuned", "fashion_mnist_10k_caps", "fashion_mnist_10k_round3",
+         "fashion_mnist_10k_round4", "fashion_mnist_baseline_bs", "fashion_mnist_baseline_wd",
+         "fashion_mnist_10k_round5", "fashion_mnist_10k_round6", "fashion_mnist_10k_round5_seeds",
+         "fashion_mnist_10k_round7"]
 TECHNIQUES = ["baseline", "blurpool", "squeeze_excite", "swa", "sam", "mixup", "cutout",
               "label_smoothing", "one_cycle"]
 PAPER_SETTING = {"one_cycle": "one_cycle_lr"}  # our name -> seed_results.csv's
