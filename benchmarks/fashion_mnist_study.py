@@ -26,7 +26,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from effrecipes.reference import lookup  # noqa: E402
-from effrecipes.stats import (delta, fmt_flops, mean_std, md_table as table, pm,  # noqa: E402
+from effrecipes.stats import (FINISHED, delta, fmt_flops, mean_std, md_table as table, pm,  # noqa: E402
                              signed_pm as signed)
 
 # Run order: Table 4 at 1e12 first (the best combination builds on it), then the rest.
@@ -54,6 +54,11 @@ def overrides(results: Path, name: str) -> dict[str, dict[str, str]]:
         return {}
     cells = json.loads(path.read_text())["cells"]
     return {c["cell_id"]: dict(o.split("=", 1) for o in c["overrides"]) for c in cells}
+
+
+def noise_cell(within: Optional[bool]) -> str:
+    """The "within noise" column: yes, **no** (a real difference, in bold), or - (no estimate)."""
+    return "-" if within is None else ("yes" if within else "**no**")
 
 
 def done(cells: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -90,7 +95,7 @@ def table4(results: Path) -> str:
                 continue
             row += [f"{pm(agg['test_accuracy_mean'], agg['test_accuracy_std'])} ({agg['n']})",
                     "(reference)" if t == "baseline" else signed(agg["delta_mean"], agg["delta_std"]),
-                    "-" if agg["within_noise"] is None else ("yes" if agg["within_noise"] else "**no**"),
+                    noise_cell(agg["within_noise"]),
                     f"{epochs_of(data, t):.2f} ep, {wall_of(data, t):.0f} s" if data is flops
                     else f"{agg['flops_used_mean']:.3g}, {wall_of(data, t):.0f} s"]
         p = paper_mnist(t)
@@ -132,7 +137,7 @@ def aggregate_table(results: Path, name: str, extra: Callable[[str], str] = lamb
                      pm(a["test_accuracy_mean"], a["test_accuracy_std"]),
                      "(reference)" if a["delta_mean"] is None and a["techniques"] == a.get("reference")
                      else signed(a["delta_mean"], a["delta_std"]),
-                     "-" if a["within_noise"] is None else ("yes" if a["within_noise"] else "**no**"),
+                     noise_cell(a["within_noise"]),
                      f"{epochs_of(data, a['techniques']) or 0:.2f}", f"{a['params']:,}"])
     return table(["techniques", "seeds", "test acc % (mean ± std)", "Δ vs baseline", "within noise",
                   "epochs bought", "params"], rows)
@@ -222,7 +227,7 @@ def seeds10k_round5_table(results: Path) -> str:
         rows.append([label, f"{g['n']}/{g['n_cells']}", pm(g["test_accuracy_mean"], g["test_accuracy_std"]),
                      f"{g['best_val_accuracy_mean']:.2f}",
                      "(reference)" if g is ref else signed(d_mean, d_std),
-                     "-" if noise is None else ("yes" if noise else "**no**"),
+                     noise_cell(noise),
                      f"{epochs_of(data, g['techniques']) or 0:.2f}", f"{g['params']:,}"])
     return table(["layers", "seeds", "test acc % (mean ± std)", "best val % (mean)", "Δ vs shipped",
                   "within noise", "epochs bought", "params"], rows)
@@ -244,7 +249,7 @@ def best_table(results: Path) -> str:
             (std ** 2 + ref["test_accuracy_std"] ** 2) ** 0.5)
         rows.append([a["techniques"], source, f"{a['n']}/{a['n_cells']}", pm(mean, std),
                      "(reference)" if a is ref else signed(delta, noise),
-                     "-" if noise is None else ("yes" if abs(delta) <= noise else "**no**"),
+                     noise_cell(None if noise is None else abs(delta) <= noise),
                      f"{epochs_of(t4 if a is ref else data, a['techniques']) or 0:.2f}",
                      f"{a['params']:,}"])
     return table(["techniques", "matrix", "seeds", "test acc % (mean ± std)", "Δ vs baseline (± combined std)",
@@ -300,7 +305,7 @@ def baseline_table(results: Path) -> str:
                     + [pm(tried[lr]["test_accuracy_mean"], tried[lr]["test_accuracy_std"])
                        if lr in tried else "-" for lr in LRS]
                     + [best_lr, signed(d_mean, d_std),
-                       "-" if noise is None else ("yes" if noise else "**no**")])
+                       noise_cell(noise)])
     return table(["FLOP cap", "hand loop, lr 0.1", *[f"one-cycle lr {lr}" for lr in LRS],
                   "selected on val", "selected − hand loop", "within noise"], rows)
 
@@ -329,9 +334,9 @@ def grid_search_table(results: Path, name: str, rows_key: str, cols_key: str, co
                                   f"({g['best_val_accuracy_mean']:.2f}; n={g['n']})" for g in cells])
     out = table([rows_key, "optimizer steps", *[f"{cols_key} {cv}: test % (val %; n)" for cv in cols]],
                 rows)
-    started = [a for a in data["aggregate"] if a["n"]]  # settings not run (--only) are left out
     tuned = next((t for t in data.get("tuned", []) if t.get("selected")), None)
-    if tuned and started and all(a["n"] == a["n_cells"] for a in started):
+    # every setting that ran (settings left out with --only have no group) has all its seeds
+    if tuned and groups and all(g["n"] == g["n_cells"] for g in groups.values()):
         sel = tuned["selected"]
         best = groups[(sel[rows_key], sel[cols_key])]
         hand = _hand_loop(1e12)
@@ -342,7 +347,7 @@ def grid_search_table(results: Path, name: str, rows_key: str, cols_key: str, co
             [[label(sel[rows_key], sel[cols_key]),
               pm(best["test_accuracy_mean"], best["test_accuracy_std"]),
               pm(hand["test_accuracy_mean"], hand["test_accuracy_std"]), signed(d_mean, d_std),
-              "-" if noise is None else ("yes" if noise else "**no**"),
+              noise_cell(noise),
               fmt_flops(tuned["tuning_flops"])]])
     return out
 
@@ -384,7 +389,7 @@ def table4_tuned(results: Path) -> str:
         sel = (t.get("selected") or {}).get("optimizer.lr")
         ref = name == data["reference"]
         cells = [c for c in data["cells"] if c["techniques"] == name]
-        finished = sum(c["status"] in ("done", "diverged") for c in cells)
+        finished = sum(c["status"] in FINISHED for c in cells)
         complete = finished == len(cells)  # an arm whose search is not complete gets no verdict
         new = ("(reference)" if ref else verdict(t["tuned_delta_mean"], t["tuned_within_noise"])
                if complete else f"incomplete ({finished}/{len(cells)} runs)")
