@@ -36,7 +36,7 @@ SPECS = ["fashion_mnist_table4", "fashion_mnist_10k_search", "fashion_mnist_10k_
          "fashion_mnist_table4_tuned", "fashion_mnist_10k_caps", "fashion_mnist_10k_round3",
          "fashion_mnist_10k_round4", "fashion_mnist_baseline_bs", "fashion_mnist_baseline_wd",
          "fashion_mnist_10k_round5", "fashion_mnist_10k_round6", "fashion_mnist_10k_round5_seeds",
-         "fashion_mnist_10k_round7"]
+         "fashion_mnist_10k_round7", "fashion_mnist_10k_round8", "fashion_mnist_10k_round8_seeds"]
 TECHNIQUES = ["baseline", "blurpool", "squeeze_excite", "swa", "sam", "mixup", "cutout",
               "label_smoothing", "one_cycle"]
 PAPER_SETTING = {"one_cycle": "one_cycle_lr"}  # our name -> seed_results.csv's
@@ -166,7 +166,7 @@ def search_table(results: Path) -> str:
 
 
 LATER_ROUNDS = ("fashion_mnist_10k_round3", "fashion_mnist_10k_round4", "fashion_mnist_10k_round5",
-                "fashion_mnist_10k_round6", "fashion_mnist_10k_round7")
+                "fashion_mnist_10k_round6", "fashion_mnist_10k_round7", "fashion_mnist_10k_round8")
 
 
 def _change_label(results: Path, name: str, cell_id: str) -> str:
@@ -176,6 +176,8 @@ def _change_label(results: Path, name: str, cell_id: str) -> str:
     parts = []
     if "__layers=" in cell_id:
         parts.append("layers " + " ".join(r["model"]["kwargs"]["layers"]))
+    if r["model"]["kwargs"].get("pool", "avg") != "avg":
+        parts.append(f"{r['model']['kwargs']['pool']} pooling")
     if r["data"].get("augment"):
         parts.append("augment " + ", ".join(r["data"]["augment"]))
     opt = r["optimizer"]
@@ -185,7 +187,7 @@ def _change_label(results: Path, name: str, cell_id: str) -> str:
 
 
 def later_rounds_table(results: Path) -> str:
-    """<= 10K search rounds 3-7 (issue #17 point 5), each cell on seed 0, best validation first:
+    """<= 10K search rounds 3-8 (issue #17 point 5), each cell on seed 0, best validation first:
     what each changed against the shipped recipe, and what it bought."""
     rows = []
     for name in LATER_ROUNDS:
@@ -207,11 +209,13 @@ def later_rounds_table(results: Path) -> str:
 
 
 SEED_CHECKS = [("shipped: c16 m dw32 dw32 m dw64 dw60", "fashion_mnist_10k_seeds"),
-               ("round 5's best: c16 m dw32 m dw64 dw64", "fashion_mnist_10k_round5_seeds")]
+               ("round 5's best: c16 m dw32 m dw64 dw64", "fashion_mnist_10k_round5_seeds"),
+               ("round 8's best: c16 m dw32 m dw56 dw48, depthwise pooling",
+                "fashion_mnist_10k_round8_seeds")]
 
 
-def seeds10k_round5_table(results: Path) -> str:
-    """Round 5's best layer list on 3 seeds against the shipped <= 10K recipe's 3 seeds."""
+def seeds10k_best_table(results: Path) -> str:
+    """Rounds 5's and 8's best networks on 3 seeds against the shipped <= 10K recipe's 3 seeds."""
     groups = []
     for label, name in SEED_CHECKS:
         data = load(results, name)
@@ -473,7 +477,7 @@ SECTIONS: dict[str, Callable[[Path], str]] = {
     "search10k": search_table,
     "seeds10k": lambda r: aggregate_table(r, "fashion_mnist_10k_seeds"),
     "rounds10k": later_rounds_table,
-    "seeds10k_round5": seeds10k_round5_table,
+    "seeds10k_best": seeds10k_best_table,
     "baseline_caps": baseline_table,
     "baseline_bs": lambda r: grid_search_table(
         r, "fashion_mnist_baseline_bs", "data.batch_size", "optimizer.lr", ["0.1", "0.2", "0.3"],

@@ -42,3 +42,28 @@ def test_gap_custom_from_layer_tokens() -> None:
     for bad in (["c8", "dw"], ["tb8/2"], "c8", [], ["c0"]):
         with pytest.raises(ValueError):
             parse_layers(bad)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("layers,side", [(["c16", "m", "dw32", "m", "dw48"], 7),
+                                         (["c8/2", "dw16", "m", "dw24/2"], 4)])
+def test_gap_custom_depthwise_pool(layers: list[str], side: int) -> None:
+    """pool: depthwise learns one weight per channel and position of the last map (its kernel is
+    the map's size, worked out from the layers' pools and strides) for C*side^2 + 2C parameters
+    more than average pooling, and tells positions apart where average pooling cannot."""
+    avg = build_model("gap_custom", 1, 10, 28, layers=layers)
+    learned = build_model("gap_custom", 1, 10, 28, layers=layers, pool="depthwise")
+    c = learned.classifier.in_channels
+    conv = learned.pool[0]
+    assert conv.kernel_size == (side, side) and conv.groups == c
+    assert avg.features(torch.zeros(1, 1, 28, 28)).shape[-1] == side
+    n = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    assert n(learned) == n(avg) + c * side * side + 2 * c
+    # the same feature map, mirrored: average pooling cannot tell the two apart, learned pooling can
+    torch.manual_seed(0)
+    feats = torch.randn(1, c, side, side)
+    for model in (avg, learned):
+        model.eval()
+    head = lambda m, f: m.classifier(m.pool(f)).flatten(1)  # noqa: E731
+    assert torch.allclose(head(avg, feats), head(avg, feats.flip(-1)), atol=1e-6)
+    assert not torch.allclose(head(learned, feats), head(learned, feats.flip(-1)), atol=1e-3)
+    assert learned(torch.zeros(2, 1, 28, 28)).shape == (2, 10)

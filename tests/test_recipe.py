@@ -90,6 +90,8 @@ BAD_CASES: list[tuple[str, Any, str]] = [
     ("model.kwargs", {"dropuot": 0.1}, "model.kwargs.dropuot: unknown argument 'dropuot' (accepted: dropout"),
     ("model", {"name": "gap_custom", "kwargs": {"layers": ["c8", "x3"]}},
      "model.kwargs: cannot build gap_custom: layer 'x3' is not c<N>"),
+    ("model", {"name": "gap_custom", "kwargs": {"pool": "max"}},
+     "model.kwargs: cannot build gap_custom: pool 'max' is not one of avg, depthwise"),
     ("model", {"name": "resnet18", "kwargs": {"widht": 2}}, "model.kwargs: cannot build resnet18:"),
 ]
 

@@ -25,11 +25,32 @@ from torch import nn
 Spec = Sequence[Union[tuple[str, int], tuple[str, int, int], tuple[str]]]
 
 
+POOLS = ("avg", "depthwise")
+
+
+def final_size(spec: Spec, image_size: int) -> int:
+    """Side of the last feature map for a square input: 3x3 convs keep it (padding 1) or divide
+    it by their stride, 2x2 max-pools halve it (floor), 1x1 transitions keep it."""
+    s = image_size
+    for item in spec:
+        if item[0] == "m":
+            s //= 2
+        elif item[0] in ("c", "dw") and len(item) > 2:
+            s = (s - 1) // int(item[2]) + 1  # type: ignore[misc]
+    return s
+
+
 class GapCNN(nn.Module):
-    """Conv blocks -> global average pooling -> 1x1 conv classifier (no dense layers)."""
+    """Conv blocks -> global pooling -> 1x1 conv classifier (no dense layers).
+
+    `pool="avg"` is the papers' global average pooling. `pool="depthwise"` learns the pooling: a
+    depthwise conv as large as the last feature map (one weight per channel and position, then
+    BatchNorm; MobileFaceNet's "global depthwise convolution"), so the classifier can tell where
+    in the image a feature fired, for C*H*W extra parameters and as many MACs per image.
+    """
 
     def __init__(self, spec: Spec, in_channels: int, num_classes: int, bias: bool,
-                 dropout: float = 0.0) -> None:
+                 dropout: float = 0.0, pool: str = "avg", image_size: int = 0) -> None:
         super().__init__()
         layers: list[nn.Module] = []
         c = in_channels
@@ -55,7 +76,15 @@ class GapCNN(nn.Module):
                 layers.append(nn.Dropout2d(dropout))
             c = out
         self.features = nn.Sequential(*layers)
-        self.pool = nn.AdaptiveAvgPool2d(1)
+        if pool == "avg":
+            self.pool: nn.Module = nn.AdaptiveAvgPool2d(1)
+        elif pool == "depthwise":
+            side = final_size(spec, image_size)
+            if side < 1:
+                raise ValueError(f"pool 'depthwise' needs the input size; got image_size {image_size}")
+            self.pool = nn.Sequential(nn.Conv2d(c, c, side, groups=c, bias=bias), nn.BatchNorm2d(c))
+        else:
+            raise ValueError(f"pool {pool!r} is not one of {', '.join(POOLS)}")
         self.classifier = nn.Conv2d(c, num_classes, 1, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -30,9 +30,11 @@ DEFAULT_CUSTOM_LAYERS = ("c16", "m", "dw32", "dw32", "m", "dw64", "dw60")
 
 def gap_custom(in_channels: int, num_classes: int, image_size: int = 0, *,
                layers: Sequence[str] = DEFAULT_CUSTOM_LAYERS, bias: bool = False,
-               dropout: float = 0.0) -> nn.Module:
-    """GAP CNN built from a recipe's layer list (model.kwargs.layers: [c16, m, dw32/2, ...])"""
-    return GapCNN(parse_layers(list(layers)), in_channels, num_classes, bias=bias, dropout=dropout)
+               dropout: float = 0.0, pool: str = "avg") -> nn.Module:
+    """GAP CNN built from a recipe's layer list (model.kwargs.layers: [c16, m, dw32/2, ...]);
+    model.kwargs.pool: avg (global average) or depthwise (learned, one weight per position)"""
+    return GapCNN(parse_layers(list(layers)), in_channels, num_classes, bias=bias, dropout=dropout,
+                  pool=pool, image_size=image_size)
 
 
 models.add("gap_custom", gap_custom, info=ModelInfo("paper004", "any"))
