@@ -22,7 +22,7 @@ import math
 import sys
 import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import torch
 import torch.nn.functional as F
@@ -50,6 +50,28 @@ def accuracy(model: torch.nn.Module, loader: Any) -> float:
     return 100.0 * right / total
 
 
+def train_steps(model: torch.nn.Module, loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+                train: Any, opt: torch.optim.Optimizer, sched: Any, steps: int,
+                after_epoch: Callable[[], Any]) -> torch.Tensor:
+    """Exactly `steps` optimizer steps over the loader's batches, channels_last, `after_epoch`
+    once per pass (and after the last, partial one, as the recipe's evaluation does); returns the
+    last loss."""
+    done = 0
+    model.train()
+    while done < steps:
+        for x, y in train:
+            loss = loss_fn(model(x.contiguous(memory_format=torch.channels_last)), y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            done += 1
+            if done == steps:
+                break
+        after_epoch()
+    return loss
+
+
 def train(recipe_path: Path, cap: float, seed: int, lr: float, momentum: float, nesterov: bool,
           weight_decay: float, pct_start: float) -> dict[str, Any]:
     """One run: seed, build data and model, train exactly floor(cap / step FLOPs) steps."""
@@ -64,20 +86,11 @@ def train(recipe_path: Path, cap: float, seed: int, lr: float, momentum: float, 
     opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, nesterov=nesterov,
                           weight_decay=weight_decay)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=pct_start)
-    best_val, done, t0 = 0.0, 0, time.perf_counter()
-    model.train()
-    while done < steps:
-        for x, y in data.train:
-            loss = F.cross_entropy(model(x.contiguous(memory_format=torch.channels_last)), y)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            done += 1
-            if done == steps:
-                break
-        if data.val is not None:  # once per epoch (and at the end), as the recipe's eval does
-            best_val = max(best_val, accuracy(model, data.val))
+    vals: list[float] = []
+    t0 = time.perf_counter()
+    loss = train_steps(model, F.cross_entropy, data.train, opt, sched, steps,
+                       lambda: vals.append(accuracy(model, data.val)) if data.val is not None else None)
+    best_val = max(vals, default=0.0)
     wall = time.perf_counter() - t0
     return {"cap": cap, "seed": seed, "lr": lr, "momentum": momentum, "nesterov": nesterov,
             "weight_decay": weight_decay, "pct_start": pct_start, "batch_size": len(batch[1]),
@@ -114,7 +127,7 @@ def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
                 if any(_key(r) == key for r in _read(out, header)["runs"]):
                     continue  # done by an earlier or a parallel sweep writing the same file
                 r = train(a.recipe, cap, seed, lr, a.momentum, not a.no_nesterov, a.weight_decay, a.pct_start)
-                doc = _append(out, header, r)
+                doc = append_run(out, header, r)
                 print(f"cap {cap:.0e} lr {lr} seed {seed}: test {r['test_accuracy']:.2f}% "
                       f"val {r['best_val_accuracy']:.2f}% ({r['steps']} steps, {r['epochs']:.2f} epochs, "
                       f"{r['wall_s']:.0f}s)", flush=True)
@@ -131,7 +144,7 @@ def _read(out: Path, header: dict[str, Any]) -> dict[str, Any]:
     return json.loads(out.read_text()) if out.exists() else dict(header, runs=[])
 
 
-def _append(out: Path, header: dict[str, Any], run: dict[str, Any]) -> dict[str, Any]:
+def append_run(out: Path, header: dict[str, Any], run: dict[str, Any]) -> dict[str, Any]:
     """Add one run to the JSON file under a lock (sweeps over different seeds may share it)."""
     out.parent.mkdir(parents=True, exist_ok=True)
     with open(out.with_suffix(".lock"), "w") as lock:

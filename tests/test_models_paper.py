@@ -67,3 +67,10 @@ def test_gap_custom_depthwise_pool(layers: list[str], side: int) -> None:
     assert torch.allclose(head(avg, feats), head(avg, feats.flip(-1)), atol=1e-6)
     assert not torch.allclose(head(learned, feats), head(learned, feats.flip(-1)), atol=1e-3)
     assert learned(torch.zeros(2, 1, 28, 28)).shape == (2, 10)
+    # another input size (progressive resizing, ColOut) is pooled to the trained map's size first
+    for size in (20, 36):
+        x = torch.randn(2, 1, size, size)
+        f = learned.features(x)
+        assert f.shape[-1] != side
+        expected = head(learned, torch.nn.functional.adaptive_avg_pool2d(f, side))
+        assert torch.allclose(learned(x), expected, atol=1e-6)

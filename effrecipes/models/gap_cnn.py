@@ -17,6 +17,7 @@ import re
 from typing import Any, Sequence, Union
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 # A layer spec: ("c", out) 3x3 conv block, ("dw", out) depthwise-separable block,
@@ -38,6 +39,24 @@ def final_size(spec: Spec, image_size: int) -> int:
         elif item[0] in ("c", "dw") and len(item) > 2:
             s = (s - 1) // int(item[2]) + 1  # type: ignore[misc]
     return s
+
+
+class LearnedPool(nn.Sequential):
+    """A depthwise conv as large as the last feature map, then BatchNorm (`pool: depthwise`).
+
+    Its weights are tied to positions of the map the recipe's image size gives. A map of another
+    size (progressive resizing, ColOut, evaluation at another resolution) is first average-pooled
+    to that size, so each weight keeps its place relative to the image, not a crash mid-run."""
+
+    def __init__(self, channels: int, side: int, bias: bool) -> None:
+        super().__init__(nn.Conv2d(channels, channels, side, groups=channels, bias=bias),
+                         nn.BatchNorm2d(channels))
+        self.side = side
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if tuple(x.shape[-2:]) != (self.side, self.side):
+            x = F.adaptive_avg_pool2d(x, self.side)
+        return super().forward(x)
 
 
 class GapCNN(nn.Module):
@@ -82,7 +101,7 @@ class GapCNN(nn.Module):
             side = final_size(spec, image_size)
             if side < 1:
                 raise ValueError(f"pool 'depthwise' needs the input size; got image_size {image_size}")
-            self.pool = nn.Sequential(nn.Conv2d(c, c, side, groups=c, bias=bias), nn.BatchNorm2d(c))
+            self.pool = LearnedPool(c, side, bias)
         else:
             raise ValueError(f"pool {pool!r} is not one of {', '.join(POOLS)}")
         self.classifier = nn.Conv2d(c, num_classes, 1, bias=False)
