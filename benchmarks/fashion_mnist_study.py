@@ -37,7 +37,8 @@ SPECS = ["fashion_mnist_table4", "fashion_mnist_10k_search", "fashion_mnist_10k_
          "fashion_mnist_10k_round4", "fashion_mnist_baseline_bs", "fashion_mnist_baseline_wd",
          "fashion_mnist_10k_round5", "fashion_mnist_10k_round6", "fashion_mnist_10k_round5_seeds",
          "fashion_mnist_10k_round7", "fashion_mnist_10k_round8", "fashion_mnist_10k_round8_seeds",
-         "fashion_mnist_10k_learned_pool_caps"]
+         "fashion_mnist_10k_learned_pool_caps", "fashion_mnist_10k_round9", "fashion_mnist_10k_round10",
+         "fashion_mnist_10k_learned_pool_silu_caps"]
 TECHNIQUES = ["baseline", "blurpool", "squeeze_excite", "swa", "sam", "mixup", "cutout",
               "label_smoothing", "one_cycle"]
 PAPER_SETTING = {"one_cycle": "one_cycle_lr"}  # our name -> seed_results.csv's
@@ -179,6 +180,8 @@ def _change_label(results: Path, name: str, cell_id: str) -> str:
         parts.append("layers " + " ".join(r["model"]["kwargs"]["layers"]))
     if r["model"]["kwargs"].get("pool", "avg") != "avg":
         parts.append(f"{r['model']['kwargs']['pool']} pooling")
+    if r["model"]["kwargs"].get("act", "relu") != "relu":
+        parts.append(f"{r['model']['kwargs']['act']} activation")
     if r["data"].get("augment"):
         parts.append("augment " + ", ".join(r["data"]["augment"]))
     opt = r["optimizer"]
@@ -209,18 +212,23 @@ def later_rounds_table(results: Path) -> str:
                  [r for _, r in rows])
 
 
-SEED_CHECKS = [("shipped: c16 m dw32 dw32 m dw64 dw60", "fashion_mnist_10k_seeds"),
-               ("round 5's best: c16 m dw32 m dw64 dw64", "fashion_mnist_10k_round5_seeds"),
-               ("round 8's best: c16 m dw32 m dw56 dw48, depthwise pooling",
-                "fashion_mnist_10k_round8_seeds")]
+# (label, matrix, the grid values of its group; {} when the matrix has one group)
+SEED_CHECKS: list[tuple[str, str, dict[str, str]]] = [
+    ("shipped: c16 m dw32 dw32 m dw64 dw60", "fashion_mnist_10k_seeds", {}),
+    ("round 5's best: c16 m dw32 m dw64 dw64", "fashion_mnist_10k_round5_seeds", {}),
+    ("round 8's best: c16 m dw32 m dw56 dw48, depthwise pooling", "fashion_mnist_10k_round8_seeds", {}),
+    ("round 9: round 8's with SiLU (lr 0.2)", "fashion_mnist_10k_round9", {}),
+    ("round 10: round 9's at lr 0.15", "fashion_mnist_10k_round10", {"optimizer.lr": "0.15"}),
+    ("round 10: round 9's at lr 0.3", "fashion_mnist_10k_round10", {"optimizer.lr": "0.3"})]
 
 
 def seeds10k_best_table(results: Path) -> str:
-    """Rounds 5's and 8's best networks on 3 seeds against the shipped <= 10K recipe's 3 seeds."""
+    """The rounds' best networks on 3 seeds against the shipped <= 10K recipe's 3 seeds."""
     groups = []
-    for label, name in SEED_CHECKS:
+    for label, name, where in SEED_CHECKS:
         data = load(results, name)
-        group = next((a for a in (data or {}).get("aggregate", []) if a["n"]), None)
+        group = next((a for a in (data or {}).get("aggregate", [])
+                      if a["n"] and all(str(a.get(k)) == v for k, v in where.items())), None)
         if group:
             groups.append((label, data, group))
     if len(groups) < 2:
@@ -234,7 +242,7 @@ def seeds10k_best_table(results: Path) -> str:
                      "(reference)" if g is ref else signed(d_mean, d_std),
                      noise_cell(noise),
                      f"{epochs_of(data, g['techniques']) or 0:.2f}", f"{g['params']:,}"])
-    return table(["layers", "seeds", "test acc % (mean ± std)", "best val % (mean)", "Δ vs shipped",
+    return table(["network", "seeds", "test acc % (mean ± std)", "best val % (mean)", "Δ vs shipped",
                   "within noise", "epochs bought", "params"], rows)
 
 
@@ -427,15 +435,16 @@ def _curve_points(results: Path) -> dict[str, dict[float, dict[str, Any]]]:
                   if a["n"]), None)
     if seeds:
         tenk[1e12] = seeds
-    pooled = {float(a["budget.flops"]): a
-              for a in (load(results, "fashion_mnist_10k_learned_pool_caps") or {}).get("aggregate", [])
-              if a["n"]}
+    pooled, silu = ({float(a["budget.flops"]): a for a in (load(results, name) or {}).get("aggregate", [])
+                     if a["n"]}
+                    for name in ("fashion_mnist_10k_learned_pool_caps", "fashion_mnist_10k_learned_pool_silu_caps"))
     hand = {c: _hand_loop(c) for c in CAPS}  # one read of the hand loop's JSON per cap
     return {"hand loop, 1.5K-DW (one-cycle lr 0.1)": {c: h for c, h in hand.items() if h["n"]},
             "effrecipes baseline, 1.5K-DW (one-cycle lr 0.2)": {c: base[(c, "0.2")] for c in CAPS
                                                                if (c, "0.2") in base},
             "effrecipes <=10K recipe, 9.9K (fashion_mnist_10k.yaml)": tenk,
-            "effrecipes <=10K, learned pooling, 9.3K (fashion_mnist_10k_learned_pool.yaml)": pooled}
+            "effrecipes <=10K, learned pooling, 9.3K (fashion_mnist_10k_learned_pool.yaml)": pooled,
+            "effrecipes <=10K, learned pooling + SiLU, 9.3K (fashion_mnist_10k_learned_pool_silu.yaml)": silu}
 
 
 def caps_curve(results: Path) -> str:

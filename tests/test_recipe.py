@@ -92,6 +92,8 @@ BAD_CASES: list[tuple[str, Any, str]] = [
      "model.kwargs: cannot build gap_custom: layer 'x3' is not c<N>"),
     ("model", {"name": "gap_custom", "kwargs": {"pool": "max"}},
      "model.kwargs: cannot build gap_custom: pool 'max' is not one of avg, depthwise"),
+    ("model", {"name": "gap_custom", "kwargs": {"act": "tanh"}},
+     "model.kwargs: cannot build gap_custom: act 'tanh' is not one of relu, silu"),
     ("model", {"name": "resnet18", "kwargs": {"widht": 2}}, "model.kwargs: cannot build resnet18:"),
 ]
 

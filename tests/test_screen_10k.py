@@ -26,14 +26,17 @@ def _screen():
         sys.path.remove(str(REPO / "benchmarks"))
 
 
-@pytest.mark.parametrize("layers,pool", [("c16 m dw32 m dw56 dw48 |gd", "depthwise"),
-                                         ("c16 m dw32 dw32 m dw64 dw60", "avg")])
-def test_screened_network_is_gap_custom(layers: str, pool: str) -> None:
+@pytest.mark.parametrize("layers,pool,act", [("c16 m dw32 m dw56 dw48 |gd", "depthwise", "relu"),
+                                             ("c16 m dw32 dw32 m dw64 dw60", "avg", "relu"),
+                                             ("silu c16 m dw32 m dw56 dw48 |gd", "depthwise", "silu")])
+def test_screened_network_is_gap_custom(layers: str, pool: str, act: str) -> None:
     screen = _screen()
     torch.manual_seed(0)
     screened = screen.build(layers).eval()
     torch.manual_seed(0)
-    real = build_model("gap_custom", 1, 10, 28, layers=layers.split("|")[0].split(), pool=pool).eval()
+    tokens = layers.removeprefix("silu ").split("|")[0].split()
+    real = build_model("gap_custom", 1, 10, 28, layers=tokens, pool=pool, act=act).eval()
+    assert isinstance(real.features[1], torch.nn.SiLU if act == "silu" else torch.nn.ReLU)
     assert sum(p.numel() for p in screened.parameters()) == sum(p.numel() for p in real.parameters())
     x = torch.randn(3, 1, 28, 28)
     assert torch.allclose(screened(x), real(x), atol=1e-5)
