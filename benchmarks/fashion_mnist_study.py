@@ -424,27 +424,28 @@ CAPS = [3e11, 1e12, 3e12]
 CURVE_IMAGE = "img/accuracy_vs_cap.png"  # relative to the document
 
 
+def _by_cap(results: Path, name: str) -> dict[float, dict[str, Any]]:
+    """A caps matrix's groups with finished runs, by their FLOP cap."""
+    return {float(a["budget.flops"]): a for a in (load(results, name) or {}).get("aggregate", []) if a["n"]}
+
+
 def _curve_points(results: Path) -> dict[str, dict[float, dict[str, Any]]]:
     """recipe label -> cap -> a seed_stats-shaped group (test accuracy mean, std, n)."""
     base = _baseline_groups(results)
-    tenk: dict[float, dict[str, Any]] = {}
-    for a in (load(results, "fashion_mnist_10k_caps") or {}).get("aggregate", []):
-        if a["n"]:
-            tenk[float(a["budget.flops"])] = a
+    tenk = _by_cap(results, "fashion_mnist_10k_caps")
     seeds = next((a for a in (load(results, "fashion_mnist_10k_seeds") or {}).get("aggregate", [])
                   if a["n"]), None)
     if seeds:
         tenk[1e12] = seeds
-    pooled, silu = ({float(a["budget.flops"]): a for a in (load(results, name) or {}).get("aggregate", [])
-                     if a["n"]}
-                    for name in ("fashion_mnist_10k_learned_pool_caps", "fashion_mnist_10k_learned_pool_silu_caps"))
     hand = {c: _hand_loop(c) for c in CAPS}  # one read of the hand loop's JSON per cap
     return {"hand loop, 1.5K-DW (one-cycle lr 0.1)": {c: h for c, h in hand.items() if h["n"]},
             "effrecipes baseline, 1.5K-DW (one-cycle lr 0.2)": {c: base[(c, "0.2")] for c in CAPS
                                                                if (c, "0.2") in base},
             "effrecipes <=10K recipe, 9.9K (fashion_mnist_10k.yaml)": tenk,
-            "effrecipes <=10K, learned pooling, 9.3K (fashion_mnist_10k_learned_pool.yaml)": pooled,
-            "effrecipes <=10K, learned pooling + SiLU, 9.3K (fashion_mnist_10k_learned_pool_silu.yaml)": silu}
+            "effrecipes <=10K, learned pooling, 9.3K (fashion_mnist_10k_learned_pool.yaml)":
+                _by_cap(results, "fashion_mnist_10k_learned_pool_caps"),
+            "effrecipes <=10K, learned pooling + SiLU, 9.3K (fashion_mnist_10k_learned_pool_silu.yaml)":
+                _by_cap(results, "fashion_mnist_10k_learned_pool_silu_caps")}
 
 
 def caps_curve(results: Path) -> str:

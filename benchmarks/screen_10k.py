@@ -36,6 +36,7 @@ from hand_loop import accuracy, append_run, train_steps  # noqa: E402
 
 from effrecipes.budget import train_step_flops  # noqa: E402
 from effrecipes.data import build_data  # noqa: E402
+from effrecipes.models.gap_cnn import LearnedPool, final_size  # noqa: E402
 from effrecipes.recipe import load_recipe  # noqa: E402
 
 RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "fashion_mnist_10k.yaml"
@@ -97,10 +98,9 @@ def build(layers: str, in_channels: int = 1, size: int = 28, num_classes: int = 
         else:
             raise SystemExit(f"layer {tok!r}: not one of c<N>, dw<N>, mdw<N>, rdw<N> (same width), m")
         c = out
-    with torch.no_grad():
-        side = nn.Sequential(*feats).eval()(torch.zeros(1, in_channels, size, size)).shape[-1]
-    if head.strip() == "gd":
-        pool: nn.Module = nn.Sequential(nn.Conv2d(c, c, side, groups=c, bias=False), nn.BatchNorm2d(c))
+    if head.strip() == "gd":  # max-pools are the only tokens here that change the map's size
+        side = final_size([("m",)] * body.split().count("m"), size)
+        pool: nn.Module = LearnedPool(c, side, bias=False)
     else:
         pool = nn.AdaptiveAvgPool2d(1)
     return Screened(feats, nn.Sequential(pool, nn.Conv2d(c, num_classes, 1, bias=False)))
