@@ -38,7 +38,7 @@ SPECS = ["fashion_mnist_table4", "fashion_mnist_10k_search", "fashion_mnist_10k_
          "fashion_mnist_10k_round5", "fashion_mnist_10k_round6", "fashion_mnist_10k_round5_seeds",
          "fashion_mnist_10k_round7", "fashion_mnist_10k_round8", "fashion_mnist_10k_round8_seeds",
          "fashion_mnist_10k_learned_pool_caps", "fashion_mnist_10k_round9", "fashion_mnist_10k_round10",
-         "fashion_mnist_10k_learned_pool_silu_caps"]
+         "fashion_mnist_10k_learned_pool_silu_caps", "fashion_mnist_10k_full", "fashion_mnist_10k_round11"]
 TECHNIQUES = ["baseline", "blurpool", "squeeze_excite", "swa", "sam", "mixup", "cutout",
               "label_smoothing", "one_cycle"]
 PAPER_SETTING = {"one_cycle": "one_cycle_lr"}  # our name -> seed_results.csv's
@@ -219,7 +219,12 @@ SEED_CHECKS: list[tuple[str, str, dict[str, str]]] = [
     ("round 8's best: c16 m dw32 m dw56 dw48, depthwise pooling", "fashion_mnist_10k_round8_seeds", {}),
     ("round 9: round 8's with SiLU (lr 0.2)", "fashion_mnist_10k_round9", {}),
     ("round 10: round 9's at lr 0.15", "fashion_mnist_10k_round10", {"optimizer.lr": "0.15"}),
-    ("round 10: round 9's at lr 0.3", "fashion_mnist_10k_round10", {"optimizer.lr": "0.3"})]
+    ("round 10: round 9's at lr 0.3", "fashion_mnist_10k_round10", {"optimizer.lr": "0.3"}),
+    ("round 11: round 10's (lr 0.15) with GELU", "fashion_mnist_10k_round11", {"techniques": "gelu"}),
+    ("round 11: round 10's without label smoothing", "fashion_mnist_10k_round11",
+     {"techniques": "no_label_smoothing"}),
+    ("round 11: round 10's with a 15% warm-up", "fashion_mnist_10k_round11", {"techniques": "warmup_15pct"}),
+    ("round 11: round 10's with weight decay 5e-5", "fashion_mnist_10k_round11", {"techniques": "wd_5e-5"})]
 
 
 def seeds10k_best_table(results: Path) -> str:
@@ -244,6 +249,34 @@ def seeds10k_best_table(results: Path) -> str:
                      f"{epochs_of(data, g['techniques']) or 0:.2f}", f"{g['params']:,}"])
     return table(["network", "seeds", "test acc % (mean ± std)", "best val % (mean)", "Δ vs shipped",
                   "within noise", "epochs bought", "params"], rows)
+
+
+# (network, its 3 seeds on the validation split: matrix and group; its final fit's group)
+FULL_FITS: list[tuple[str, tuple[str, dict[str, str]], str]] = [
+    ("shipped: c16 m dw32 dw32 m dw64 dw60", ("fashion_mnist_10k_seeds", {}), "baseline"),
+    ("selected: c16 m dw32 m dw56 dw48, depthwise pooling, SiLU, lr 0.15",
+     ("fashion_mnist_10k_round10", {"optimizer.lr": "0.15"}), "learned_pool_silu")]
+
+
+def full_fit_table(results: Path) -> str:
+    """Each network trained on the 54K images left by the validation split (what the rounds
+    selected on) against its final fit on all 60K training images (fashion_mnist_10k_full)."""
+    full = load(results, "fashion_mnist_10k_full")
+    if not full:
+        return "_not run yet_"
+    rows = []
+    for label, (name, where), techniques in FULL_FITS:
+        split = next((a for a in (load(results, name) or {}).get("aggregate", [])
+                      if a["n"] and all(str(a.get(k)) == v for k, v in where.items())), None)
+        fit = next((a for a in full["aggregate"] if a["n"] and a["techniques"] == techniques), None)
+        if not split or not fit:
+            continue
+        d_mean, d_std, noise = delta(fit, split)
+        rows.append([label, pm(split["test_accuracy_mean"], split["test_accuracy_std"]),
+                     pm(fit["test_accuracy_mean"], fit["test_accuracy_std"]), signed(d_mean, d_std),
+                     noise_cell(noise), f"{epochs_of(full, techniques) or 0:.2f}", f"{fit['params']:,}"])
+    return table(["network", "54K images (val split), test acc %", "all 60K (final fit), test acc %",
+                  "Δ 60K − 54K", "within noise", "epochs bought (60K)", "params"], rows) if rows else "_not run yet_"
 
 
 def best_table(results: Path) -> str:
@@ -493,6 +526,7 @@ SECTIONS: dict[str, Callable[[Path], str]] = {
     "seeds10k": lambda r: aggregate_table(r, "fashion_mnist_10k_seeds"),
     "rounds10k": later_rounds_table,
     "seeds10k_best": seeds10k_best_table,
+    "full10k": full_fit_table,
     "baseline_caps": baseline_table,
     "baseline_bs": lambda r: grid_search_table(
         r, "fashion_mnist_baseline_bs", "data.batch_size", "optimizer.lr", ["0.1", "0.2", "0.3"],

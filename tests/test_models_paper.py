@@ -74,3 +74,20 @@ def test_gap_custom_depthwise_pool(layers: list[str], side: int) -> None:
         assert f.shape[-1] != side
         expected = head(learned, torch.nn.functional.adaptive_avg_pool2d(f, side))
         assert torch.allclose(learned(x), expected, atol=1e-6)
+
+
+@pytest.mark.parametrize("act,kind", [("relu", torch.nn.ReLU), ("silu", torch.nn.SiLU),
+                                      ("gelu", torch.nn.GELU)])
+def test_gap_custom_activation(act: str, kind: type) -> None:
+    """model.kwargs.act puts its activation after every conv block; activations are elementwise,
+    so the budget's count (matmuls and convs) charges every choice the same FLOPs."""
+    from effrecipes.budget import train_step_flops
+
+    layers = ["c8", "m", "dw16"]
+    model = build_model("gap_custom", 1, 10, 28, layers=layers, act=act)
+    acts = [m for m in model.modules() if isinstance(m, (torch.nn.ReLU, torch.nn.SiLU, torch.nn.GELU))]
+    assert len(acts) == 2 and all(type(m) is kind for m in acts)
+    batch = (torch.randn(4, 1, 28, 28), torch.randint(0, 10, (4,)))
+    relu = build_model("gap_custom", 1, 10, 28, layers=layers)
+    loss = torch.nn.functional.cross_entropy
+    assert train_step_flops(model, loss, batch) == train_step_flops(relu, loss, batch) > 0

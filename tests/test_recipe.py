@@ -93,7 +93,7 @@ BAD_CASES: list[tuple[str, Any, str]] = [
     ("model", {"name": "gap_custom", "kwargs": {"pool": "max"}},
      "model.kwargs: cannot build gap_custom: pool 'max' is not one of avg, depthwise"),
     ("model", {"name": "gap_custom", "kwargs": {"act": "tanh"}},
-     "model.kwargs: cannot build gap_custom: act 'tanh' is not one of relu, silu"),
+     "model.kwargs: cannot build gap_custom: act 'tanh' is not one of relu, silu, gelu"),
     ("model", {"name": "resnet18", "kwargs": {"widht": 2}}, "model.kwargs: cannot build resnet18:"),
 ]
 

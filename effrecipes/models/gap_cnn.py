@@ -14,7 +14,7 @@ input size (28x28, 32x32, larger) and the final feature map is never empty.
 from __future__ import annotations
 
 import re
-from typing import Any, Sequence, Union
+from typing import Any, Callable, Sequence, Union
 
 import torch
 import torch.nn.functional as F
@@ -28,7 +28,8 @@ Spec = Sequence[Union[tuple[str, int], tuple[str, int, int], tuple[str]]]
 
 POOLS = ("avg", "depthwise")
 # the activation after every conv block; elementwise, so it costs no FLOPs in the budget's count
-ACTIVATIONS: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "silu": nn.SiLU}
+ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
+    "relu": lambda: nn.ReLU(inplace=True), "silu": lambda: nn.SiLU(inplace=True), "gelu": nn.GELU}
 
 
 def final_size(spec: Spec, image_size: int) -> int:
@@ -88,10 +89,10 @@ class GapCNN(nn.Module):
             stride = int(item[2]) if len(item) > 2 else 1  # type: ignore[misc]
             if kind == "c":
                 layers += [nn.Conv2d(c, out, 3, stride=stride, padding=1, bias=bias),
-                           activation(inplace=True), nn.BatchNorm2d(out)]
+                           activation(), nn.BatchNorm2d(out)]
             elif kind == "dw":
                 layers += [nn.Conv2d(c, c, 3, stride=stride, padding=1, groups=c, bias=bias),
-                           nn.Conv2d(c, out, 1, bias=bias), activation(inplace=True),
+                           nn.Conv2d(c, out, 1, bias=bias), activation(),
                            nn.BatchNorm2d(out)]
             elif kind == "tb":
                 layers += [nn.Conv2d(c, out, 1, bias=bias)]

@@ -31,7 +31,7 @@ DEFAULT_CUSTOM_LAYERS = ("c16", "m", "dw32", "dw32", "m", "dw64", "dw60")
 def gap_custom(in_channels: int, num_classes: int, image_size: int = 0, *,
                layers: Sequence[str] = DEFAULT_CUSTOM_LAYERS, bias: bool = False,
                dropout: float = 0.0, pool: str = "avg", act: str = "relu") -> nn.Module:
-    """GAP CNN from a recipe's layer list (model.kwargs.layers: [c16, m, dw32/2, ...]; pool: avg | depthwise; act: relu | silu)
+    """GAP CNN from a recipe's layer list (model.kwargs.layers: [c16, m, dw32/2, ...]; pool: avg | depthwise; act: relu | silu | gelu)
 
     pool: avg is global average pooling; depthwise learns one weight per channel and position of
     the last feature map (GapCNN's docstring says why). act: the activation of every block."""
