@@ -97,6 +97,7 @@ def _targets() -> list[tuple[str, Any, str, str]]:
 
     from effrecipes.budget import FlopBudget
     from effrecipes.callbacks import EpochSync, History, RunGuard
+    from effrecipes.lean_engine import LeanEngine
 
     T = trainer_mod.Trainer
     return [
@@ -114,7 +115,10 @@ def _targets() -> list[tuple[str, Any, str, str]]:
         ("RunGuard.batch_end", RunGuard, "batch_end", "effrecipes callback (state_dict copy / 50 ba)"),
         ("EpochSync.epoch_start", EpochSync, "epoch_start", "effrecipes callback (per epoch)"),
         ("History.eval_end", History, "eval_end", "effrecipes callback (per eval)"),
-        ("Engine.run_event (all events)", Engine, "run_event", "all Composer events incl. callbacks"),
+        ("Engine.run_event (all events)", LeanEngine, "run_event",
+         "all Composer events incl. callbacks (effrecipes' LeanEngine)"),
+        ("  of which Composer's Engine.run_event", Engine, "run_event",
+         "events LeanEngine hands to Composer's (profiler, ENGINE_DEBUG)"),
     ]
 
 
@@ -409,7 +413,7 @@ def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
         print(t2)
 
         # 4 (printed first: it explains the compute part). op profile
-        ops = op_profile(name, shape, bs, args.op_steps, args.threads)
+        ops = op_profile(name, shape, bs, args.op_steps, args.threads) if args.op_steps else {}
         t4 = {}
         for fmt_name, o in ops.items():
             t4[fmt_name] = md_table(["op (self CPU)", "ms / step", "calls / step"],
@@ -421,7 +425,7 @@ def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
         # 3. A/B
         data = tp._data(total * bs, shape)
         raw: list[dict[str, Any]] = []
-        for rep in range(args.repeats):
+        for rep in range(args.repeats if variants else 0):  # --variants "": no A/B
             order = variants[rep % len(variants):] + variants[:rep % len(variants)]
             for vname in order:
                 la = loadavg()

@@ -373,6 +373,55 @@ def test_logged_metrics_use_the_run_directory_names_and_percent(
     assert sum("flops_used" in d for d in logged) >= m["batches"]
 
 
+def test_lean_engine_trains_exactly_like_composers_engine(tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The same run on Composer's `Engine` and on `LeanEngine`, with algorithms on several events
+    (EMA's `match` has side effects), gives bit-identical weights and metrics, and every callback
+    sees the same events in the same order; the lean run takes its fast path on every event after
+    the Trainer is built (Composer's `run_event` is entered only for the events of its
+    construction), the other run enters Composer's on every event."""
+    import torch
+    from composer.core import Callback
+    from composer.core.engine import Engine
+
+    from effrecipes import runner
+    from effrecipes.recipe import load_recipe
+    from effrecipes.rundir import CHECKPOINT_FILE
+
+    seen: list[tuple[str, str]] = []
+    entered: list[str] = []
+    real_cb, real_run, real_lean = Callback.run_event, Engine.run_event, runner.make_lean
+    lean = [False]
+    monkeypatch.setattr(Callback, "run_event", lambda self, event, state, logger: (
+        seen.append((type(self).__name__, str(event))), real_cb(self, event, state, logger))[1])
+    monkeypatch.setattr(Engine, "run_event", lambda self, event: (entered.append(str(event)),
+                                                                  real_run(self, event))[1])
+    monkeypatch.setattr(runner, "make_lean", lambda t: real_lean(t) if lean[0] else None)
+    monkeypatch.delenv("ENGINE_DEBUG", raising=False)
+    algorithms = [{"label_smoothing": {"smoothing": 0.1}}, {"ema": {"half_life": "5ba"}},
+                  {"cutout": {"length": 0.25}},  # progressive resizing: FlopBudget must see its batch
+                  {"progressive_resizing": {"initial_scale": 0.5, "delay_fraction": 0.0,
+                                            "finetune_fraction": 0.2}}]
+    out = {}
+    for lean[0] in (False, True):
+        seen.clear(), entered.clear()
+        recipe = tiny_recipe(tmp_path / str(lean[0]), **{"budget.flops": 6e7, "algorithms": algorithms})
+        res = runner.run(load_recipe(write_recipe(tmp_path, recipe, f"r{lean[0]}.yaml")), quiet=True)
+        assert res.run_dir is not None
+        weights = torch.load(res.run_dir / CHECKPOINT_FILE, weights_only=True)
+        m = res.metrics
+        out[lean[0]] = (list(seen), list(entered), weights,
+                        {k: m[k] for k in ("test_accuracy", "best_val_accuracy", "flops_used", "batches")})
+    (seen_c, entered_c, w_c, m_c), (seen_l, entered_l, w_l, m_l) = out[False], out[True]
+    assert m_c == m_l and m_c["batches"] > 5
+    assert seen_c == seen_l and len(seen_c) > 100
+    tensors = lambda w: w["model"]  # noqa: E731  (the trained weights; the rest is run metadata)
+    assert tensors(w_c).keys() == tensors(w_l).keys() and tensors(w_c)
+    assert all(torch.equal(tensors(w_c)[k], tensors(w_l)[k]) for k in tensors(w_c))
+    built = ["Event.INIT", "Event.BEFORE_LOAD", "Event.AFTER_LOAD"]  # in Trainer(), before make_lean
+    assert entered_l == entered_c[:3] == built and len(entered_c) > 100
+
+
 @pytest.mark.parametrize("debug", [False, True])
 def test_lean_engine_formats_debug_logs_only_when_asked(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                         debug: bool) -> None:
