@@ -272,3 +272,46 @@ def test_per_sample_loaders_pin_memory_only_for_a_gpu() -> None:
     assert bundle.train.pin_memory and bundle.test.pin_memory
     bundle.to("cpu")
     assert not bundle.train.pin_memory and not bundle.test.pin_memory
+
+
+def test_effrecipes_makes_no_per_batch_host_sync(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """On a GPU every `.item()`, `.cpu()`, `.tolist()`, `.numpy()` or `float()` of a device
+    tensor makes the host wait for the device. Each such call is charged to the innermost
+    effrecipes or Composer frame on the stack: effrecipes' own (callbacks, budget, loader,
+    engine) must not grow with the number of batches. Composer's own loop makes such calls on
+    every batch (`loss.cpu().item()` for its loss log among them): the spy must see those grow."""
+    import sys
+    from collections import Counter
+
+    from effrecipes import runner
+    from effrecipes.recipe import load_recipe
+
+    package_dirs = {"effrecipes": str(Path(runner.__file__).parent),
+                    "composer": str(Path(sys.modules["composer"].__file__).parent)}
+    counts: Counter[str] = Counter()
+
+    def owner() -> str:
+        frame = sys._getframe(2)
+        while frame is not None:
+            for name, where in package_dirs.items():
+                if frame.f_code.co_filename.startswith(where):
+                    return name
+            frame = frame.f_back
+        return "other"
+
+    for name in ("item", "cpu", "tolist", "numpy", "__float__"):
+        real = getattr(torch.Tensor, name)
+        monkeypatch.setattr(torch.Tensor, name, lambda self, *a, _real=real, **k: (
+            counts.update([owner()]), _real(self, *a, **k))[1])
+    seen = {}
+    for flops in (2e7, 1e8):  # the tiny recipe: ~7e6 FLOPs per batch; validation once, at the end
+        counts.clear()
+        recipe = tiny_recipe(tmp_path / str(flops), **{"budget.flops": flops, "eval.every_epochs": "1dur",
+                                                       "eval.latency_images": 0})
+        metrics = runner.run(load_recipe(write_recipe(tmp_path, recipe, f"r{flops}.yaml")),
+                             quiet=True).metrics
+        seen[metrics["batches"]] = dict(counts)
+    (few, c_few), (many, c_many) = sorted(seen.items())
+    assert many >= few + 10, seen
+    assert c_many.get("composer", 0) >= c_few.get("composer", 0) + (many - few), seen
+    assert c_many.get("effrecipes", 0) == c_few.get("effrecipes", 0), seen
