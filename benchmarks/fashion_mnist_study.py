@@ -227,13 +227,18 @@ SEED_CHECKS: list[tuple[str, str, dict[str, str]]] = [
     ("round 11: round 10's with weight decay 5e-5", "fashion_mnist_10k_round11", {"techniques": "wd_5e-5"})]
 
 
+def _group(data: Optional[dict[str, Any]], where: dict[str, str]) -> Optional[dict[str, Any]]:
+    """A matrix's first group with finished runs whose values (techniques, grid keys) match."""
+    return next((a for a in (data or {}).get("aggregate", [])
+                 if a["n"] and all(str(a.get(k)) == v for k, v in where.items())), None)
+
+
 def seeds10k_best_table(results: Path) -> str:
     """The rounds' best networks on 3 seeds against the shipped <= 10K recipe's 3 seeds."""
     groups = []
     for label, name, where in SEED_CHECKS:
         data = load(results, name)
-        group = next((a for a in (data or {}).get("aggregate", [])
-                      if a["n"] and all(str(a.get(k)) == v for k, v in where.items())), None)
+        group = _group(data, where)
         if group:
             groups.append((label, data, group))
     if len(groups) < 2:
@@ -266,9 +271,7 @@ def full_fit_table(results: Path) -> str:
         return "_not run yet_"
     rows = []
     for label, (name, where), techniques in FULL_FITS:
-        split = next((a for a in (load(results, name) or {}).get("aggregate", [])
-                      if a["n"] and all(str(a.get(k)) == v for k, v in where.items())), None)
-        fit = next((a for a in full["aggregate"] if a["n"] and a["techniques"] == techniques), None)
+        split, fit = _group(load(results, name), where), _group(full, {"techniques": techniques})
         if not split or not fit:
             continue
         d_mean, d_std, noise = delta(fit, split)
