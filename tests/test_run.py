@@ -4,6 +4,7 @@ from __future__ import annotations
 import csv
 import json
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -324,7 +325,6 @@ def test_live_progress_one_line_per_evaluation_when_not_a_terminal(
 
 def test_live_progress_bar_on_a_terminal_shows_the_budget() -> None:
     import io
-    from types import SimpleNamespace
 
     from effrecipes.budget import BudgetLedger
     from effrecipes.callbacks import LiveProgress
@@ -420,6 +420,50 @@ def test_lean_engine_trains_exactly_like_composers_engine(tmp_path: Path,
     assert all(torch.equal(tensors(w_c)[k], tensors(w_l)[k]) for k in tensors(w_c))
     built = ["Event.INIT", "Event.BEFORE_LOAD", "Event.AFTER_LOAD"]  # in Trainer(), before make_lean
     assert entered_l == entered_c[:3] == built and len(entered_c) > 100
+
+
+def test_lean_engine_hands_profiled_runs_to_composers_engine(tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """With a profiler attached, every event goes through Composer's own `run_event` (its
+    profiler markers are the point of profiling); without one, none does."""
+    from composer.core import Event
+    from composer.core.engine import Engine
+
+    from effrecipes import runner
+    from effrecipes.callbacks import RunGuard
+    from effrecipes.lean_engine import LeanEngine
+    from effrecipes.recipe import load_recipe
+
+    prepared = runner.prepare(load_recipe(write_recipe(tmp_path, tiny_recipe(tmp_path))))
+    engine = runner._build_trainer(prepared, tmp_path, quiet=True, guard=RunGuard(budget=None),
+                                   resume=False).trainer.engine
+    assert type(engine) is LeanEngine
+    entered: list[str] = []
+    real_run = Engine.run_event
+    monkeypatch.setattr(Engine, "run_event", lambda self, event: (entered.append(str(event)),
+                                                                  real_run(self, event))[1])
+    monkeypatch.delenv("ENGINE_DEBUG", raising=False)
+    engine.run_event(Event.BATCH_START)
+    assert entered == []
+    marks: list[str] = []
+
+    class Marker:
+        def start(self) -> None:
+            marks.append("start")
+
+        def finish(self) -> None:
+            marks.append("finish")
+
+        def __enter__(self) -> None:  # Composer also wraps each callback in a marker
+            pass
+
+        def __exit__(self, *exc: Any) -> None:
+            pass
+
+    monkeypatch.setattr(engine.state, "profiler", SimpleNamespace(marker=lambda *a, **k: Marker()))
+    engine.run_event(Event.BEFORE_FORWARD)
+    engine.run_event(Event.AFTER_FORWARD)
+    assert entered == ["Event.BEFORE_FORWARD", "Event.AFTER_FORWARD"] and marks == ["start", "finish"]
 
 
 @pytest.mark.parametrize("debug", [False, True])
