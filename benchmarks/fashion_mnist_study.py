@@ -38,7 +38,8 @@ SPECS = ["fashion_mnist_table4", "fashion_mnist_10k_search", "fashion_mnist_10k_
          "fashion_mnist_10k_round5", "fashion_mnist_10k_round6", "fashion_mnist_10k_round5_seeds",
          "fashion_mnist_10k_round7", "fashion_mnist_10k_round8", "fashion_mnist_10k_round8_seeds",
          "fashion_mnist_10k_learned_pool_caps", "fashion_mnist_10k_round9", "fashion_mnist_10k_round10",
-         "fashion_mnist_10k_learned_pool_silu_caps", "fashion_mnist_10k_full", "fashion_mnist_10k_round11"]
+         "fashion_mnist_10k_learned_pool_silu_caps", "fashion_mnist_10k_full", "fashion_mnist_10k_round11",
+         "fashion_mnist_10k_round12"]
 TECHNIQUES = ["baseline", "blurpool", "squeeze_excite", "swa", "sam", "mixup", "cutout",
               "label_smoothing", "one_cycle"]
 PAPER_SETTING = {"one_cycle": "one_cycle_lr"}  # our name -> seed_results.csv's
@@ -224,7 +225,10 @@ SEED_CHECKS: list[tuple[str, str, dict[str, str]]] = [
     ("round 11: round 10's without label smoothing", "fashion_mnist_10k_round11",
      {"techniques": "no_label_smoothing"}),
     ("round 11: round 10's with a 15% warm-up", "fashion_mnist_10k_round11", {"techniques": "warmup_15pct"}),
-    ("round 11: round 10's with weight decay 5e-5", "fashion_mnist_10k_round11", {"techniques": "wd_5e-5"})]
+    ("round 11: round 10's with weight decay 5e-5", "fashion_mnist_10k_round11", {"techniques": "wd_5e-5"}),
+    ("round 12: round 10's with label smoothing 0.2", "fashion_mnist_10k_round12",
+     {"techniques": "label_smoothing_0.2"}),
+    ("round 12: round 10's at batch 32, lr 0.1", "fashion_mnist_10k_round12", {"techniques": "batch_32"})]
 
 
 def _group(data: Optional[dict[str, Any]], where: dict[str, str]) -> Optional[dict[str, Any]]:
