@@ -473,8 +473,7 @@ def _curve_points(results: Path) -> dict[str, dict[float, dict[str, Any]]]:
     """recipe label -> cap -> a seed_stats-shaped group (test accuracy mean, std, n)."""
     base = _baseline_groups(results)
     tenk = _by_cap(results, "fashion_mnist_10k_caps")
-    seeds = next((a for a in (load(results, "fashion_mnist_10k_seeds") or {}).get("aggregate", [])
-                  if a["n"]), None)
+    seeds = _group(load(results, "fashion_mnist_10k_seeds"), {})
     if seeds:
         tenk[1e12] = seeds
     hand = {c: _hand_loop(c) for c in CAPS}  # one read of the hand loop's JSON per cap

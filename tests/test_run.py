@@ -415,9 +415,9 @@ def test_lean_engine_trains_exactly_like_composers_engine(tmp_path: Path,
     (seen_c, entered_c, w_c, m_c), (seen_l, entered_l, w_l, m_l) = out[False], out[True]
     assert m_c == m_l and m_c["batches"] > 5
     assert seen_c == seen_l and len(seen_c) > 100
-    tensors = lambda w: w["model"]  # noqa: E731  (the trained weights; the rest is run metadata)
-    assert tensors(w_c).keys() == tensors(w_l).keys() and tensors(w_c)
-    assert all(torch.equal(tensors(w_c)[k], tensors(w_l)[k]) for k in tensors(w_c))
+    w_c, w_l = w_c["model"], w_l["model"]  # the trained weights (the rest is run metadata)
+    assert w_c.keys() == w_l.keys() and w_c
+    assert all(torch.equal(w_c[k], w_l[k]) for k in w_c)
     built = ["Event.INIT", "Event.BEFORE_LOAD", "Event.AFTER_LOAD"]  # in Trainer(), before make_lean
     assert entered_l == entered_c[:3] == built and len(entered_c) > 100
 
