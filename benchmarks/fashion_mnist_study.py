@@ -39,7 +39,7 @@ SPECS = ["fashion_mnist_table4", "fashion_mnist_10k_search", "fashion_mnist_10k_
          "fashion_mnist_10k_round7", "fashion_mnist_10k_round8", "fashion_mnist_10k_round8_seeds",
          "fashion_mnist_10k_learned_pool_caps", "fashion_mnist_10k_round9", "fashion_mnist_10k_round10",
          "fashion_mnist_10k_learned_pool_silu_caps", "fashion_mnist_10k_full", "fashion_mnist_10k_round11",
-         "fashion_mnist_10k_round12"]
+         "fashion_mnist_10k_round12", "fashion_mnist_10k_round13", "fashion_mnist_10k_round14"]
 TECHNIQUES = ["baseline", "blurpool", "squeeze_excite", "swa", "sam", "mixup", "cutout",
               "label_smoothing", "one_cycle"]
 PAPER_SETTING = {"one_cycle": "one_cycle_lr"}  # our name -> seed_results.csv's
@@ -228,7 +228,15 @@ SEED_CHECKS: list[tuple[str, str, dict[str, str]]] = [
     ("round 11: round 10's with weight decay 5e-5", "fashion_mnist_10k_round11", {"techniques": "wd_5e-5"}),
     ("round 12: round 10's with label smoothing 0.2", "fashion_mnist_10k_round12",
      {"techniques": "label_smoothing_0.2"}),
-    ("round 12: round 10's at batch 32, lr 0.1", "fashion_mnist_10k_round12", {"techniques": "batch_32"})]
+    ("round 12: round 10's at batch 32, lr 0.1", "fashion_mnist_10k_round12", {"techniques": "batch_32"}),
+    ("round 13: round 10's with BatchNorm before SiLU", "fashion_mnist_10k_round13",
+     {"techniques": "bn_before_act"}),
+    ("round 13: round 10's with MobileNet's separable block", "fashion_mnist_10k_round13",
+     {"techniques": "dw_act"}),
+    ("round 13: both", "fashion_mnist_10k_round13", {"techniques": "bn_before_act+dw_act"}),
+    ("round 14: c12 m dw32 m dw56 dw52", "fashion_mnist_10k_round14", {"techniques": "stem_c12"}),
+    ("round 14: c8 m dw32 m dw56 dw52", "fashion_mnist_10k_round14", {"techniques": "stem_c8"}),
+    ("round 14: c8 m dw16 m dw64 dw56", "fashion_mnist_10k_round14", {"techniques": "stem_c8_dw16"})]
 
 
 def _group(data: Optional[dict[str, Any]], where: dict[str, str]) -> Optional[dict[str, Any]]:

@@ -91,3 +91,25 @@ def test_gap_custom_activation(act: str, kind: type) -> None:
     relu = build_model("gap_custom", 1, 10, 28, layers=layers)
     loss = torch.nn.functional.cross_entropy
     assert train_step_flops(model, loss, batch) == train_step_flops(relu, loss, batch) > 0
+
+
+@pytest.mark.parametrize("norm,dw_act", [("after_act", False), ("before_act", False),
+                                         ("after_act", True), ("before_act", True)])
+def test_gap_custom_block_layout(norm: str, dw_act: bool) -> None:
+    """model.kwargs.norm puts each block's BatchNorm after (the paper) or before its activation;
+    dw_act gives the depthwise conv of a DW block its own BatchNorm and activation (2*C more
+    parameters). The budget's count charges every layout the same FLOPs."""
+    from effrecipes.budget import train_step_flops
+
+    layers = ["c8", "m", "dw16"]
+    model = build_model("gap_custom", 1, 10, 28, layers=layers, act="silu", norm=norm, dw_act=dw_act)
+    kinds = [type(m).__name__ for m in model.features]
+    a, b = ("BatchNorm2d", "SiLU") if norm == "before_act" else ("SiLU", "BatchNorm2d")
+    dw = ["Conv2d", a, b] if dw_act else ["Conv2d"]
+    assert kinds == ["Conv2d", a, b, "MaxPool2d", *dw, "Conv2d", a, b]
+    plain = build_model("gap_custom", 1, 10, 28, layers=layers, act="silu")
+    n = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    assert n(model) == n(plain) + (2 * 8 if dw_act else 0)
+    batch = (torch.randn(4, 1, 28, 28), torch.randint(0, 10, (4,)))
+    loss = torch.nn.functional.cross_entropy
+    assert train_step_flops(model, loss, batch) == train_step_flops(plain, loss, batch) > 0

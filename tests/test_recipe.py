@@ -94,6 +94,8 @@ BAD_CASES: list[tuple[str, Any, str]] = [
      "model.kwargs: cannot build gap_custom: pool 'max' is not one of avg, depthwise"),
     ("model", {"name": "gap_custom", "kwargs": {"act": "tanh"}},
      "model.kwargs: cannot build gap_custom: act 'tanh' is not one of relu, silu, gelu"),
+    ("model", {"name": "gap_custom", "kwargs": {"norm": "none"}},
+     "model.kwargs: cannot build gap_custom: norm 'none' is not one of after_act, before_act"),
     ("model", {"name": "resnet18", "kwargs": {"widht": 2}}, "model.kwargs: cannot build resnet18:"),
 ]
 

@@ -27,6 +27,9 @@ Spec = Sequence[Union[tuple[str, int], tuple[str, int, int], tuple[str]]]
 
 
 POOLS = ("avg", "depthwise")
+# where a 3x3 block's BatchNorm sits: after the activation (the paper's "conv, ReLU, BN") or before
+# it (the usual "conv, BN, ReLU"); both cost the same parameters and, in the budget's count, FLOPs
+NORMS = ("after_act", "before_act")
 # the activation after every conv block; elementwise, so it costs no FLOPs in the budget's count
 ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
     "relu": lambda: nn.ReLU(inplace=True), "silu": lambda: nn.SiLU(inplace=True), "gelu": nn.GELU}
@@ -69,15 +72,26 @@ class GapCNN(nn.Module):
     depthwise conv as large as the last feature map (one weight per channel and position, then
     BatchNorm; MobileFaceNet's "global depthwise convolution"), so the classifier can tell where
     in the image a feature fired, for C*H*W extra parameters and as many MACs per image.
+    `norm` places each block's BatchNorm after (the paper) or before its activation; `dw_act`
+    gives a DW block's depthwise conv its own activation and BatchNorm (MobileNet's separable
+    block: one more nonlinearity per block for 2*C parameters and no FLOPs in the budget's count).
     """
 
     def __init__(self, spec: Spec, in_channels: int, num_classes: int, bias: bool,
                  dropout: float = 0.0, pool: str = "avg", image_size: int = 0,
-                 act: str = "relu") -> None:
+                 act: str = "relu", norm: str = "after_act", dw_act: bool = False) -> None:
         super().__init__()
         if act not in ACTIVATIONS:
             raise ValueError(f"act {act!r} is not one of {', '.join(ACTIVATIONS)}")
+        if norm not in NORMS:
+            raise ValueError(f"norm {norm!r} is not one of {', '.join(NORMS)}")
         activation = ACTIVATIONS[act]
+
+        def act_norm(channels: int) -> list[nn.Module]:
+            if norm == "before_act":
+                return [nn.BatchNorm2d(channels), activation()]
+            return [activation(), nn.BatchNorm2d(channels)]
+
         layers: list[nn.Module] = []
         c = in_channels
         for item in spec:
@@ -88,12 +102,12 @@ class GapCNN(nn.Module):
             out = int(item[1])  # type: ignore[misc]
             stride = int(item[2]) if len(item) > 2 else 1  # type: ignore[misc]
             if kind == "c":
-                layers += [nn.Conv2d(c, out, 3, stride=stride, padding=1, bias=bias),
-                           activation(), nn.BatchNorm2d(out)]
+                layers += [nn.Conv2d(c, out, 3, stride=stride, padding=1, bias=bias), *act_norm(out)]
             elif kind == "dw":
-                layers += [nn.Conv2d(c, c, 3, stride=stride, padding=1, groups=c, bias=bias),
-                           nn.Conv2d(c, out, 1, bias=bias), activation(),
-                           nn.BatchNorm2d(out)]
+                layers.append(nn.Conv2d(c, c, 3, stride=stride, padding=1, groups=c, bias=bias))
+                if dw_act:  # MobileNet's separable block: the depthwise conv gets its own BN + act
+                    layers += act_norm(c)
+                layers += [nn.Conv2d(c, out, 1, bias=bias), *act_norm(out)]
             elif kind == "tb":
                 layers += [nn.Conv2d(c, out, 1, bias=bias)]
             else:  # pragma: no cover - specs are constants below

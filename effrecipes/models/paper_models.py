@@ -30,13 +30,16 @@ DEFAULT_CUSTOM_LAYERS = ("c16", "m", "dw32", "dw32", "m", "dw64", "dw60")
 
 def gap_custom(in_channels: int, num_classes: int, image_size: int = 0, *,
                layers: Sequence[str] = DEFAULT_CUSTOM_LAYERS, bias: bool = False,
-               dropout: float = 0.0, pool: str = "avg", act: str = "relu") -> nn.Module:
+               dropout: float = 0.0, pool: str = "avg", act: str = "relu", norm: str = "after_act",
+               dw_act: bool = False) -> nn.Module:
     """GAP CNN from a recipe's layer list (model.kwargs.layers: [c16, m, dw32/2, ...]; pool: avg | depthwise; act: relu | silu | gelu)
 
     pool: avg is global average pooling; depthwise learns one weight per channel and position of
-    the last feature map (GapCNN's docstring says why). act: the activation of every block."""
+    the last feature map (GapCNN's docstring says why). act: the activation of every block; norm:
+    after_act | before_act, where each block's BatchNorm sits; dw_act: BatchNorm + activation
+    after each depthwise conv too (MobileNet's separable block)."""
     return GapCNN(parse_layers(list(layers)), in_channels, num_classes, bias=bias, dropout=dropout,
-                  pool=pool, image_size=image_size, act=act)
+                  pool=pool, image_size=image_size, act=act, norm=norm, dw_act=dw_act)
 
 
 models.add("gap_custom", gap_custom, info=ModelInfo("paper004", "any"))
