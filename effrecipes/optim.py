@@ -92,6 +92,25 @@ def check_optimizer(cfg: OptimizerConfig, *, file: str = "<recipe>") -> None:
     raise RecipeError(why, file=file, field="optimizer")
 
 
+def check_schedule(scheduler: SchedulerConfig, opt: OptimizerConfig, *, file: str = "<recipe>") -> None:
+    """A momentum the schedule overwrites, as a one-line RecipeError. torch's one-cycle sets
+    SGD's momentum (Adam's beta1) itself on every step, cycling it 0.95 -> 0.85 -> 0.95, so an
+    `optimizer.momentum` or `betas[0]` other than the default would train exactly like the default."""
+    if scheduler.name != "one_cycle":
+        return
+    uses = optimizers.entry(opt.name, field_path="optimizer.name", file=file).info.uses
+    defaults = OptimizerConfig.model_fields
+    cycle = "which sets it itself on every step (0.95 -> 0.85 -> 0.95, as torch's OneCycleLR does)"
+    if "momentum" in uses and opt.momentum != defaults["momentum"].default:
+        raise RecipeError(f"momentum={opt.momentum} is ignored by scheduler one_cycle, {cycle}; "
+                          "remove optimizer.momentum or use another scheduler",
+                          file=file, field="optimizer.momentum")
+    if "betas" in uses and opt.betas[0] != defaults["betas"].default[0]:
+        raise RecipeError(f"betas[0]={opt.betas[0]} is ignored by scheduler one_cycle, {cycle}; "
+                          "keep beta1 at 0.9 or use another scheduler",
+                          file=file, field="optimizer.betas")
+
+
 def build_optimizer(cfg: OptimizerConfig, params: Iterable[torch.nn.Parameter]) -> torch.optim.Optimizer:
     return optimizers.get(cfg.name, field_path="optimizer.name")(cfg, list(params))
 
@@ -119,7 +138,8 @@ schedulers.add("linear", _warmup_schedule("LinearWithWarmupScheduler", decays=Tr
                description="linear decay to alpha_f x lr after an optional warm-up")
 
 
-@schedulers.register("one_cycle", description="one-cycle (torch), its cycle following the FLOP horizon")
+@schedulers.register("one_cycle", description="one-cycle (torch), its cycle following the FLOP horizon; "
+                     "it cycles SGD momentum (Adam beta1) 0.95 -> 0.85 -> 0.95 itself")
 def _one_cycle(cfg: SchedulerConfig, opt: OptimizerConfig, optimizer: torch.optim.Optimizer,
                horizon: Horizon, batches_per_epoch: int) -> Any:
     from effrecipes.one_cycle import ElasticOneCycleLR  # torch: at build time only

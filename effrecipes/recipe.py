@@ -737,6 +737,7 @@ def _check_names(recipe: Recipe, file: str) -> None:
                          fixed=("in_channels", "num_classes", "image_size"))
     optim.check_optimizer(recipe.optimizer, file=file)
     registry.schedulers.entry(recipe.scheduler.name, field_path="scheduler.name", file=file)
+    optim.check_schedule(recipe.scheduler, recipe.optimizer, file=file)
     for algo in recipe.algorithms:
         name, kwargs = next(iter(algo.items()))
         algorithms.check_algorithm(name, kwargs, file=file)

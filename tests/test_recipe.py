@@ -235,3 +235,46 @@ def test_numeric_strings_still_read_for_float_fields_but_nothing_else(tmp_path: 
                        ("optimizer.lr", "inf"), ("data.download", "yes")):
         with pytest.raises(RecipeError):
             load_recipe(write_recipe(tmp_path, tiny_recipe(tmp_path, **{key: value})))
+
+
+@pytest.mark.parametrize("optimizer,fragment", [
+    ({"name": "sgd", "momentum": 0.95}, "optimizer.momentum: momentum=0.95 is ignored by scheduler one_cycle"),
+    ({"name": "sgd", "momentum": 0.0}, "optimizer.momentum: momentum=0.0 is ignored by scheduler one_cycle"),
+    ({"name": "adamw", "betas": [0.8, 0.999]}, "optimizer.betas: betas[0]=0.8 is ignored by scheduler one_cycle"),
+])
+def test_one_cycle_refuses_a_momentum_it_overwrites(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                    optimizer: dict[str, Any], fragment: str) -> None:
+    """torch's one-cycle sets SGD's momentum (Adam's beta1) itself, so a recipe asking for another
+    would train bit for bit like the default (round 15 of docs/results.md did): refused in one line."""
+    data = tiny_recipe(tmp_path)
+    data["scheduler"] = {"name": "one_cycle"}
+    data["optimizer"] = {**data.get("optimizer", {}), **optimizer}
+    path = write_recipe(tmp_path, data)
+    code, _, err = run_cli(capsys, str(path), "--dry-run")
+    assert code == 2 and err.count("\n") == 1 and fragment in err, err
+    # the same momentum under a schedule that keeps it, or one_cycle with the default, is fine
+    for scheduler, opt in (({"name": "cosine"}, optimizer), ({"name": "one_cycle"}, {"name": optimizer["name"]})):
+        data["scheduler"], data["optimizer"] = scheduler, {**opt, "lr": 0.1}
+        load_recipe(write_recipe(tmp_path, data))
+
+
+def test_one_cycle_overwrites_the_optimizers_momentum() -> None:
+    """Why the check above exists: with effrecipes' one-cycle, two SGD momenta give the same
+    momentum on every step. If torch ever stopped cycling it, this fails and the check must go."""
+    import torch
+
+    from effrecipes.optim import build_optimizer, build_scheduler
+    from effrecipes.recipe import OptimizerConfig, SchedulerConfig
+
+    seen = []
+    for momentum in (0.5, 0.9):
+        opt_cfg = OptimizerConfig(name="sgd", lr=0.1, momentum=momentum)
+        optimizer = build_optimizer(opt_cfg, [torch.nn.Parameter(torch.zeros(2))])
+        (sched,), _ = build_scheduler(SchedulerConfig(name="one_cycle"), opt_cfg, optimizer, lambda: 10, 5)
+        steps = []
+        for _ in range(10):
+            steps.append(optimizer.param_groups[0]["momentum"])
+            optimizer.step()
+            sched.step()
+        seen.append(steps)
+    assert seen[0] == seen[1] and max(seen[0]) == 0.95 and min(seen[0]) < 0.86
