@@ -39,7 +39,8 @@ SPECS = ["fashion_mnist_table4", "fashion_mnist_10k_search", "fashion_mnist_10k_
          "fashion_mnist_10k_round7", "fashion_mnist_10k_round8", "fashion_mnist_10k_round8_seeds",
          "fashion_mnist_10k_learned_pool_caps", "fashion_mnist_10k_round9", "fashion_mnist_10k_round10",
          "fashion_mnist_10k_learned_pool_silu_caps", "fashion_mnist_10k_full", "fashion_mnist_10k_round11",
-         "fashion_mnist_10k_round12", "fashion_mnist_10k_round13", "fashion_mnist_10k_round14"]
+         "fashion_mnist_10k_round12", "fashion_mnist_10k_round13", "fashion_mnist_10k_round14",
+         "fashion_mnist_10k_round15", "fashion_mnist_10k_round16"]
 TECHNIQUES = ["baseline", "blurpool", "squeeze_excite", "swa", "sam", "mixup", "cutout",
               "label_smoothing", "one_cycle"]
 PAPER_SETTING = {"one_cycle": "one_cycle_lr"}  # our name -> seed_results.csv's
@@ -236,7 +237,12 @@ SEED_CHECKS: list[tuple[str, str, dict[str, str]]] = [
     ("round 13: both", "fashion_mnist_10k_round13", {"techniques": "bn_before_act+dw_act"}),
     ("round 14: c12 m dw32 m dw56 dw52", "fashion_mnist_10k_round14", {"techniques": "stem_c12"}),
     ("round 14: c8 m dw32 m dw56 dw52", "fashion_mnist_10k_round14", {"techniques": "stem_c8"}),
-    ("round 14: c8 m dw16 m dw64 dw56", "fashion_mnist_10k_round14", {"techniques": "stem_c8_dw16"})]
+    ("round 14: c8 m dw16 m dw64 dw56", "fashion_mnist_10k_round14", {"techniques": "stem_c8_dw16"}),
+    ("round 15: c16 m dw24 m dw64 dw48", "fashion_mnist_10k_round15", {"techniques": "wide_7x7"}),
+    ("round 15: round 10's without BlurPool", "fashion_mnist_10k_round15", {"techniques": "no_blurpool"}),
+    ("round 16: c16/2 dw32 m dw56 dw48", "fashion_mnist_10k_round16", {"techniques": "strided_stem"}),
+    ("round 16: c24/2 dw32 m dw56 dw48", "fashion_mnist_10k_round16", {"techniques": "strided_stem_c24"}),
+    ("round 16: c16/2 dw40 m dw56 dw44", "fashion_mnist_10k_round16", {"techniques": "strided_stem_dw40"})]
 
 
 def _group(data: Optional[dict[str, Any]], where: dict[str, str]) -> Optional[dict[str, Any]]:

@@ -3,8 +3,9 @@
 Same data (the recipe's split, normalisation and batch order: `effrecipes.data.build_data`), same
 model (the recipe's registry model, channels_last), same FLOP cap turned into a step count with
 the same counter the budget uses (`effrecipes.budget.train_step_flops`); everything else is a
-plain PyTorch loop: SGD with momentum, torch's `OneCycleLR` over exactly that many steps, cross
-entropy, no augmentation, no Composer. It reports best-validation and final test accuracy.
+plain PyTorch loop: SGD with momentum, torch's `OneCycleLR` over exactly that many steps (it sets
+the momentum itself, 0.95 -> 0.85 -> 0.95, as in effrecipes' one_cycle), cross entropy, no
+augmentation, no Composer. It reports best-validation and final test accuracy.
 
 Results are appended run by run to one JSON file (under a lock), so an interrupted sweep resumes
 and sweeps over different seeds can run side by side:
@@ -72,7 +73,11 @@ def train_steps(model: torch.nn.Module, loss_fn: Callable[[torch.Tensor, torch.T
     return loss
 
 
-def train(recipe_path: Path, cap: float, seed: int, lr: float, momentum: float, nesterov: bool,
+# SGD's momentum before OneCycleLR takes it over (cycle_momentum, torch's default): no effect on training
+MOMENTUM = 0.9
+
+
+def train(recipe_path: Path, cap: float, seed: int, lr: float, nesterov: bool,
           weight_decay: float, pct_start: float) -> dict[str, Any]:
     """One run: seed, build data and model, train exactly floor(cap / step FLOPs) steps."""
     recipe = load_recipe(recipe_path, [f"seed={seed}"])
@@ -83,7 +88,7 @@ def train(recipe_path: Path, cap: float, seed: int, lr: float, momentum: float, 
     batch = next(iter(data.train))
     step_flops = train_step_flops(model, F.cross_entropy, batch)
     steps = int(cap // step_flops)
-    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, nesterov=nesterov,
+    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=MOMENTUM, nesterov=nesterov,
                           weight_decay=weight_decay)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=pct_start)
     vals: list[float] = []
@@ -92,7 +97,7 @@ def train(recipe_path: Path, cap: float, seed: int, lr: float, momentum: float, 
                        lambda: vals.append(accuracy(model, data.val)) if data.val is not None else None)
     best_val = max(vals, default=0.0)
     wall = time.perf_counter() - t0
-    return {"cap": cap, "seed": seed, "lr": lr, "momentum": momentum, "nesterov": nesterov,
+    return {"cap": cap, "seed": seed, "lr": lr, "momentum": "one-cycle 0.95-0.85-0.95", "nesterov": nesterov,
             "weight_decay": weight_decay, "pct_start": pct_start, "batch_size": len(batch[1]),
             "step_flops": step_flops, "steps": steps, "flops_used": steps * step_flops,
             "epochs": steps / len(data.train), "best_val_accuracy": best_val,
@@ -107,7 +112,6 @@ def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
     p.add_argument("--caps", type=float, nargs="+", default=[1e12])
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--lrs", type=float, nargs="+", default=[0.1], help="one-cycle peak lr")
-    p.add_argument("--momentum", type=float, default=0.9)
     p.add_argument("--no-nesterov", action="store_true")
     p.add_argument("--weight-decay", type=float, default=1e-4)
     p.add_argument("--pct-start", type=float, default=0.3)
@@ -126,7 +130,7 @@ def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
                 key = (cap, lr, seed, a.weight_decay, a.pct_start, not a.no_nesterov)
                 if any(_key(r) == key for r in _read(out, header)["runs"]):
                     continue  # done by an earlier or a parallel sweep writing the same file
-                r = train(a.recipe, cap, seed, lr, a.momentum, not a.no_nesterov, a.weight_decay, a.pct_start)
+                r = train(a.recipe, cap, seed, lr, not a.no_nesterov, a.weight_decay, a.pct_start)
                 doc = append_run(out, header, r)
                 print(f"cap {cap:.0e} lr {lr} seed {seed}: test {r['test_accuracy']:.2f}% "
                       f"val {r['best_val_accuracy']:.2f}% ({r['steps']} steps, {r['epochs']:.2f} epochs, "
