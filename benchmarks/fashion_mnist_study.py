@@ -40,7 +40,8 @@ SPECS = ["fashion_mnist_table4", "fashion_mnist_10k_search", "fashion_mnist_10k_
          "fashion_mnist_10k_learned_pool_caps", "fashion_mnist_10k_round9", "fashion_mnist_10k_round10",
          "fashion_mnist_10k_learned_pool_silu_caps", "fashion_mnist_10k_full", "fashion_mnist_10k_round11",
          "fashion_mnist_10k_round12", "fashion_mnist_10k_round13", "fashion_mnist_10k_round14",
-         "fashion_mnist_10k_round15", "fashion_mnist_10k_round16", "fashion_mnist_10k_round17"]
+         "fashion_mnist_10k_round15", "fashion_mnist_10k_round16", "fashion_mnist_10k_round17",
+         "fashion_mnist_10k_round18"]
 TECHNIQUES = ["baseline", "blurpool", "squeeze_excite", "swa", "sam", "mixup", "cutout",
               "label_smoothing", "one_cycle"]
 PAPER_SETTING = {"one_cycle": "one_cycle_lr"}  # our name -> seed_results.csv's
@@ -244,7 +245,10 @@ SEED_CHECKS: list[tuple[str, str, dict[str, str]]] = [
     ("round 16: c24/2 dw32 m dw56 dw48", "fashion_mnist_10k_round16", {"techniques": "strided_stem_c24"}),
     ("round 16: c16/2 dw40 m dw56 dw44", "fashion_mnist_10k_round16", {"techniques": "strided_stem_dw40"}),
     ("round 17: c8 dw16 m dw32 m dw56 dw48", "fashion_mnist_10k_round17", {"techniques": "deep_stem_dw16"}),
-    ("round 17: c8 dw12 m dw32 m dw56 dw48", "fashion_mnist_10k_round17", {"techniques": "deep_stem_dw12"})]
+    ("round 17: c8 dw12 m dw32 m dw56 dw48", "fashion_mnist_10k_round17", {"techniques": "deep_stem_dw12"}),
+    ("round 18: constant momentum 0.9 (no cycle)", "fashion_mnist_10k_round18",
+     {"techniques": "constant_momentum"}),
+    ("round 18: momentum cycle 0.9 -> 0.8 -> 0.9", "fashion_mnist_10k_round18", {"techniques": "momentum_0.8_0.9"})]
 
 
 def _group(data: Optional[dict[str, Any]], where: dict[str, str]) -> Optional[dict[str, Any]]:

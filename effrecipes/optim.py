@@ -93,21 +93,34 @@ def check_optimizer(cfg: OptimizerConfig, *, file: str = "<recipe>") -> None:
 
 
 def check_schedule(scheduler: SchedulerConfig, opt: OptimizerConfig, *, file: str = "<recipe>") -> None:
-    """A momentum the schedule overwrites, as a one-line RecipeError. torch's one-cycle sets
-    SGD's momentum (Adam's beta1) itself on every step, cycling it 0.95 -> 0.85 -> 0.95, so an
-    `optimizer.momentum` or `betas[0]` other than the default would train exactly like the default."""
+    """A momentum setting that would change nothing, as a one-line RecipeError. torch's one-cycle
+    (`cycle_momentum`, its default) sets SGD's momentum (Adam's beta1) itself on every step, so
+    under it an `optimizer.momentum` or `betas[0]` other than the default would train exactly like
+    the default; and the one-cycle momentum fields mean nothing to another schedule."""
+    defaults = SchedulerConfig.model_fields
+    momentum_fields = [k for k in ("cycle_momentum", "base_momentum", "max_momentum")
+                       if getattr(scheduler, k) != defaults[k].default]
     if scheduler.name != "one_cycle":
+        if momentum_fields:
+            raise RecipeError(f"{momentum_fields[0]} is used by scheduler one_cycle only; remove it",
+                              file=file, field=f"scheduler.{momentum_fields[0]}")
+        return
+    if not scheduler.cycle_momentum:
+        if [k for k in momentum_fields if k != "cycle_momentum"]:
+            raise RecipeError("base_momentum and max_momentum are not used with cycle_momentum: false "
+                              "(optimizer.momentum is); remove them", file=file, field="scheduler")
         return
     uses = optimizers.entry(opt.name, field_path="optimizer.name", file=file).info.uses
-    defaults = OptimizerConfig.model_fields
-    cycle = "which sets it itself on every step (0.95 -> 0.85 -> 0.95, as torch's OneCycleLR does)"
-    if "momentum" in uses and opt.momentum != defaults["momentum"].default:
-        raise RecipeError(f"momentum={opt.momentum} is ignored by scheduler one_cycle, {cycle}; "
-                          "remove optimizer.momentum or use another scheduler",
+    opt_defaults = OptimizerConfig.model_fields
+    cycle = (f"which sets it itself on every step ({scheduler.max_momentum} -> "
+             f"{scheduler.base_momentum} -> {scheduler.max_momentum})")
+    fix = ("set scheduler.base_momentum / max_momentum instead, or scheduler.cycle_momentum: false "
+           "to keep it")
+    if "momentum" in uses and opt.momentum != opt_defaults["momentum"].default:
+        raise RecipeError(f"momentum={opt.momentum} is ignored by scheduler one_cycle, {cycle}; {fix}",
                           file=file, field="optimizer.momentum")
-    if "betas" in uses and opt.betas[0] != defaults["betas"].default[0]:
-        raise RecipeError(f"betas[0]={opt.betas[0]} is ignored by scheduler one_cycle, {cycle}; "
-                          "keep beta1 at 0.9 or use another scheduler",
+    if "betas" in uses and opt.betas[0] != opt_defaults["betas"].default[0]:
+        raise RecipeError(f"betas[0]={opt.betas[0]} is ignored by scheduler one_cycle, {cycle}; {fix}",
                           file=file, field="optimizer.betas")
 
 
@@ -139,13 +152,15 @@ schedulers.add("linear", _warmup_schedule("LinearWithWarmupScheduler", decays=Tr
 
 
 @schedulers.register("one_cycle", description="one-cycle (torch), its cycle following the FLOP horizon; "
-                     "it cycles SGD momentum (Adam beta1) 0.95 -> 0.85 -> 0.95 itself")
+                     "it cycles SGD momentum (Adam beta1) 0.95 -> 0.85 -> 0.95 unless cycle_momentum: false")
 def _one_cycle(cfg: SchedulerConfig, opt: OptimizerConfig, optimizer: torch.optim.Optimizer,
                horizon: Horizon, batches_per_epoch: int) -> Any:
     from effrecipes.one_cycle import ElasticOneCycleLR  # torch: at build time only
 
     return ElasticOneCycleLR(optimizer, horizon=horizon, max_lr=opt.lr, pct_start=cfg.pct_start,
-                             div_factor=cfg.div_factor, final_div_factor=cfg.final_div_factor)
+                             div_factor=cfg.div_factor, final_div_factor=cfg.final_div_factor,
+                             cycle_momentum=cfg.cycle_momentum, base_momentum=cfg.base_momentum,
+                             max_momentum=cfg.max_momentum)
 
 
 @schedulers.register("step", description="lr x gamma every step_epochs epochs")

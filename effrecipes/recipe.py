@@ -135,6 +135,11 @@ class SchedulerConfig(Section):
     pct_start: float = Field(0.3, gt=0, lt=1, description="one_cycle: fraction of steps rising")
     div_factor: float = Field(25.0, gt=0, description="one_cycle: initial lr = lr / div_factor")
     final_div_factor: float = Field(1e4, gt=0, description="one_cycle: final lr = initial / this")
+    cycle_momentum: bool = Field(True, description="one_cycle: cycle SGD's momentum (Adam's beta1) "
+                                 "against the lr, max_momentum -> base_momentum -> max_momentum "
+                                 "(torch's default); false keeps optimizer.momentum")
+    base_momentum: float = Field(0.85, ge=0, lt=1, description="one_cycle: momentum at the peak lr")
+    max_momentum: float = Field(0.95, ge=0, lt=1, description="one_cycle: momentum at the start and end")
     gamma: float = Field(0.95, gt=0, le=1, description="step/exponential: decay per step_epochs")
     step_epochs: int = Field(1, ge=1, description="step: decay every this many epochs")
     alpha_f: float = Field(0.0, ge=0, le=1, description="cosine/linear: final lr as a fraction of lr")

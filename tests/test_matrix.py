@@ -419,7 +419,8 @@ def test_dry_run_plans_and_calibrates_without_writing(tmp_path: Path,
     ("fashion_mnist_10k_round14.yaml", "fashion_mnist_10k_learned_pool_silu.yaml"),
     ("fashion_mnist_10k_round15.yaml", "fashion_mnist_10k_learned_pool_silu.yaml"),
     ("fashion_mnist_10k_round16.yaml", "fashion_mnist_10k_learned_pool_silu.yaml"),
-    ("fashion_mnist_10k_round17.yaml", "fashion_mnist_10k_learned_pool_silu.yaml")])
+    ("fashion_mnist_10k_round17.yaml", "fashion_mnist_10k_learned_pool_silu.yaml"),
+    ("fashion_mnist_10k_round18.yaml", "fashion_mnist_10k_learned_pool_silu.yaml")])
 def test_study_matrix_trains_the_shipped_recipe(spec: str, recipe: str) -> None:
     """A matrix whose results docs/results.md reports for a shipped recipe trains exactly that
     recipe, on every seed of the matrix (only the labels, name and notes, may differ)."""
@@ -513,3 +514,19 @@ def test_reuse_from_copies_finished_runs_of_identical_recipes_only(
 
     code, _, err = ablate(capsys, str(path), "--reuse-from", str(tmp_path / "nowhere"))
     assert code == 2 and err.count("\n") == 1 and "nowhere: no such directory" in err
+
+
+def test_new_schema_fields_at_their_default_keep_committed_hashes() -> None:
+    """Fields added to the recipe schema after matrices were committed (HASH_NEUTRAL_DEFAULTS)
+    leave a recipe's hash unchanged at their default, so committed cells stay finished; at another
+    value they change it."""
+    from effrecipes.matrix.cells import recipe_hash, run_dir_hash
+
+    cell = REPO / "results" / "matrices" / "fashion_mnist_10k_round17" / "cells" / "baseline__s0"
+    stored = json.loads((cell / "cell.json").read_text())["hash"]
+    assert run_dir_hash(cell / "baseline__s0") == stored
+    recipe = load_recipe(cell / "baseline__s0" / "recipe.yaml")
+    assert recipe.scheduler.name == "one_cycle" and recipe.scheduler.cycle_momentum
+    assert recipe_hash(recipe) == stored
+    changed = recipe.model_copy(update={"scheduler": recipe.scheduler.model_copy(update={"max_momentum": 0.9})})
+    assert recipe_hash(changed) != stored

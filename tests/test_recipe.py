@@ -278,3 +278,50 @@ def test_one_cycle_overwrites_the_optimizers_momentum() -> None:
             sched.step()
         seen.append(steps)
     assert seen[0] == seen[1] and max(seen[0]) == 0.95 and min(seen[0]) < 0.86
+
+
+def test_one_cycle_momentum_fields_train_what_they_say() -> None:
+    """scheduler.base_momentum / max_momentum set the cycle; cycle_momentum: false keeps the
+    optimizer's own momentum on every step."""
+    import torch
+
+    from effrecipes.optim import build_optimizer, build_scheduler
+    from effrecipes.recipe import OptimizerConfig, SchedulerConfig
+
+    def momenta(opt_cfg: OptimizerConfig, sched_cfg: SchedulerConfig) -> list[float]:
+        optimizer = build_optimizer(opt_cfg, [torch.nn.Parameter(torch.zeros(2))])
+        (sched,), _ = build_scheduler(sched_cfg, opt_cfg, optimizer, lambda: 10, 5)
+        out = []
+        for _ in range(10):
+            out.append(optimizer.param_groups[0]["momentum"])
+            optimizer.step()
+            sched.step()
+        return out
+
+    kept = momenta(OptimizerConfig(name="sgd", lr=0.1, momentum=0.5),
+                   SchedulerConfig(name="one_cycle", cycle_momentum=False))
+    assert kept == [0.5] * 10
+    cycled = momenta(OptimizerConfig(name="sgd", lr=0.1),
+                     SchedulerConfig(name="one_cycle", base_momentum=0.7, max_momentum=0.8))
+    assert cycled[0] == 0.8 and abs(min(cycled) - 0.7) < 0.02
+
+
+@pytest.mark.parametrize("scheduler,optimizer,fragment", [
+    ({"name": "cosine", "base_momentum": 0.8}, {}, "scheduler.base_momentum: base_momentum is used by scheduler one_cycle only"),
+    ({"name": "cosine", "cycle_momentum": False}, {}, "scheduler.cycle_momentum: cycle_momentum is used by scheduler one_cycle only"),
+    ({"name": "one_cycle", "cycle_momentum": False, "max_momentum": 0.9}, {},
+     "scheduler: base_momentum and max_momentum are not used with cycle_momentum: false"),
+    ({"name": "one_cycle", "max_momentum": 0.9}, {"momentum": 0.8},
+     "momentum=0.8 is ignored by scheduler one_cycle, which sets it itself on every step (0.9 -> 0.85 -> 0.9)"),
+])
+def test_momentum_fields_that_change_nothing_are_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                         scheduler: dict[str, Any], optimizer: dict[str, Any],
+                                                         fragment: str) -> None:
+    data = tiny_recipe(tmp_path)
+    data["scheduler"] = scheduler
+    data["optimizer"] = {**data.get("optimizer", {}), "name": "sgd", **optimizer}
+    code, _, err = run_cli(capsys, str(write_recipe(tmp_path, data)), "--dry-run")
+    assert code == 2 and err.count("\n") == 1 and fragment in err, err
+    # cycle_momentum: false is how a recipe keeps its own momentum under one_cycle
+    data["scheduler"], data["optimizer"]["momentum"] = {"name": "one_cycle", "cycle_momentum": False}, 0.8
+    load_recipe(write_recipe(tmp_path, data))

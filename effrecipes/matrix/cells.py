@@ -180,9 +180,20 @@ def cell_id(techniques: tuple[str, ...], grid: dict[str, Any], labels: dict[str,
 
 # --------------------------------------------------------------------------- hashing
 
+# Recipe fields added after matrices were committed, with their defaults: at the default they are
+# left out of the hash, so every finished cell keeps its hash (and stays finished) when the schema
+# grows. A field that changes training at its default must never be listed here.
+HASH_NEUTRAL_DEFAULTS: dict[tuple[str, str], Any] = {
+    ("scheduler", "cycle_momentum"): True, ("scheduler", "base_momentum"): 0.85,
+    ("scheduler", "max_momentum"): 0.95}
+
+
 def canonical_json(recipe: Recipe | dict[str, Any]) -> str:
-    data = recipe.model_dump(mode="json") if isinstance(recipe, Recipe) else dict(recipe)
+    data = recipe.model_dump(mode="json") if isinstance(recipe, Recipe) else copy.deepcopy(dict(recipe))
     data.pop("output", None)
+    for (section, key), default in HASH_NEUTRAL_DEFAULTS.items():
+        if isinstance(data.get(section), dict) and data[section].get(key, default) == default:
+            data[section].pop(key, None)
     return json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=True, default=str)
 
 
