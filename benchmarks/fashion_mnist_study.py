@@ -41,7 +41,7 @@ SPECS = ["fashion_mnist_table4", "fashion_mnist_10k_search", "fashion_mnist_10k_
          "fashion_mnist_10k_learned_pool_silu_caps", "fashion_mnist_10k_full", "fashion_mnist_10k_round11",
          "fashion_mnist_10k_round12", "fashion_mnist_10k_round13", "fashion_mnist_10k_round14",
          "fashion_mnist_10k_round15", "fashion_mnist_10k_round16", "fashion_mnist_10k_round17",
-         "fashion_mnist_10k_round18"]
+         "fashion_mnist_10k_round18", "fashion_mnist_10k_round18_seeds"]
 TECHNIQUES = ["baseline", "blurpool", "squeeze_excite", "swa", "sam", "mixup", "cutout",
               "label_smoothing", "one_cycle"]
 PAPER_SETTING = {"one_cycle": "one_cycle_lr"}  # our name -> seed_results.csv's
@@ -248,7 +248,11 @@ SEED_CHECKS: list[tuple[str, str, dict[str, str]]] = [
     ("round 17: c8 dw12 m dw32 m dw56 dw48", "fashion_mnist_10k_round17", {"techniques": "deep_stem_dw12"}),
     ("round 18: constant momentum 0.9 (no cycle)", "fashion_mnist_10k_round18",
      {"techniques": "constant_momentum"}),
-    ("round 18: momentum cycle 0.9 -> 0.8 -> 0.9", "fashion_mnist_10k_round18", {"techniques": "momentum_0.8_0.9"})]
+    ("round 18: momentum cycle 0.9 -> 0.8 -> 0.9", "fashion_mnist_10k_round18", {"techniques": "momentum_0.8_0.9"}),
+    ("5 seeds: round 10's selected setting (lr 0.15)", "fashion_mnist_10k_round18_seeds",
+     {"techniques": "baseline"}),
+    ("5 seeds: round 18's constant momentum", "fashion_mnist_10k_round18_seeds",
+     {"techniques": "constant_momentum"})]
 
 
 def _group(data: Optional[dict[str, Any]], where: dict[str, str]) -> Optional[dict[str, Any]]:
