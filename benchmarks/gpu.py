@@ -4,11 +4,18 @@ Runs on any CUDA machine (and, slowly, on the CPU with `--device cpu` so a smoke
 
 (a) Throughput. For each configuration (default: the 143K CIFAR GAP CNN on 3x32x32 at batch 128
     and 512, the 1.5K-DW model on 1x28x28 at batch 128; 10 classes, SGD lr 0.01 momentum 0.9
-    wd 5e-4), three paths train `warmup + batches` batches of the same shapes, interleaved (the
+    wd 5e-4), four paths train `warmup + batches` batches of the same shapes, interleaved (the
     order rotates per repeat), and the last `batches` are timed between two synchronisations:
 
       hand        a PyTorch loop: channels_last model and batches, bf16 autocast, every batch
                   already on the GPU (slices of one pre-made tensor), `zero_grad / backward / step`;
+      hand_sync   the same loop plus the host syncs Composer 0.32.1's loop makes on every batch
+                  (tests/test_device.py counts them): a small host tensor copied to the GPU and read
+                  back before the forward (the batch size) and at the batch's start (the
+                  dataloader-finished flag), the loss read after the backward (the optimizer
+                  closure) and after the step, and three reads of the time accumulators. Its gap to
+                  `hand` is what those syncs cost on this GPU, i.e. what removing them from
+                  Composer's loop could win;
       composer    plain Composer: `Trainer(ComposerClassifier(model), device="gpu",
                   precision="amp_bf16", algorithms=[ChannelsLast()])` over the same GPU batches
                   (a list of (x, y) pairs: no DataLoader cost), train metrics on (the default);
@@ -22,7 +29,7 @@ Runs on any CUDA machine (and, slowly, on the CPU with `--device cpu` so a smoke
     forward + backward; a bf16 multiply-add counts like an fp32 one) x samples/s / peak, against
     Composer's speed-monitor table for amp_bf16 (`get_gpu_flops_available`) and against the bf16
     matmul peak measured in this run; and the per-batch overhead: effrecipes ms/batch - hand
-    ms/batch (and composer - hand).
+    ms/batch (and composer - hand, hand_sync - hand).
 
 (b) Wall time of `recipes/cifar10_bp_co_m.yaml` at its own FLOP cap (1e14) with the data replaced
     by CIFAR-shaped synthetic data of CIFAR-10's size (50,000 train + 10,000 test images, the
@@ -73,7 +80,9 @@ CONFIGS: list[tuple[str, tuple[int, int, int], int]] = [
     ("gap_143k", (3, 32, 32), 512),
     ("gap_1p5k_dw", (1, 28, 28), 128),
 ]
-PATHS = ("hand", "composer", "effrecipes")
+PATHS = ("hand", "hand_sync", "composer", "effrecipes")
+# paths compared with `hand` (ratio and overhead columns)
+VS_HAND = ("hand_sync", "composer", "effrecipes")
 RECIPE = REPO / "recipes" / "cifar10_bp_co_m.yaml"
 
 
@@ -145,22 +154,39 @@ def train_flops_per_sample(name: str, shape: tuple[int, ...], batch: int) -> flo
     return float(train_step_flops(_model(name, shape), soft_cross_entropy, (x, y))) / batch
 
 
-# --------------------------------------------------------------------------- the three paths
+# --------------------------------------------------------------------------- the paths
+
+def _host_read(value: float, device: torch.device) -> float:
+    """One of Composer's per-batch syncs: a host scalar to the device and back (`.item()`)."""
+    return torch.tensor([value]).to(device, non_blocking=True).item()
+
 
 def run_hand(name: str, shape: tuple[int, ...], batch: int, total: int, warmup: int,
-             data: tuple[torch.Tensor, torch.Tensor], device: torch.device) -> dict[str, Any]:
+             data: tuple[torch.Tensor, torch.Tensor], device: torch.device,
+             composer_syncs: bool = False) -> dict[str, Any]:
+    """The hand loop; `composer_syncs` adds the host syncs of Composer's loop (`hand_sync`)."""
     model = _model(name, shape).to(device).to(memory_format=torch.channels_last).train()
     opt = torch.optim.SGD(model.parameters(), lr=LR, momentum=MOMENTUM, weight_decay=WD)
     x_all, y_all = data
     amp = device.type == "cuda"
     t0 = t1 = None
     for i in range(total):
+        if composer_syncs:
+            _host_read(0, device)      # _iter_dataloader: iteration-finished flag
         x, y = x_all[i * batch:(i + 1) * batch], y_all[i * batch:(i + 1) * batch]
         opt.zero_grad(set_to_none=True)
+        if composer_syncs:
+            _host_read(batch, device)  # _train_microbatches: the batch size, summed over ranks
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
             loss = F.cross_entropy(model(x), y)
         loss.backward()
+        if composer_syncs:
+            loss.item()                # the optimizer closure's return value
         opt.step()
+        if composer_syncs:
+            loss.cpu().item()          # _train_loop: the logged train loss
+            for v in (batch, 0, 0.01):  # _accumulate_time_across_ranks: samples, tokens, time
+                _host_read(v, device)
         if i + 1 == warmup:
             _sync(device)
             t0 = time.perf_counter()
@@ -338,7 +364,7 @@ def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
     ap.add_argument("--configs", default=None,
                     help="comma-separated model:CxHxW:batch (default gap_143k:3x32x32:128,"
                     "gap_143k:3x32x32:512,gap_1p5k_dw:1x28x28:128)")
-    ap.add_argument("--paths", default=",".join(PATHS), help="hand,composer,effrecipes")
+    ap.add_argument("--paths", default=",".join(PATHS), help=",".join(PATHS))
     ap.add_argument("--skip-recipe", action="store_true", help="skip (b)")
     ap.add_argument("--recipe-flops", type=float, default=None,
                     help="(b) FLOP cap (default: the recipe's own, 1e14)")
@@ -391,8 +417,9 @@ def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
                 order = paths[rep % len(paths):] + paths[:rep % len(paths)]
                 for p in order:
                     try:
-                        if p == "hand":
-                            r = run_hand(name, shape, bs, total, warmup, data, device)
+                        if p in ("hand", "hand_sync"):
+                            r = run_hand(name, shape, bs, total, warmup, data, device,
+                                         composer_syncs=p == "hand_sync")
                         elif p == "composer":
                             r = run_composer(name, shape, bs, total, warmup, data, device)
                         elif p == "effrecipes":
@@ -447,7 +474,7 @@ def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
             row[f"{p}_ms_per_batch"] = median([r["ms_per_batch"] for r in rs])
             row[f"{p}_mfu_table"] = sps * fps / table_peak if sps and table_peak else None
             row[f"{p}_mfu_measured"] = sps * fps / measured_peak if sps and measured_peak else None
-        for p in ("composer", "effrecipes"):
+        for p in VS_HAND:
             if row.get(f"{p}_sps") and row.get("hand_sps"):
                 row[f"{p}_over_hand"] = row[f"{p}_sps"] / row["hand_sps"]
                 row[f"{p}_overhead_ms_per_batch"] = (row[f"{p}_ms_per_batch"]
@@ -456,8 +483,8 @@ def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
 
     headers = ["model", "batch"] + [f"{p} samples/s" for p in paths] + \
         [f"{p} ms/batch" for p in paths] + \
-        [f"{p}/hand" for p in ("composer", "effrecipes") if p in paths and "hand" in paths] + \
-        [f"{p} overhead ms/batch" for p in ("composer", "effrecipes") if p in paths and "hand" in paths] + \
+        [f"{p}/hand" for p in VS_HAND if p in paths and "hand" in paths] + \
+        [f"{p} overhead ms/batch" for p in VS_HAND if p in paths and "hand" in paths] + \
         [f"{p} MFU (table / measured)" for p in paths]
 
     def pct(v: Optional[float]) -> str:
@@ -467,9 +494,8 @@ def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
     for s in summary:
         row = [f"{s['model']} {s['input']}", s["batch_size"]]
         row += [s.get(f"{p}_sps") for p in paths] + [s.get(f"{p}_ms_per_batch") for p in paths]
-        row += [s.get(f"{p}_over_hand") for p in ("composer", "effrecipes") if p in paths and "hand" in paths]
-        row += [s.get(f"{p}_overhead_ms_per_batch") for p in ("composer", "effrecipes")
-                if p in paths and "hand" in paths]
+        row += [s.get(f"{p}_over_hand") for p in VS_HAND if p in paths and "hand" in paths]
+        row += [s.get(f"{p}_overhead_ms_per_batch") for p in VS_HAND if p in paths and "hand" in paths]
         row += [f"{pct(s.get(f'{p}_mfu_table'))} / {pct(s.get(f'{p}_mfu_measured'))}" for p in paths]
         rows.append(row)
     table = md_table(headers, rows)

@@ -93,23 +93,49 @@ def test_profile_overhead_smoke(tmp_path: Path, capsys: pytest.CaptureFixture[st
 
 
 def test_gpu_benchmark_smoke_on_cpu(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    """benchmarks/gpu.py's three paths and its recipe run, on the CPU with tiny counts (~25 s)."""
+    """benchmarks/gpu.py's four paths and its recipe run, on the CPU with tiny counts (~25 s)."""
     out: Any = _load("gpu").main([
         "--device", "cpu", "--quick", "--batches", "2", "--warmup", "1",
         "--configs", "gap_1p5k_dw:1x12x12:8,gap_143k:3x16x16:8",
         "--recipe-flops", "2e10", "--recipe-train-images", "512", "--out", str(tmp_path / "g.json")])
     stdout = capsys.readouterr().out
-    assert "| model | batch | hand samples/s | composer samples/s | effrecipes samples/s" in stdout
+    assert "| model | batch | hand samples/s | hand_sync samples/s | composer samples/s | effrecipes samples/s" in stdout
+    assert "hand_sync/hand" in stdout
     assert "effrecipes overhead ms/batch" in stdout and "(b) one recipe at its cap" in stdout
     assert (tmp_path / "g.json").exists()
     assert out["errors"] == [], out["errors"]
     assert [(r["model"], r["batch_size"]) for r in out["summary"]] == [("gap_1p5k_dw", 8), ("gap_143k", 8)]
     for row in out["summary"]:
-        for p in ("hand", "composer", "effrecipes"):
+        for p in ("hand", "hand_sync", "composer", "effrecipes"):
             assert row[f"{p}_sps"] > 0 and row[f"{p}_mfu_measured"] > 0
+        assert row["hand_sync_overhead_ms_per_batch"] == pytest.approx(
+            row["hand_sync_ms_per_batch"] - row["hand_ms_per_batch"])
         assert row["effrecipes_overhead_ms_per_batch"] == pytest.approx(
             row["effrecipes_ms_per_batch"] - row["hand_ms_per_batch"])
     r = out["recipe"]
     assert r["flops_cap"] == 2e10 and 0 < r["flops_used"] <= 2e10 and r["batches"] >= 1
     assert r["precision"] == "fp32" and r["mfu"] > 0
     assert out["machine"]["torch"] == torch.__version__ and out["peak_flops_measured"] > 0
+
+
+def test_gpu_benchmark_hand_sync_reads_back_what_composers_loop_does(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`hand_sync` adds the seven `.item()` reads per batch that Composer 0.32.1's loop makes
+    (iteration flag, batch size, optimizer closure, logged loss, three time accumulators; the
+    same seven sites tests/test_device.py sees grow with the batches); `hand` makes none."""
+    gpu = _load("gpu")
+    calls = {"n": 0}
+    real = torch.Tensor.item
+
+    def counting(self: torch.Tensor) -> Any:
+        calls["n"] += 1
+        return real(self)
+
+    monkeypatch.setattr(torch.Tensor, "item", counting)
+    shape, batch, total = (1, 12, 12), 4, 3
+    data = gpu._data(total * batch, shape, torch.device("cpu"))
+    seen = {}
+    for syncs in (False, True):
+        calls["n"] = 0
+        gpu.run_hand("gap_1p5k_dw", shape, batch, total, 1, data, torch.device("cpu"), composer_syncs=syncs)
+        seen[syncs] = calls["n"]
+    assert seen == {False: 0, True: 7 * total}
