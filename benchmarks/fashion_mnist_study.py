@@ -41,7 +41,7 @@ SPECS = ["fashion_mnist_table4", "fashion_mnist_10k_search", "fashion_mnist_10k_
          "fashion_mnist_10k_learned_pool_silu_caps", "fashion_mnist_10k_full", "fashion_mnist_10k_round11",
          "fashion_mnist_10k_round12", "fashion_mnist_10k_round13", "fashion_mnist_10k_round14",
          "fashion_mnist_10k_round15", "fashion_mnist_10k_round16", "fashion_mnist_10k_round17",
-         "fashion_mnist_10k_round18", "fashion_mnist_10k_round18_seeds"]
+         "fashion_mnist_10k_round18", "fashion_mnist_10k_round18_seeds", "fashion_mnist_10k_round19"]
 TECHNIQUES = ["baseline", "blurpool", "squeeze_excite", "swa", "sam", "mixup", "cutout",
               "label_smoothing", "one_cycle"]
 PAPER_SETTING = {"one_cycle": "one_cycle_lr"}  # our name -> seed_results.csv's
@@ -252,7 +252,11 @@ SEED_CHECKS: list[tuple[str, str, dict[str, str]]] = [
     ("5 seeds: round 10's selected setting (lr 0.15)", "fashion_mnist_10k_round18_seeds",
      {"techniques": "baseline"}),
     ("5 seeds: round 18's constant momentum", "fashion_mnist_10k_round18_seeds",
-     {"techniques": "constant_momentum"})]
+     {"techniques": "constant_momentum"}),
+    ("round 19: constant momentum at lr 0.1", "fashion_mnist_10k_round19",
+     {"techniques": "constant_momentum_lr_0.1"}),
+    ("round 19: constant momentum at lr 0.2", "fashion_mnist_10k_round19",
+     {"techniques": "constant_momentum_lr_0.2"})]
 
 
 def _group(data: Optional[dict[str, Any]], where: dict[str, str]) -> Optional[dict[str, Any]]:
