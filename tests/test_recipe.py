@@ -258,51 +258,37 @@ def test_one_cycle_refuses_a_momentum_it_overwrites(tmp_path: Path, capsys: pyte
         load_recipe(write_recipe(tmp_path, data))
 
 
-def test_one_cycle_overwrites_the_optimizers_momentum() -> None:
-    """Why the check above exists: with effrecipes' one-cycle, two SGD momenta give the same
-    momentum on every step. If torch ever stopped cycling it, this fails and the check must go."""
+def _momenta(optimizer: dict[str, Any], scheduler: dict[str, Any], steps: int = 10) -> list[float]:
+    """SGD's momentum on each of `steps` steps of a schedule built the way a run builds it."""
     import torch
 
     from effrecipes.optim import build_optimizer, build_scheduler
     from effrecipes.recipe import OptimizerConfig, SchedulerConfig
 
-    seen = []
-    for momentum in (0.5, 0.9):
-        opt_cfg = OptimizerConfig(name="sgd", lr=0.1, momentum=momentum)
-        optimizer = build_optimizer(opt_cfg, [torch.nn.Parameter(torch.zeros(2))])
-        (sched,), _ = build_scheduler(SchedulerConfig(name="one_cycle"), opt_cfg, optimizer, lambda: 10, 5)
-        steps = []
-        for _ in range(10):
-            steps.append(optimizer.param_groups[0]["momentum"])
-            optimizer.step()
-            sched.step()
-        seen.append(steps)
+    opt_cfg = OptimizerConfig(name="sgd", lr=0.1, **optimizer)
+    opt = build_optimizer(opt_cfg, [torch.nn.Parameter(torch.zeros(2))])
+    (sched,), _ = build_scheduler(SchedulerConfig(**scheduler), opt_cfg, opt, lambda: steps, 5)
+    out = []
+    for _ in range(steps):
+        out.append(opt.param_groups[0]["momentum"])
+        opt.step()
+        sched.step()
+    return out
+
+
+def test_one_cycle_overwrites_the_optimizers_momentum() -> None:
+    """Why the check above exists: with effrecipes' one-cycle, two SGD momenta give the same
+    momentum on every step. If torch ever stopped cycling it, this fails and the check must go."""
+    seen = [_momenta({"momentum": m}, {"name": "one_cycle"}) for m in (0.5, 0.9)]
     assert seen[0] == seen[1] and max(seen[0]) == 0.95 and min(seen[0]) < 0.86
 
 
 def test_one_cycle_momentum_fields_train_what_they_say() -> None:
     """scheduler.base_momentum / max_momentum set the cycle; cycle_momentum: false keeps the
     optimizer's own momentum on every step."""
-    import torch
-
-    from effrecipes.optim import build_optimizer, build_scheduler
-    from effrecipes.recipe import OptimizerConfig, SchedulerConfig
-
-    def momenta(opt_cfg: OptimizerConfig, sched_cfg: SchedulerConfig) -> list[float]:
-        optimizer = build_optimizer(opt_cfg, [torch.nn.Parameter(torch.zeros(2))])
-        (sched,), _ = build_scheduler(sched_cfg, opt_cfg, optimizer, lambda: 10, 5)
-        out = []
-        for _ in range(10):
-            out.append(optimizer.param_groups[0]["momentum"])
-            optimizer.step()
-            sched.step()
-        return out
-
-    kept = momenta(OptimizerConfig(name="sgd", lr=0.1, momentum=0.5),
-                   SchedulerConfig(name="one_cycle", cycle_momentum=False))
+    kept = _momenta({"momentum": 0.5}, {"name": "one_cycle", "cycle_momentum": False})
     assert kept == [0.5] * 10
-    cycled = momenta(OptimizerConfig(name="sgd", lr=0.1),
-                     SchedulerConfig(name="one_cycle", base_momentum=0.7, max_momentum=0.8))
+    cycled = _momenta({}, {"name": "one_cycle", "base_momentum": 0.7, "max_momentum": 0.8})
     assert cycled[0] == 0.8 and abs(min(cycled) - 0.7) < 0.02
 
 

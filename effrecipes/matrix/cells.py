@@ -23,8 +23,8 @@ from effrecipes.errors import RecipeError, UserError, closest_first, shorten
 from effrecipes.files import read_yaml
 from effrecipes.matrix.spec import MAX_CELLS, MatrixSpec, load_spec
 from effrecipes import rundir
-from effrecipes.recipe import (Recipe, apply_override, normalise_algorithms, parse_override,
-                               read_recipe_data, validate_recipe)
+from effrecipes.recipe import (Recipe, SchedulerConfig, apply_override, normalise_algorithms,
+                               parse_override, read_recipe_data, validate_recipe)
 
 BASELINE = "baseline"
 ID_MAX = 120
@@ -180,12 +180,12 @@ def cell_id(techniques: tuple[str, ...], grid: dict[str, Any], labels: dict[str,
 
 # --------------------------------------------------------------------------- hashing
 
-# Recipe fields added after matrices were committed, with their defaults: at the default they are
-# left out of the hash, so every finished cell keeps its hash (and stays finished) when the schema
-# grows. A field that changes training at its default must never be listed here.
+# Recipe fields added after matrices were committed, with their schema defaults: at the default
+# they are left out of the hash, so every finished cell keeps its hash (and stays finished) when
+# the schema grows. A field that changes training at its default must never be listed here.
 HASH_NEUTRAL_DEFAULTS: dict[tuple[str, str], Any] = {
-    ("scheduler", "cycle_momentum"): True, ("scheduler", "base_momentum"): 0.85,
-    ("scheduler", "max_momentum"): 0.95}
+    ("scheduler", key): SchedulerConfig.model_fields[key].default
+    for key in ("cycle_momentum", "base_momentum", "max_momentum")}
 
 
 def canonical_json(recipe: Recipe | dict[str, Any]) -> str:
