@@ -303,8 +303,10 @@ def _colout_cost(kw: dict[str, Any]) -> AlgoCost:
 
 
 def _layer_freezing_cost(kw: dict[str, Any]) -> AlgoCost:
-    """Frozen layers skip their weight gradients: steps only get cheaper, never dearer."""
-    return AlgoCost(varies=True)
+    """Frozen layers skip their weight gradients (a frozen prefix its input gradients too): steps
+    only get cheaper, never dearer, and only when Composer freezes more layers (at epoch ends), so
+    the budget counts one step per trainable set instead of every step."""
+    return AlgoCost(varies_with_trainable=True)
 
 
 def _no_block_dropped(model: nn.Module) -> None:

@@ -118,6 +118,8 @@ class AlgoCost:
     mean_factor: float = 1.0       # expected mean cost of a pass / a full-size pass (resizing, ColOut, ...)
     varies: bool = False           # the cost of a step changes during training: count every step
     may_grow: bool = False         # the next step may cost more than the last one
+    varies_with_trainable: bool = False  # the cost changes only with the set of trainable
+    #                                      parameters (layer freezing): count once per set and shape
 
     @staticmethod
     def combine(costs: "list[AlgoCost]") -> "AlgoCost":
@@ -127,7 +129,8 @@ class AlgoCost:
             out = AlgoCost(passes=out.passes * c.passes, max_passes=out.max_passes * c.max_passes,
                            scoring_forwards=out.scoring_forwards + c.scoring_forwards,
                            mean_factor=out.mean_factor * c.mean_factor,
-                           varies=out.varies or c.varies, may_grow=out.may_grow or c.may_grow)
+                           varies=out.varies or c.varies, may_grow=out.may_grow or c.may_grow,
+                           varies_with_trainable=out.varies_with_trainable or c.varies_with_trainable)
         return out
 
 
@@ -220,7 +223,9 @@ class FlopBudget(Callback):
     BATCH_END (after SAM's second pass and the optimizer step). A step whose cost is fixed is
     counted on the first batch of each input shape and charged from that cache afterwards, so the
     counter costs nothing per batch; when the cost model says the cost varies, every step is
-    counted. Algorithms that train outside the steps (SWA's BatchNorm recompute) measure that
+    counted. A cost that changes only with which parameters train (layer freezing, which freezes
+    at epoch ends) is cached per input shape and trainable set instead (`cost_key`), so frozen
+    steps are counted once, not on every batch. Algorithms that train outside the steps (SWA's BatchNorm recompute) measure that
     work themselves and expose it as `extra_train_flops`; it is charged as it happens.
 
     Stop rule: at BATCH_END, training stops when the next step could cross the cap — the next
@@ -253,6 +258,7 @@ class FlopBudget(Callback):
         self._seconds_before = self.ledger.train_seconds
         self._batch_size = 0
         self._shape_key = ""
+        self._trainable_key = ""
         self.projected_batches = plan.planned_batches
         self._resumed_horizon: Optional[int] = None
         self._pending_at_stop: Optional[tuple[float, float]] = None
@@ -305,27 +311,43 @@ class FlopBudget(Callback):
         self._counter = flop_counter_mode()
         self._counter.__enter__()
 
+    def cost_key(self, shape: str) -> str:
+        """The cache key of a step's cost: the input shape, and which parameters are frozen when
+        the cost model says the cost changes with them (the shape alone while none is)."""
+        return shape + self._trainable_key
+
+    def _frozen_suffix(self, model: nn.Module) -> str:
+        """' frozen:<hex mask>' of the parameters that do not train ('' when all of them do)."""
+        mask = 0
+        for i, p in enumerate(model.parameters()):
+            if not p.requires_grad:
+                mask |= 1 << i
+        return f" frozen:{mask:x}" if mask else ""
+
     def before_dataloader(self, state: State, logger: Logger) -> None:
         self._close_window()  # a batch Composer skipped (resume spins the loader): nothing trained
-        if self.plan.cost.varies or self._shape_key not in self.ledger.measured_step_flops:
+        if self.plan.cost.varies_with_trainable:  # set at epoch ends, before this event
+            self._trainable_key = self._frozen_suffix(state.model)
+        if self.plan.cost.varies or self.cost_key(self._shape_key) not in self.ledger.measured_step_flops:
             self._open_window()
 
     def after_dataloader(self, state: State, logger: Logger) -> None:
         x = state.batch_get_item(0)
         self._batch_size = int(x.shape[0])
         self._shape_key = "x".join(str(d) for d in x.shape[1:])
-        if self._counter is None and self._shape_key not in self.ledger.measured_step_flops:
-            self._open_window()  # a new input shape on a cached run: nothing trained yet
+        if self._counter is None and self.cost_key(self._shape_key) not in self.ledger.measured_step_flops:
+            self._open_window()  # a new input shape (or trainable set) on a cached run: nothing trained yet
 
     def batch_end(self, state: State, logger: Logger) -> None:
         world = dist.get_world_size()
         n = self._batch_size
         local = self._close_window()
-        if local is not None:  # counted (a varying cost keeps the last step per shape, for the report)
-            self.ledger.measured_step_flops[self._shape_key] = local / max(n, 1)
+        key = self.cost_key(self._shape_key)
+        if local is not None:  # counted (a varying cost keeps the last step per key, for the report)
+            self.ledger.measured_step_flops[key] = local / max(n, 1)
             cost = local * world
         else:
-            cost = self.ledger.measured_step_flops[self._shape_key] * n * world
+            cost = self.ledger.measured_step_flops[key] * n * world
         self.ledger.max_step_flops = max(self.ledger.max_step_flops, cost)
         self.ledger.flops_used += cost
         self.ledger.batches += 1

@@ -79,6 +79,33 @@ def test_cap_holds_against_an_independent_count(tmp_path: Path,
     assert not [w for w in m["warnings"] if "changes nothing" in w and name != "gyro_dropout"], m["warnings"]
 
 
+def test_layer_freezing_counts_one_step_per_trainable_set(tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """Layer freezing changes the step cost only at epoch ends: the budget counts the first step
+    of each trainable set and charges the rest from that cache, and the cap stays exact."""
+    from effrecipes.budget import FlopBudget
+
+    opened: list[int] = []
+    real_open = FlopBudget._open_window
+
+    def counting_open(self: FlopBudget) -> None:
+        opened.append(self.ledger.batches)
+        real_open(self)
+
+    monkeypatch.setattr(FlopBudget, "_open_window", counting_open)
+    with counting_fit() as totals:
+        m = _run(tmp_path, "lf", [{"layer_freezing": {"freeze_start": 0.2}}],
+                 **{"data.kwargs.num_train": 160})  # 10 batches an epoch: Composer freezes at epoch ends
+    _check(m, totals[0])
+    costs = m["measured_flops_per_sample"]
+    frozen = sorted((v, k) for k, v in costs.items() if " frozen:" in k)
+    (plain,) = [v for k, v in costs.items() if " frozen:" not in k]
+    assert len(frozen) >= 3 and all(v < plain for v, _ in frozen)  # each freeze made steps cheaper
+    assert len({v for v, _ in frozen}) == len(frozen)
+    assert len(opened) == len(costs)  # one counted step per trainable set
+    assert m["batches"] > 8 * len(opened)
+
+
 def test_swa_interrupted_then_resumed_equals_uninterrupted(tmp_path: Path,
                                                            monkeypatch: pytest.MonkeyPatch) -> None:
     """An interrupted run never performs the final swap; the resumed run keeps averaging; total
