@@ -41,7 +41,8 @@ SPECS = ["fashion_mnist_table4", "fashion_mnist_10k_search", "fashion_mnist_10k_
          "fashion_mnist_10k_learned_pool_silu_caps", "fashion_mnist_10k_full", "fashion_mnist_10k_round11",
          "fashion_mnist_10k_round12", "fashion_mnist_10k_round13", "fashion_mnist_10k_round14",
          "fashion_mnist_10k_round15", "fashion_mnist_10k_round16", "fashion_mnist_10k_round17",
-         "fashion_mnist_10k_round18", "fashion_mnist_10k_round18_seeds", "fashion_mnist_10k_round19"]
+         "fashion_mnist_10k_round18", "fashion_mnist_10k_round18_seeds", "fashion_mnist_10k_round19",
+         "fashion_mnist_10k_round20"]
 TECHNIQUES = ["baseline", "blurpool", "squeeze_excite", "swa", "sam", "mixup", "cutout",
               "label_smoothing", "one_cycle"]
 PAPER_SETTING = {"one_cycle": "one_cycle_lr"}  # our name -> seed_results.csv's
@@ -256,7 +257,13 @@ SEED_CHECKS: list[tuple[str, str, dict[str, str]]] = [
     ("round 19: constant momentum at lr 0.1", "fashion_mnist_10k_round19",
      {"techniques": "constant_momentum_lr_0.1"}),
     ("round 19: constant momentum at lr 0.2", "fashion_mnist_10k_round19",
-     {"techniques": "constant_momentum_lr_0.2"})]
+     {"techniques": "constant_momentum_lr_0.2"}),
+    ("round 20: layer freezing from 50% of training", "fashion_mnist_10k_round20",
+     {"techniques": "freeze_from_0.5"}),
+    ("round 20: layer freezing from 30% of training", "fashion_mnist_10k_round20",
+     {"techniques": "freeze_from_0.3"}),
+    ("round 20: half the layers frozen by the end, from 50%", "fashion_mnist_10k_round20",
+     {"techniques": "freeze_half_from_0.5"})]
 
 
 def _group(data: Optional[dict[str, Any]], where: dict[str, str]) -> Optional[dict[str, Any]]:
