@@ -234,6 +234,13 @@ class ResumableSAM(SAM):
                 opt.base_optimizer.load_state_dict(self._loaded["base_optimizers"][i])
         return out
 
+    def step_cost_key(self, state: State) -> str:
+        """Names the coming step for the FLOP budget: SAMOptimizer runs its second pass when
+        `(global_step + 1) % interval == 0` (a step whose loss is exactly 0 skips it, and is then
+        charged a pass it did not run: the budget errs below the cap, never above it)."""
+        step = int(getattr(state.optimizers[0], "global_step", 0))
+        return " 2 passes" if (step + 1) % self.interval == 0 else ""
+
     def state_dict(self) -> dict[str, Any]:
         return {**super().state_dict(),
                 "global_step": int(self._optimizers[0].global_step) if self._optimizers else 0,
@@ -241,6 +248,32 @@ class ResumableSAM(SAM):
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self._loaded = dict(state)
+
+
+class KeyedLayerFreezing(LayerFreezing):
+    """Composer's LayerFreezing, naming each step's cost class for the FLOP budget.
+
+    Composer freezes layers only at epoch ends, so within an epoch every step costs the same: the
+    frozen set names the cost (`step_cost_key`), and the budget counts one step per set instead
+    of every step (a counted step runs about twice as slowly on a small CPU model)."""
+
+    def step_cost_key(self, state: State) -> str:
+        mask = 0
+        for i, p in enumerate(state.model.parameters()):
+            if not p.requires_grad:
+                mask |= 1 << i
+        return f" frozen:{mask:x}" if mask else ""
+
+
+class KeyedSelectiveBackprop(SelectiveBackprop):
+    """Composer's SelectiveBackprop, telling the FLOP budget in advance which steps it acts on.
+
+    It decides at AFTER_DATALOADER from the elapsed duration and the batch index, both already
+    fixed at BEFORE_DATALOADER: a step it will act on (a scoring pass over the whole batch, then
+    training on part of it) is counted; the other steps are plain and charged from the cache."""
+
+    def step_cost_key(self, state: State) -> Optional[str]:
+        return None if self.match(Event.AFTER_DATALOADER, state) else ""
 
 
 # --------------------------------------------------------------------------- registry entries
@@ -263,9 +296,10 @@ class AlgoInfo:
 # out). Everything here is a declaration for the budget: it still counts real FLOPs.
 
 def _sam_cost(kw: dict[str, Any]) -> AlgoCost:
-    """Two forward+backward passes on every `interval`-th step, one on the others."""
+    """Two forward+backward passes on every `interval`-th step, one on the others; the
+    algorithm names which one is coming (`ResumableSAM.step_cost_key`)."""
     n = max(int(kw["interval"]), 1)
-    return AlgoCost(passes=1 + 1 / n, max_passes=2.0, varies=n > 1, may_grow=n > 1)
+    return AlgoCost(passes=1 + 1 / n, max_passes=2.0, keyed=n > 1, may_grow=n > 1)
 
 
 def _selective_backprop_cost(kw: dict[str, Any]) -> AlgoCost:
@@ -276,7 +310,7 @@ def _selective_backprop_cost(kw: dict[str, Any]) -> AlgoCost:
     share = 1.0 if n == 0 else (n - 1) / n
     active = max(0.0, min(1.0, kw["end"]) - max(0.0, kw["start"])) * share
     return AlgoCost(mean_factor=1 - active + active * kw["keep"], scoring_forwards=1.0,
-                    varies=True, may_grow=True)
+                    keyed=True, may_grow=True)
 
 
 def progressive_resizing_cost_factor(initial_scale: float = 0.5, delay_fraction: float = 0.5,
@@ -305,8 +339,8 @@ def _colout_cost(kw: dict[str, Any]) -> AlgoCost:
 def _layer_freezing_cost(kw: dict[str, Any]) -> AlgoCost:
     """Frozen layers skip their weight gradients (a frozen prefix its input gradients too): steps
     only get cheaper, never dearer, and only when Composer freezes more layers (at epoch ends), so
-    the budget counts one step per trainable set instead of every step."""
-    return AlgoCost(varies_with_trainable=True)
+    the budget counts one step per frozen set (`KeyedLayerFreezing.step_cost_key`)."""
+    return AlgoCost(keyed=True)
 
 
 def _no_block_dropped(model: nn.Module) -> None:
@@ -357,7 +391,7 @@ _ALGOS: list[tuple[str, type, AlgoInfo, str]] = [
     ("gyro_dropout", GyroDropout, AlgoInfo("model"), "replace Dropout with GyroDropout"),
     ("label_smoothing", LabelSmoothing, AlgoInfo("loss", noop=_zero("smoothing", "smooths nothing")),
      "smooth one-hot targets"),
-    ("layer_freezing", LayerFreezing, AlgoInfo("optimizer", cost=_layer_freezing_cost),
+    ("layer_freezing", KeyedLayerFreezing, AlgoInfo("optimizer", cost=_layer_freezing_cost),
      "progressively freeze early layers"),
     ("mixup", MixUp, AlgoInfo("batch", noop=_zero("alpha", "mixes nothing")),
      "mix pairs of images and their labels"),
@@ -368,7 +402,7 @@ _ALGOS: list[tuple[str, type, AlgoInfo, str]] = [
     ("randaugment", RandAugment, AlgoInfo("data", dataset_transform=True), "RandAugment image augmentation"),
     ("sam", ResumableSAM, AlgoInfo("optimizer", noop=_zero("rho", "perturbs nothing"), cost=_sam_cost),
      "sharpness-aware minimisation (two passes per step)"),
-    ("selective_backprop", SelectiveBackprop, AlgoInfo("batch", cost=_selective_backprop_cost,
+    ("selective_backprop", KeyedSelectiveBackprop, AlgoInfo("batch", cost=_selective_backprop_cost,
                                                        noop=lambda kw: "keep=1 drops nothing"
                                                        if kw.get("keep", 0.5) >= 1 else None),
      "backprop only the highest-loss examples"),

@@ -118,8 +118,8 @@ class AlgoCost:
     mean_factor: float = 1.0       # expected mean cost of a pass / a full-size pass (resizing, ColOut, ...)
     varies: bool = False           # the cost of a step changes during training: count every step
     may_grow: bool = False         # the next step may cost more than the last one
-    varies_with_trainable: bool = False  # the cost changes only with the set of trainable
-    #                                      parameters (layer freezing): count once per set and shape
+    keyed: bool = False            # the cost changes, but the algorithm names each step's cost class
+    #                                before its batch is loaded (`step_cost_key`): count once per class
 
     @staticmethod
     def combine(costs: "list[AlgoCost]") -> "AlgoCost":
@@ -130,7 +130,7 @@ class AlgoCost:
                            scoring_forwards=out.scoring_forwards + c.scoring_forwards,
                            mean_factor=out.mean_factor * c.mean_factor,
                            varies=out.varies or c.varies, may_grow=out.may_grow or c.may_grow,
-                           varies_with_trainable=out.varies_with_trainable or c.varies_with_trainable)
+                           keyed=out.keyed or c.keyed)
         return out
 
 
@@ -223,9 +223,10 @@ class FlopBudget(Callback):
     BATCH_END (after SAM's second pass and the optimizer step). A step whose cost is fixed is
     counted on the first batch of each input shape and charged from that cache afterwards, so the
     counter costs nothing per batch; when the cost model says the cost varies, every step is
-    counted. A cost that changes only with which parameters train (layer freezing, which freezes
-    at epoch ends) is cached per input shape and trainable set instead (`cost_key`), so frozen
-    steps are counted once, not on every batch. Algorithms that train outside the steps (SWA's BatchNorm recompute) measure that
+    counted. An algorithm whose cost changes in a way it can name before the batch is loaded
+    (`AlgoCost.keyed`: layer freezing's frozen set, SAM's two-pass steps, selective backprop's
+    plain steps) is cached per input shape and that name instead, and only the steps it cannot
+    name are counted. Algorithms that train outside the steps (SWA's BatchNorm recompute) measure that
     work themselves and expose it as `extra_train_flops`; it is charged as it happens.
 
     Stop rule: at BATCH_END, training stops when the next step could cross the cap — the next
@@ -239,7 +240,9 @@ class FlopBudget(Callback):
 
     Algorithm protocol (duck-typed, all optional): `extra_train_flops` (float, cumulative),
     `pending_train_flops() -> float`, `bind_budget(budget)`, `finish_training(state)` (called once
-    when a cap ends the run, never on an interruption or divergence).
+    when a cap ends the run, never on an interruption or divergence), `step_cost_key(state) ->
+    Optional[str]` (at BEFORE_DATALOADER: a name for the coming step's cost class, the same name
+    only for steps of the same cost at the same input shape; None when the step must be counted).
     """
 
     RECENT = 8  # steps in the running mean that projects the remaining batches
@@ -258,7 +261,7 @@ class FlopBudget(Callback):
         self._seconds_before = self.ledger.train_seconds
         self._batch_size = 0
         self._shape_key = ""
-        self._trainable_key = ""
+        self._step_key: Optional[str] = ""
         self.projected_batches = plan.planned_batches
         self._resumed_horizon: Optional[int] = None
         self._pending_at_stop: Optional[tuple[float, float]] = None
@@ -311,42 +314,53 @@ class FlopBudget(Callback):
         self._counter = flop_counter_mode()
         self._counter.__enter__()
 
-    def cost_key(self, shape: str) -> str:
-        """The cache key of a step's cost: the input shape, and which parameters are frozen when
-        the cost model says the cost changes with them (the shape alone while none is)."""
-        return shape + self._trainable_key
+    def cost_key(self, shape: str) -> Optional[str]:
+        """The cache key of the coming step's cost: the input shape and the algorithms' names for
+        its cost class; None when the step must be counted."""
+        return None if self._step_key is None else shape + self._step_key
 
-    def _frozen_suffix(self, model: nn.Module) -> str:
-        """' frozen:<hex mask>' of the parameters that do not train ('' when all of them do)."""
-        mask = 0
-        for i, p in enumerate(model.parameters()):
-            if not p.requires_grad:
-                mask |= 1 << i
-        return f" frozen:{mask:x}" if mask else ""
+    def _name_step(self, state: State) -> Optional[str]:
+        """The algorithms' names for the coming step's cost class ('' when the cost is fixed)."""
+        if self.plan.cost.varies:
+            return None
+        if not self.plan.cost.keyed:
+            return ""
+        parts = []
+        for algo in self.algorithms:
+            name = getattr(algo, "step_cost_key", None)
+            part = name(state) if name is not None else ""
+            if part is None:
+                return None
+            parts.append(part)
+        return "".join(parts)
+
+    def _known(self, shape: str) -> bool:
+        key = self.cost_key(shape)
+        return key is not None and key in self.ledger.measured_step_flops
 
     def before_dataloader(self, state: State, logger: Logger) -> None:
         self._close_window()  # a batch Composer skipped (resume spins the loader): nothing trained
-        if self.plan.cost.varies_with_trainable:  # set at epoch ends, before this event
-            self._trainable_key = self._frozen_suffix(state.model)
-        if self.plan.cost.varies or self.cost_key(self._shape_key) not in self.ledger.measured_step_flops:
+        self._step_key = self._name_step(state)
+        if not self._known(self._shape_key):
             self._open_window()
 
     def after_dataloader(self, state: State, logger: Logger) -> None:
         x = state.batch_get_item(0)
         self._batch_size = int(x.shape[0])
         self._shape_key = "x".join(str(d) for d in x.shape[1:])
-        if self._counter is None and self.cost_key(self._shape_key) not in self.ledger.measured_step_flops:
-            self._open_window()  # a new input shape (or trainable set) on a cached run: nothing trained yet
+        if self._counter is None and not self._known(self._shape_key):
+            self._open_window()  # a new input shape on a cached run: nothing trained yet
 
     def batch_end(self, state: State, logger: Logger) -> None:
         world = dist.get_world_size()
         n = self._batch_size
         local = self._close_window()
         key = self.cost_key(self._shape_key)
-        if local is not None:  # counted (a varying cost keeps the last step per key, for the report)
-            self.ledger.measured_step_flops[key] = local / max(n, 1)
+        if local is not None:  # counted (an unnamed step is kept for the report only, never reused)
+            self.ledger.measured_step_flops[key or f"{self._shape_key} (counted every step)"] = local / max(n, 1)
             cost = local * world
-        else:
+        else:  # not counted: only a named step whose cost is known is left uncounted
+            assert key is not None
             cost = self.ledger.measured_step_flops[key] * n * world
         self.ledger.max_step_flops = max(self.ledger.max_step_flops, cost)
         self.ledger.flops_used += cost

@@ -1,5 +1,6 @@
 """FLOP counting convention and the budget plan."""
 import math
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -41,7 +42,7 @@ def test_sam_declares_the_passes_a_real_sam_step_runs() -> None:
     Composer's SAMOptimizer stepping a real model under the counter."""
     from composer.algorithms.sam import SAMOptimizer
 
-    from effrecipes.algorithms import info
+    from effrecipes.algorithms import ResumableSAM, info
 
     model = build_model("gap_1p5k_dw", 1, 10, 28)
     x, y = torch.randn(4, 1, 28, 28), torch.randint(0, 10, (4,))
@@ -55,11 +56,17 @@ def test_sam_declares_the_passes_a_real_sam_step_runs() -> None:
         out.backward()
         return out
 
-    steps = [count_flops(lambda: opt.step(closure)) for _ in range(4)]
+    algo, state = ResumableSAM(rho=0.05, interval=2), SimpleNamespace(optimizers=[opt])
+    keys, steps = [], []
+    for _ in range(4):
+        keys.append(algo.step_cost_key(state))  # type: ignore[arg-type]  # named before the step
+        steps.append(count_flops(lambda: opt.step(closure)))
     cost = info("sam").cost({"interval": 2})
     assert max(steps) == pytest.approx(cost.max_passes * one, rel=1e-6)
     assert sum(steps) / len(steps) == pytest.approx(cost.passes * one, rel=1e-6)
-    assert cost.varies and cost.may_grow
+    assert cost.keyed and not cost.varies and cost.may_grow
+    # the name says which steps run the second pass: the budget caches one cost per name
+    assert [k == " 2 passes" for k in keys] == [s > 1.5 * one for s in steps] == [False, True] * 2
 
 
 def test_plan_binding_cap_is_the_smallest() -> None:

@@ -79,10 +79,8 @@ def test_cap_holds_against_an_independent_count(tmp_path: Path,
     assert not [w for w in m["warnings"] if "changes nothing" in w and name != "gyro_dropout"], m["warnings"]
 
 
-def test_layer_freezing_counts_one_step_per_trainable_set(tmp_path: Path,
-                                                         monkeypatch: pytest.MonkeyPatch) -> None:
-    """Layer freezing changes the step cost only at epoch ends: the budget counts the first step
-    of each trainable set and charges the rest from that cache, and the cap stays exact."""
+def _count_windows(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The batch index at which each of the budget's counting windows opened."""
     from effrecipes.budget import FlopBudget
 
     opened: list[int] = []
@@ -93,6 +91,14 @@ def test_layer_freezing_counts_one_step_per_trainable_set(tmp_path: Path,
         real_open(self)
 
     monkeypatch.setattr(FlopBudget, "_open_window", counting_open)
+    return opened
+
+
+def test_layer_freezing_counts_one_step_per_frozen_set(tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """Layer freezing changes the step cost only at epoch ends: the budget counts the first step
+    of each frozen set and charges the rest from that cache, and the cap stays exact."""
+    opened = _count_windows(monkeypatch)
     with counting_fit() as totals:
         m = _run(tmp_path, "lf", [{"layer_freezing": {"freeze_start": 0.2}}],
                  **{"data.kwargs.num_train": 160})  # 10 batches an epoch: Composer freezes at epoch ends
@@ -102,8 +108,51 @@ def test_layer_freezing_counts_one_step_per_trainable_set(tmp_path: Path,
     (plain,) = [v for k, v in costs.items() if " frozen:" not in k]
     assert len(frozen) >= 3 and all(v < plain for v, _ in frozen)  # each freeze made steps cheaper
     assert len({v for v, _ in frozen}) == len(frozen)
-    assert len(opened) == len(costs)  # one counted step per trainable set
+    assert len(opened) == len(costs)  # one counted step per frozen set
     assert m["batches"] > 8 * len(opened)
+
+
+def test_sam_every_third_step_counts_one_step_of_each_kind(tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """SAM with interval 3 runs two passes on every third step: one step of each kind is counted,
+    the rest are charged from the cache, and the cap stays exact."""
+    opened = _count_windows(monkeypatch)
+    with counting_fit() as totals:
+        m = _run(tmp_path, "sam3", [{"sam": {"rho": 0.05, "interval": 3}}])
+    _check(m, totals[0])
+    costs = m["measured_flops_per_sample"]
+    (two,) = [v for k, v in costs.items() if k.endswith(" 2 passes")]
+    (one,) = [v for k, v in costs.items() if not k.endswith(" 2 passes")]
+    assert two == pytest.approx(2 * one, rel=1e-6)
+    assert opened == [0, 2]  # the first step, then the first two-pass step (global step 2)
+    assert m["batches"] > 20
+
+
+def test_selective_backprop_counts_only_the_steps_it_acts_on(tmp_path: Path,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """Selective backprop's scoring pass and smaller batch make the steps it acts on vary; it
+    names them before the batch is loaded, so only those are counted, plain steps come from the
+    cache, and the cap stays exact."""
+    from effrecipes.algorithms import KeyedSelectiveBackprop
+
+    opened = _count_windows(monkeypatch)
+    acted: list[int] = []
+    real_apply = KeyedSelectiveBackprop.apply
+
+    def apply(self: KeyedSelectiveBackprop, event: Any, state: Any, logger: Any) -> Any:
+        if event.name == "AFTER_DATALOADER":
+            acted.append(int(state.timestamp.batch))
+        return real_apply(self, event, state, logger)
+
+    monkeypatch.setattr(KeyedSelectiveBackprop, "apply", apply)
+    with counting_fit() as totals:
+        m = _run(tmp_path, "sb", [{"selective_backprop": {"keep": 0.5, "start": 0.2, "end": 0.8}}])
+    _check(m, totals[0])
+    assert 5 < len(acted) < m["batches"] / 2  # interrupt 2: every other step in [0.2, 0.8)
+    # the first plain step, then exactly the steps it acted on; a window also opens (and closes
+    # unused) for the batch an exhausted loader never gives at each epoch end (20 batches)
+    assert list(dict.fromkeys(opened)) == [0] + acted
+    assert sorted(set(b for b in opened if opened.count(b) > 1)) == [20, 40]
 
 
 def test_swa_interrupted_then_resumed_equals_uninterrupted(tmp_path: Path,
