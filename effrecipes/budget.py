@@ -357,7 +357,8 @@ class FlopBudget(Callback):
         local = self._close_window()
         key = self.cost_key(self._shape_key)
         if local is not None:  # counted (an unnamed step is kept for the report only, never reused)
-            self.ledger.measured_step_flops[key or f"{self._shape_key} (counted every step)"] = local / max(n, 1)
+            report_key = key if key is not None else f"{self._shape_key} (last counted step)"
+            self.ledger.measured_step_flops[report_key] = local / max(n, 1)
             cost = local * world
         else:  # not counted: only a named step whose cost is known is left uncounted
             assert key is not None
