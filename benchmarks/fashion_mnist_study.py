@@ -42,7 +42,7 @@ SPECS = ["fashion_mnist_table4", "fashion_mnist_10k_search", "fashion_mnist_10k_
          "fashion_mnist_10k_round12", "fashion_mnist_10k_round13", "fashion_mnist_10k_round14",
          "fashion_mnist_10k_round15", "fashion_mnist_10k_round16", "fashion_mnist_10k_round17",
          "fashion_mnist_10k_round18", "fashion_mnist_10k_round18_seeds", "fashion_mnist_10k_round19",
-         "fashion_mnist_10k_round20"]
+         "fashion_mnist_10k_round20", "fashion_mnist_10k_round21"]
 TECHNIQUES = ["baseline", "blurpool", "squeeze_excite", "swa", "sam", "mixup", "cutout",
               "label_smoothing", "one_cycle"]
 PAPER_SETTING = {"one_cycle": "one_cycle_lr"}  # our name -> seed_results.csv's
@@ -263,7 +263,13 @@ SEED_CHECKS: list[tuple[str, str, dict[str, str]]] = [
     ("round 20: layer freezing from 30% of training", "fashion_mnist_10k_round20",
      {"techniques": "freeze_from_0.3"}),
     ("round 20: half the layers frozen by the end, from 50%", "fashion_mnist_10k_round20",
-     {"techniques": "freeze_half_from_0.5"})]
+     {"techniques": "freeze_half_from_0.5"}),
+    ("round 21: selective backprop (keep 0.5, 50-90% of training)", "fashion_mnist_10k_round21",
+     {"techniques": "selective_backprop"}),
+    ("round 21: selective backprop keeping 0.7", "fashion_mnist_10k_round21",
+     {"techniques": "selective_backprop_keep_0.7"}),
+    ("round 21: selective backprop from 30% of training", "fashion_mnist_10k_round21",
+     {"techniques": "selective_backprop_from_0.3"})]
 
 
 def _group(data: Optional[dict[str, Any]], where: dict[str, str]) -> Optional[dict[str, Any]]:

@@ -423,7 +423,8 @@ def test_dry_run_plans_and_calibrates_without_writing(tmp_path: Path,
     ("fashion_mnist_10k_round18.yaml", "fashion_mnist_10k_learned_pool_silu.yaml"),
     ("fashion_mnist_10k_round18_seeds.yaml", "fashion_mnist_10k_learned_pool_silu.yaml"),
     ("fashion_mnist_10k_round19.yaml", "fashion_mnist_10k_learned_pool_silu.yaml"),
-    ("fashion_mnist_10k_round20.yaml", "fashion_mnist_10k_learned_pool_silu.yaml")])
+    ("fashion_mnist_10k_round20.yaml", "fashion_mnist_10k_learned_pool_silu.yaml"),
+    ("fashion_mnist_10k_round21.yaml", "fashion_mnist_10k_learned_pool_silu.yaml")])
 def test_study_matrix_trains_the_shipped_recipe(spec: str, recipe: str) -> None:
     """A matrix whose results docs/results.md reports for a shipped recipe trains exactly that
     recipe, on every seed of the matrix (only the labels, name and notes, may differ)."""
