@@ -42,7 +42,8 @@ SPECS = ["fashion_mnist_table4", "fashion_mnist_10k_search", "fashion_mnist_10k_
          "fashion_mnist_10k_round12", "fashion_mnist_10k_round13", "fashion_mnist_10k_round14",
          "fashion_mnist_10k_round15", "fashion_mnist_10k_round16", "fashion_mnist_10k_round17",
          "fashion_mnist_10k_round18", "fashion_mnist_10k_round18_seeds", "fashion_mnist_10k_round19",
-         "fashion_mnist_10k_round20", "fashion_mnist_10k_round21"]
+         "fashion_mnist_10k_round20", "fashion_mnist_10k_round21", "fashion_mnist_10k_round22",
+         "fashion_mnist_10k_learned_pool_silu_ema_caps"]
 TECHNIQUES = ["baseline", "blurpool", "squeeze_excite", "swa", "sam", "mixup", "cutout",
               "label_smoothing", "one_cycle"]
 PAPER_SETTING = {"one_cycle": "one_cycle_lr"}  # our name -> seed_results.csv's
@@ -269,7 +270,9 @@ SEED_CHECKS: list[tuple[str, str, dict[str, str]]] = [
     ("round 21: selective backprop keeping 0.7", "fashion_mnist_10k_round21",
      {"techniques": "selective_backprop_keep_0.7"}),
     ("round 21: selective backprop from 30% of training", "fashion_mnist_10k_round21",
-     {"techniques": "selective_backprop_from_0.3"})]
+     {"techniques": "selective_backprop_from_0.3"}),
+    ("round 22: EMA, half-life 100 batches", "fashion_mnist_10k_round22", {"techniques": "ema_100ba"}),
+    ("round 22: EMA, half-life 300 batches", "fashion_mnist_10k_round22", {"techniques": "ema_300ba"})]
 
 
 def _group(data: Optional[dict[str, Any]], where: dict[str, str]) -> Optional[dict[str, Any]]:
@@ -525,7 +528,9 @@ def _curve_points(results: Path) -> dict[str, dict[float, dict[str, Any]]]:
             "effrecipes <=10K, learned pooling, 9.3K (fashion_mnist_10k_learned_pool.yaml)":
                 _by_cap(results, "fashion_mnist_10k_learned_pool_caps"),
             "effrecipes <=10K, learned pooling + SiLU, 9.3K (fashion_mnist_10k_learned_pool_silu.yaml)":
-                _by_cap(results, "fashion_mnist_10k_learned_pool_silu_caps")}
+                _by_cap(results, "fashion_mnist_10k_learned_pool_silu_caps"),
+            "effrecipes <=10K, learned pooling + SiLU + EMA, 9.3K (fashion_mnist_10k_learned_pool_silu_ema.yaml)":
+                _by_cap(results, "fashion_mnist_10k_learned_pool_silu_ema_caps")}
 
 
 def caps_curve(results: Path) -> str:
