@@ -19,7 +19,7 @@ if TYPE_CHECKING:
     import torch
 
 from effrecipes.errors import RecipeError
-from effrecipes.recipe import OptimizerConfig, SchedulerConfig
+from effrecipes.recipe import ONE_CYCLE_MOMENTUM_FIELDS, OptimizerConfig, SchedulerConfig
 from effrecipes.registry import optimizers, schedulers
 
 
@@ -98,8 +98,7 @@ def check_schedule(scheduler: SchedulerConfig, opt: OptimizerConfig, *, file: st
     under it an `optimizer.momentum` or `betas[0]` other than the default would train exactly like
     the default; and the one-cycle momentum fields mean nothing to another schedule."""
     defaults = SchedulerConfig.model_fields
-    momentum_fields = [k for k in ("cycle_momentum", "base_momentum", "max_momentum")
-                       if getattr(scheduler, k) != defaults[k].default]
+    momentum_fields = [k for k in ONE_CYCLE_MOMENTUM_FIELDS if getattr(scheduler, k) != defaults[k].default]
     if scheduler.name != "one_cycle":
         if momentum_fields:
             raise RecipeError(f"{momentum_fields[0]} is used by scheduler one_cycle only; remove it",

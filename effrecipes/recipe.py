@@ -145,6 +145,11 @@ class SchedulerConfig(Section):
     alpha_f: float = Field(0.0, ge=0, le=1, description="cosine/linear: final lr as a fraction of lr")
 
 
+# one_cycle's momentum settings: refused under other schedules (optim.check_schedule) and left
+# out of matrix cell hashes at their defaults (matrix/cells.HASH_NEUTRAL_DEFAULTS)
+ONE_CYCLE_MOMENTUM_FIELDS = ("cycle_momentum", "base_momentum", "max_momentum")
+
+
 class BudgetConfig(Section):
     flops: Optional[float] = Field(None, description="cap on training FLOPs: 1e14, '100T', '2.5G'")
     max_epochs: Optional[float] = Field(None, gt=0, description="optional cap on epochs (or '5ep')")

@@ -23,8 +23,9 @@ from effrecipes.errors import RecipeError, UserError, closest_first, shorten
 from effrecipes.files import read_yaml
 from effrecipes.matrix.spec import MAX_CELLS, MatrixSpec, load_spec
 from effrecipes import rundir
-from effrecipes.recipe import (Recipe, SchedulerConfig, apply_override, normalise_algorithms,
-                               parse_override, read_recipe_data, validate_recipe)
+from effrecipes.recipe import (ONE_CYCLE_MOMENTUM_FIELDS, Recipe, SchedulerConfig, apply_override,
+                               normalise_algorithms, parse_override, read_recipe_data,
+                               validate_recipe)
 
 BASELINE = "baseline"
 ID_MAX = 120
@@ -184,8 +185,7 @@ def cell_id(techniques: tuple[str, ...], grid: dict[str, Any], labels: dict[str,
 # they are left out of the hash, so every finished cell keeps its hash (and stays finished) when
 # the schema grows. A field that changes training at its default must never be listed here.
 HASH_NEUTRAL_DEFAULTS: dict[tuple[str, str], Any] = {
-    ("scheduler", key): SchedulerConfig.model_fields[key].default
-    for key in ("cycle_momentum", "base_momentum", "max_momentum")}
+    ("scheduler", key): SchedulerConfig.model_fields[key].default for key in ONE_CYCLE_MOMENTUM_FIELDS}
 
 
 def canonical_json(recipe: Recipe | dict[str, Any]) -> str:
