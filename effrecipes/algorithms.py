@@ -203,7 +203,10 @@ class SWAWithBNUpdate(SWA):
             if i >= allowed:
                 break
             batches.append(batch[0] if isinstance(batch, (tuple, list)) else batch)
-        flops = count_flops(lambda: torch.optim.swa_utils.update_bn(batches, network_of(state.model)))
+        net = network_of(state.model)
+        # the batches of a per-sample loader are still on the host when the model is on a GPU
+        device = next(net.parameters()).device
+        flops = count_flops(lambda: torch.optim.swa_utils.update_bn(batches, net, device=device))
         self.extra_train_flops += flops * dist.get_world_size()
         self.bn_updated = True
         log.info("SWA: recomputed BatchNorm statistics over %d batches", len(batches))

@@ -25,6 +25,7 @@ from torch import nn
 from torch.utils import flop_counter
 from torch.utils.flop_counter import FlopCounterMode
 
+from effrecipes.ranks import any_rank, sum_over_ranks
 from effrecipes.rundir import StopReason
 
 
@@ -357,9 +358,11 @@ class FlopBudget(Callback):
         local = self._close_window()
         key = self.cost_key(self._shape_key)
         if local is not None:  # counted (an unnamed step is kept for the report only, never reused)
+            # every rank counts the same steps (the keys are rank-independent); their FLOPs may
+            # differ (stochastic depth draws per rank), so data-parallel runs charge their sum
+            cost = sum_over_ranks(local, state.device) if world > 1 else local
             report_key = key if key is not None else f"{self._shape_key} (last counted step)"
-            self.ledger.measured_step_flops[report_key] = local / max(n, 1)
-            cost = local * world
+            self.ledger.measured_step_flops[report_key] = cost / max(n * world, 1)
         else:  # not counted: only a named step whose cost is known is left uncounted
             assert key is not None
             cost = self.ledger.measured_step_flops[key] * n * world
@@ -395,7 +398,9 @@ class FlopBudget(Callback):
             self._stop(state, StopReason.FLOPS)
             self._pending_at_stop = (pending, self.ledger.flops_used)
             return
-        if self.max_seconds is not None and self.ledger.train_seconds >= self.max_seconds:
+        # each rank reads its own clock: the ranks agree, or one would wait forever for the others
+        if self.max_seconds is not None and any_rank(self.ledger.train_seconds >= self.max_seconds,
+                                                     state.device):
             self._stop(state, StopReason.MAX_SECONDS)
             return
         self._project(state, pending)

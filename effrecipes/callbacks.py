@@ -18,6 +18,7 @@ from tqdm import tqdm
 
 from effrecipes.models import network_of
 from effrecipes.budget import FlopBudget
+from effrecipes.ranks import any_rank
 from effrecipes.rundir import HISTORY_FIELDS, StopReason
 from effrecipes.stats import fmt_flops
 
@@ -240,7 +241,9 @@ class RunGuard(Callback):
             return
         if int(state.timestamp.batch) % self.snapshot_every == 0 or self.last_good is None:
             self.last_good = copy.deepcopy(network_of(state.model).state_dict())
-        if self.stop_requested:
+        # a signal or a failed write reaches one rank at a time: all stop after the same batch
+        if any_rank(self.stop_requested, state.device):
+            self.stop_requested = True
             if self.budget is not None and self.budget.ledger.stop_reason is None:
                 self.budget.ledger.stop_reason = StopReason.INTERRUPTED
             if int(state.timestamp.batch_in_epoch) == int(state.dataloader_len or 0):

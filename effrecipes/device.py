@@ -6,7 +6,8 @@ Resolution is a set of pure functions over torch.cuda's answers (`torch.cuda.is_
 
 - device `auto` = a GPU when CUDA is available, else the CPU; `gpu` without CUDA is a one-line
   `RecipeError` naming `trainer.device`.
-- precision `auto` = `amp_bf16` on GPUs that support bf16, `amp_fp16` on older GPUs, `fp32` on
+- precision `auto` = `amp_bf16` on GPUs with native bf16 (compute capability >= 8.0: A100, H100,
+  ...), `amp_fp16` on older GPUs (V100, T4, which only emulate bf16), `fp32` on
   the CPU; an `amp_*` precision on the CPU (Composer trains fp32 only there) is a `RecipeError`
   naming `trainer.precision`, and so is `amp_bf16` on a GPU without bf16.
 - `$EFFRECIPES_DEVICE=cpu` says this process was given no GPU (a Ray cell started with
@@ -99,7 +100,9 @@ def resolve_precision(requested: str, device: str) -> str:
         raise RecipeError(f"{requested} needs a GPU; this run trains on the CPU, where Composer "
                           "trains in fp32 only", field="trainer.precision",
                           hint="set trainer.precision: auto or fp32")
-    bf16 = torch.cuda.is_bf16_supported()
+    # native bf16 only (compute capability >= 8.0): torch's default also says yes for GPUs that
+    # merely emulate it (V100, T4), and finds out by allocating a tensor on cuda:0 in every rank
+    bf16 = torch.cuda.is_bf16_supported(including_emulation=False)
     if requested == "auto":
         return "amp_bf16" if bf16 else "amp_fp16"
     if requested == "amp_bf16" and not bf16:
@@ -198,24 +201,43 @@ def cpu_fp32_peak_flops(threads: int) -> float:
     return matmul_peak(threads, n=1024, tries=5)["wall"] * 1e9  # type: ignore[operator]
 
 
+def tf32_allowed() -> bool:
+    """Whether fp32 convolutions or matmuls may run as TF32 (Composer's `DeviceGPU` allows both;
+    torch allows it for cuDNN convolutions by default)."""
+    return bool(torch.backends.cudnn.allow_tf32 or torch.backends.cuda.matmul.allow_tf32)
+
+
+def gpu_peak_key(precision: str) -> str:
+    """The column of Composer's peak table that `precision` runs at: fp32 with TF32 allowed runs
+    its convolutions and matmuls as TF32, so its peak is the tf32 one (the fp32 peak would let
+    MFU pass 100%)."""
+    return "tf32" if precision == "fp32" and tf32_allowed() else precision
+
+
 def gpu_peak_flops(precision: str) -> Optional[float]:
-    """Peak FLOP/s of the current CUDA device for `precision`, from Composer's speed-monitor
+    """Peak FLOP/s of the current CUDA device for `precision` (the tf32 column for fp32 when TF32
+    is allowed, the fp32 one where the table has no tf32 entry), from Composer's speed-monitor
     table (None when the GPU or the precision is not in it)."""
     # lazy: Composer (~3 s), only for a GPU's peak; the CPU benchmarks import this module without it
     from composer.callbacks.speed_monitor import get_gpu_flops_available
-    from composer.core import Precision
 
-    # get_gpu_flops_available reads only `state.precision`
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # "gpu_flop count not found ..." is recorded as None
-        flops = get_gpu_flops_available(types.SimpleNamespace(precision=Precision(precision)))
-    return float(flops) if flops else None
+    def lookup(key: str) -> Optional[float]:
+        # get_gpu_flops_available reads only `state.precision.value`, the table's column
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # "gpu_flop count not found ..." is recorded as None
+            flops = get_gpu_flops_available(types.SimpleNamespace(
+                precision=types.SimpleNamespace(value=key)))
+        return float(flops) if flops else None
+
+    key = gpu_peak_key(precision)
+    return lookup(key) or (lookup(precision) if key != precision else None)
 
 
 def peak_flops(run_device: RunDevice, threads: int) -> tuple[Optional[float], str]:
     """(peak FLOP/s, where it came from) for the precision the run trains in."""
     if run_device.is_gpu:
-        return gpu_peak_flops(run_device.precision), "composer GPU_AVAILABLE_FLOPS"
+        return (gpu_peak_flops(run_device.precision),
+                f"composer GPU_AVAILABLE_FLOPS[{gpu_peak_key(run_device.precision)}]")
     return cpu_fp32_peak_flops(max(1, int(threads))), "measured fp32 matmul (1024^3)"
 
 

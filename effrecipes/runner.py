@@ -585,10 +585,11 @@ def _measure(prepared: Prepared, run: Training, module: nn.Module) -> dict[str, 
                                        run.budget.ledger, run.device)
     test = evaluate(module, data.test, data.num_classes, per_class=recipe.eval.per_class,
                     device=dev.torch_device)
-    # CPU latency on a CPU copy of the model; on a GPU also the device latency (batch 1 and the
-    # eval batch, synchronised)
-    latency = measure_latency(copy.deepcopy(module).cpu() if dev.is_gpu else module,
-                              data.test, recipe.eval.latency_images)
+    # CPU latency on a CPU copy of the model, by rank 0 alone (ranks timing at once would share
+    # the cores); on a GPU also the device latency (batch 1 and the eval batch, synchronised)
+    latency = (measure_latency(copy.deepcopy(module).cpu() if dev.is_gpu else module,
+                               data.test, recipe.eval.latency_images)
+               if dist.get_global_rank() == 0 else None)
     device_latency = (measure_device_latency(module, data.test, (1, recipe.data.eval_batch_size),
                                              precision=dev.precision)
                       if dev.is_gpu and recipe.eval.latency_images > 0 else None)

@@ -1,6 +1,9 @@
 """Algorithms: registry coverage, surgery effects, no-op detection, batch changes on a real State."""
 from __future__ import annotations
 
+from types import SimpleNamespace
+from typing import Any
+
 import pytest
 import torch
 from composer.core import Event, State
@@ -118,3 +121,23 @@ def test_sam_and_swa_build_without_composers_resume_warning() -> None:
 
     assert isinstance(algos[0], SAM) and isinstance(algos[1], SWA)
     assert not [w for w in seen if "known issues" in str(w.message)], [str(w.message) for w in seen]
+
+
+def test_swa_recomputes_batchnorm_on_the_models_device(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A per-sample loader (disk datasets, PIL transforms) gives host batches while a GPU run's
+    model is on the GPU: the BatchNorm recompute must move them (`update_bn(device=...)`), or it
+    fails there with a device mismatch."""
+    import torch
+    from torch import nn
+
+    from effrecipes.algorithms import SWAWithBNUpdate
+
+    seen: list[Any] = []
+    monkeypatch.setattr(torch.optim.swa_utils, "update_bn",
+                        lambda loader, model, device=None: seen.append(device))
+    swa = SWAWithBNUpdate()
+    swa._bn_batches_wanted = 2
+    net = nn.Sequential(nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2))
+    batch = (torch.zeros(2, 1, 5, 5), torch.zeros(2, dtype=torch.int64))
+    swa._update_bn(SimpleNamespace(train_dataloader=[batch, batch], model=net))
+    assert seen == [next(net.parameters()).device] and swa.bn_updated

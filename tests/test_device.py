@@ -20,7 +20,12 @@ from tests.conftest import tiny_recipe, write_recipe
 
 def _cuda(monkeypatch: pytest.MonkeyPatch, available: bool, bf16: bool = True) -> None:
     monkeypatch.setattr(torch.cuda, "is_available", lambda: available)
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: bf16)
+    def native_bf16(including_emulation: bool = True) -> bool:
+        # torch's default also answers yes for GPUs that only emulate bf16 (V100, T4): refuse it
+        assert including_emulation is False, "ask for native bf16 support only"
+        return bf16
+
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", native_bf16)
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a, **k: "NVIDIA Test GPU")
 
 
@@ -107,8 +112,16 @@ def test_gpu_peak_comes_from_composers_table(monkeypatch: pytest.MonkeyPatch) ->
 
     _cuda(monkeypatch, True)
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a, **k: "NVIDIA H100 80GB HBM3")
-    for precision in ("amp_bf16", "amp_fp16", "fp32"):
+    for precision in ("amp_bf16", "amp_fp16"):
         assert devices.gpu_peak_flops(precision) == GPU_AVAILABLE_FLOPS["h100-sxm"][precision]
+    # fp32 runs its convolutions as TF32 where that is allowed (Composer's DeviceGPU allows it):
+    # its peak is the tf32 column, and the plain fp32 one only where TF32 is off
+    assert torch.backends.cudnn.allow_tf32  # torch's default for convolutions
+    assert devices.gpu_peak_flops("fp32") == GPU_AVAILABLE_FLOPS["h100-sxm"]["tf32"]
+    assert devices.peak_flops(devices.RunDevice("gpu", "fp32", False, torch.device("cuda", 0)),
+                              1)[1].endswith("[tf32]")
+    monkeypatch.setattr(devices, "tf32_allowed", lambda: False)
+    assert devices.gpu_peak_flops("fp32") == GPU_AVAILABLE_FLOPS["h100-sxm"]["fp32"]
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a, **k: "Some Unknown GPU")
     assert devices.gpu_peak_flops("amp_bf16") is None  # not in the table: MFU unknown, not guessed
 
@@ -272,6 +285,31 @@ def test_per_sample_loaders_pin_memory_only_for_a_gpu() -> None:
     assert bundle.train.pin_memory and bundle.test.pin_memory
     bundle.to("cpu")
     assert not bundle.train.pin_memory and not bundle.test.pin_memory
+
+
+def test_a_persistent_workers_loader_pins_after_its_first_iterator() -> None:
+    """Disk datasets keep their workers between epochs (`persistent_workers`), and a DataLoader
+    then reuses the iterator of its first `iter()` with that iterator's pin flag. The set-up draws
+    a sample batch before the run's device is known, so `DataBundle.to` must drop that iterator,
+    or a GPU run's batches would never be pinned."""
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from effrecipes.data import DataBundle
+
+    ds = TensorDataset(torch.zeros(4, 1, 2, 2), torch.zeros(4, dtype=torch.int64))
+    train = DataLoader(ds, batch_size=2, num_workers=1, persistent_workers=True)
+    bundle = DataBundle(train=train, val=None, test=DataLoader(ds, batch_size=2), num_classes=2,
+                        in_channels=1, image_size=2, num_train=4, num_val=0, num_test=4,
+                        per_sample=True)
+    first = iter(train)
+    next(first)  # what prepare() does before the device is resolved
+    assert iter(train) is first  # the loader reuses it...
+    bundle.to("cpu")
+    assert iter(train) is first  # ...and nothing changes while the flag does not
+    bundle.to(torch.device("cuda", 0))
+    fresh = iter(train)
+    assert fresh is not first and train.pin_memory  # built anew, reading pin_memory=True
+    assert len(list(fresh)) == 2
 
 
 def test_effrecipes_makes_no_per_batch_host_sync(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -8,10 +8,73 @@ import socket
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
 from tests.conftest import REPO, tiny_recipe, write_recipe
+
+
+def _agree_worker(rank: int, port: int, out: str) -> None:
+    """One of two gloo ranks: what each decides when only rank 1 sees a stop (a signal, its
+    own clock past max_seconds) and when the ranks count different FLOPs."""
+    import torch
+    import torch.distributed as tdist
+    from composer.devices import DeviceCPU
+
+    from effrecipes.budget import FlopBudget, plan_budget
+    from effrecipes.callbacks import RunGuard
+    from effrecipes.ranks import any_rank, sum_over_ranks
+
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", LOCAL_WORLD_SIZE="2",
+                      NODE_RANK="0", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    tdist.init_process_group("gloo", rank=rank, world_size=2)
+    stops: list[str] = []
+
+    def state(batch: int) -> SimpleNamespace:
+        return SimpleNamespace(total_loss_dict={"loss/train/total": 0.5}, device=DeviceCPU(),
+                               timestamp=SimpleNamespace(batch=batch, batch_in_epoch=batch),
+                               dataloader_len=10, model=torch.nn.Linear(2, 2),
+                               stop_training=lambda: stops.append(f"batch {batch}"))
+
+    guard = RunGuard(None)
+    guard.batch_end(state(1), None)  # nobody asked: nobody stops
+    if rank == 1:
+        guard.request_stop()  # Ctrl-C reached rank 1 first
+    guard.batch_end(state(2), None)
+    plan = plan_budget(flops_cap=None, max_epochs=None, max_seconds=1.0, pass_flops=1.0,
+                       forward_flops_per_sample=1.0, fvcore_macs=None, global_batch_size=2,
+                       batches_per_epoch=10)
+    budget = FlopBudget(plan, max_seconds=1.0)
+    budget.ledger.train_seconds = 5.0 if rank == 1 else 0.5  # only rank 1's clock is past the cap
+    budget._decide(state(3), 0.0)
+    counted = FlopBudget(plan)  # a counted step whose FLOPs differ by rank (stochastic depth)
+    counted._close_window = lambda: 100.0 * (rank + 1)
+    counted._batch_size, counted._shape_key = 2, "1x2x2"
+    counted.batch_end(state(4), SimpleNamespace(log_metrics=lambda metrics: None))
+    result = {"stops": stops, "budget_stop": budget.ledger.stop_reason,
+              "counted": [counted.ledger.flops_used, counted.ledger.measured_step_flops],
+              "any": [any_rank(rank == 1, DeviceCPU()), any_rank(False, DeviceCPU())],
+              "sum": sum_over_ranks(rank + 1.5, DeviceCPU())}
+    Path(out, f"rank{rank}.json").write_text(json.dumps(result, default=str))
+    tdist.destroy_process_group()
+
+
+def test_ranks_agree_on_stops_one_rank_sees(tmp_path: Path) -> None:
+    """Under `composer -n N` a rank that stops one batch before the others leaves them waiting
+    forever in the next gradient all-reduce. A stop only one rank sees (a signal, its own clock
+    past `max_seconds`) is agreed over all ranks, through real gloo collectives here."""
+    import torch.multiprocessing as mp
+
+    mp.spawn(_agree_worker, args=(_free_port(), str(tmp_path)), nprocs=2, join=True)
+    results = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    for r in results:
+        assert r["stops"] == ["batch 2", "batch 3"]  # the guard's stop, then the time cap's
+        assert r["budget_stop"].endswith("max_seconds") or r["budget_stop"] == "max_seconds"
+        assert r["any"] == [True, False]
+        assert r["sum"] == 4.0  # 1.5 + 2.5
+        # a counted step is charged what all ranks counted (100 + 200), the same on every rank
+        assert r["counted"] == [300.0, {"1x2x2": 75.0}]
 
 
 def _free_port() -> int:
@@ -55,3 +118,26 @@ def test_loader_shards_are_disjoint() -> None:
         seen.append(torch.cat([y for _, y in loader]))
     assert len(set(seen[0].tolist()) & set(seen[1].tolist())) == 0
     assert len(seen[0]) + len(seen[1]) == 40
+
+
+def test_ranks_draw_their_own_crops_and_flips() -> None:
+    """The ranks share the epoch's order (each takes its own slice) but not the augmentation's
+    draws: with every image alike, rank 0's and rank 1's first batches would be equal if the
+    b-th batch of every rank got the same crops and flips."""
+    import torch
+
+    from effrecipes.data.loader import BatchLoader
+
+    one = torch.arange(36, dtype=torch.uint8).view(1, 1, 6, 6)
+    images, labels = one.expand(64, 1, 6, 6).contiguous(), torch.zeros(64, dtype=torch.int64)
+    first = []
+    for rank in (0, 1):
+        loader = BatchLoader(images, labels, 16, mean=(0.0,), std=(1.0,), shuffle=True,
+                             drop_last=True, seed=3, rank=rank, world_size=2,
+                             augment=("random_crop", "hflip"), crop_padding=2)
+        first.append(next(iter(loader))[0])
+    assert not torch.equal(first[0], first[1])
+    # and a rank repeats its own draws for the same seed and epoch
+    again = BatchLoader(images, labels, 16, mean=(0.0,), std=(1.0,), shuffle=True, drop_last=True,
+                        seed=3, rank=1, world_size=2, augment=("random_crop", "hflip"), crop_padding=2)
+    assert torch.equal(next(iter(again))[0], first[1])

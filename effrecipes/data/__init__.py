@@ -64,7 +64,13 @@ class DataBundle:
             if isinstance(loader, BatchLoader):
                 loader.to(dev)
             elif isinstance(loader, DataLoader):
-                loader.pin_memory = dev.type == "cuda"
+                pin = dev.type == "cuda"
+                if loader.pin_memory != pin:
+                    loader.pin_memory = pin
+                    # a persistent-workers loader keeps the iterator of its first iter() (the
+                    # set-up's sample batch) and reuses it, pin flag and all: drop it so the next
+                    # iter() builds one that pins (its workers shut down as it is released)
+                    loader._iterator = None
         return self
 
 

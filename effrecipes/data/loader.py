@@ -162,9 +162,14 @@ class BatchLoader:
         if order is not None:
             order = order.to(self.device)  # once per epoch (a no-op on the CPU)
         # crops and flips: a generator on the cache's device (on the CPU the same one; "meta",
-        # the shape-only device tests use as a stand-in accelerator, has none and takes it too)
-        g_aug = (g if self.device.type in ("cpu", "meta")
-                 else torch.Generator(self.device).manual_seed(seed))
+        # the shape-only device tests use as a stand-in accelerator, has none and takes it too).
+        # Data-parallel ranks share the order but not the draws: each rank its own crops and flips
+        host = self.device.type in ("cpu", "meta")
+        if self.world_size > 1:
+            rank_seed = int(np.random.SeedSequence([seed, self.rank]).generate_state(1, np.uint64)[0] >> 1)
+            g_aug = torch.Generator("cpu" if host else self.device).manual_seed(rank_seed)
+        else:
+            g_aug = g if host else torch.Generator(self.device).manual_seed(seed)
         crop = "random_crop" in self.augment and self.crop_padding > 0
         flip = "hflip" in self.augment
         for b in range(len(self)):
