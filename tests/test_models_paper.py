@@ -39,9 +39,27 @@ def test_gap_custom_from_layer_tokens() -> None:
     same = build_model("gap_custom", 1, 10, 28, layers=["c8", "dw12", "tb8", "m", "dw12", "dw16",
                                                          "tb12", "m", "dw15"])
     assert sum(p.numel() for p in same.parameters()) == PAPER_PARAMS["gap_1p5k_dw"]
-    for bad in (["c8", "dw"], ["tb8/2"], "c8", [], ["c0"]):
+    for bad in (["c8", "dw"], ["tb8/2"], "c8", [], ["c0"], ["dw8k4"], ["tb8k3"], ["dw8k"], ["dw8/2k5"]):
         with pytest.raises(ValueError):
             parse_layers(bad)  # type: ignore[arg-type]
+
+
+def test_gap_custom_kernel_size_token() -> None:
+    """`k5` gives a block's 3x3 conv (a dw block's depthwise one) a 5x5 kernel: the padding keeps
+    the map's size, with or without a stride, and the parameters grow by what the kernel adds."""
+    from effrecipes.models.gap_cnn import parse_layers
+
+    assert parse_layers(["c16k5/2", "dw56k5", "dw48"]) == [("c", 16, 2, 5), ("dw", 56, 1, 5), ("dw", 48, 1)]
+    three = build_model("gap_custom", 1, 10, 28, layers=["c16", "m", "dw32", "m", "dw56", "dw48"],
+                        pool="depthwise")
+    five = build_model("gap_custom", 1, 10, 28, layers=["c16k5", "m", "dw32", "m", "dw56k5", "dw48"],
+                       pool="depthwise")
+    assert five.features(torch.zeros(2, 1, 28, 28)).shape == (2, 48, 7, 7)
+    # the stem: 1 x 16 x (25 - 9); dw56's depthwise conv over 32 channels: 32 x (25 - 9)
+    assert sum(p.numel() for p in five.parameters()) - sum(p.numel() for p in three.parameters()) \
+        == 16 * 16 + 32 * 16
+    strided = build_model("gap_custom", 1, 10, 28, layers=["c8k7/2", "dw16k5/2"])
+    assert strided.features(torch.zeros(1, 1, 28, 28)).shape == (1, 16, 7, 7)
 
 
 @pytest.mark.parametrize("layers,side", [(["c16", "m", "dw32", "m", "dw48"], 7),

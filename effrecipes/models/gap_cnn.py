@@ -22,8 +22,10 @@ from torch import nn
 
 # A layer spec: ("c", out) 3x3 conv block, ("dw", out) depthwise-separable block,
 # ("tb", out) 1x1 transition conv, ("m",) 2x2 max-pool; an optional third item is the 3x3
-# conv's stride (("c", 16, 2) halves the resolution for a quarter of the next layers' cost).
-Spec = Sequence[Union[tuple[str, int], tuple[str, int, int], tuple[str]]]
+# conv's stride (("c", 16, 2) halves the resolution for a quarter of the next layers' cost), an
+# optional fourth its kernel size (("dw", 56, 1, 5): a 5x5 depthwise conv sees more of a small map
+# for 16 more parameters and MACs per position and input channel).
+Spec = Sequence[Union[tuple[str, int], tuple[str, int, int], tuple[str, int, int, int], tuple[str]]]
 
 
 POOLS = ("avg", "depthwise")
@@ -36,8 +38,8 @@ ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
 
 
 def final_size(spec: Spec, image_size: int) -> int:
-    """Side of the last feature map for a square input: 3x3 convs keep it (padding 1) or divide
-    it by their stride, 2x2 max-pools halve it (floor), 1x1 transitions keep it."""
+    """Side of the last feature map for a square input: convs keep it (an odd kernel k, padding
+    k // 2) or divide it by their stride, 2x2 max-pools halve it (floor), 1x1 transitions keep it."""
     s = image_size
     for item in spec:
         if item[0] == "m":
@@ -101,10 +103,11 @@ class GapCNN(nn.Module):
                 continue
             out = int(item[1])  # type: ignore[misc]
             stride = int(item[2]) if len(item) > 2 else 1  # type: ignore[misc]
+            k = int(item[3]) if len(item) > 3 else 3  # type: ignore[misc]
             if kind == "c":
-                layers += [nn.Conv2d(c, out, 3, stride=stride, padding=1, bias=bias), *act_norm(out)]
+                layers += [nn.Conv2d(c, out, k, stride=stride, padding=k // 2, bias=bias), *act_norm(out)]
             elif kind == "dw":
-                layers.append(nn.Conv2d(c, c, 3, stride=stride, padding=1, groups=c, bias=bias))
+                layers.append(nn.Conv2d(c, c, k, stride=stride, padding=k // 2, groups=c, bias=bias))
                 if dw_act:  # MobileNet's separable block: the depthwise conv gets its own BN + act
                     layers += act_norm(c)
                 layers += [nn.Conv2d(c, out, 1, bias=bias), *act_norm(out)]
@@ -161,25 +164,32 @@ PAPER_PARAMS: dict[str, int] = {
 }
 
 
-_TOKEN = re.compile(r"^(c|dw|tb)(\d+)(?:/(\d+))?$|^m$")
+_TOKEN = re.compile(r"^(c|dw|tb)(\d+)(?:k(\d+))?(?:/(\d+))?$|^m$")
 
 
 def parse_layers(tokens: Sequence[str]) -> list[tuple[Any, ...]]:
-    """`["c16", "m", "dw32/2", "tb12"]` -> a Spec. Recipes describe a GapCNN as data: `c<N>` 3x3
-    conv block, `dw<N>` depthwise-separable block, `tb<N>` 1x1 transition, `m` 2x2 max-pool,
-    `/2` a stride on the 3x3 conv. Raises ValueError naming the bad token."""
+    """`["c16", "m", "dw32/2", "dw56k5", "tb12"]` -> a Spec. Recipes describe a GapCNN as data:
+    `c<N>` 3x3 conv block, `dw<N>` depthwise-separable block, `tb<N>` 1x1 transition, `m` 2x2
+    max-pool, `/2` a stride on the 3x3 conv, `k5` a 5x5 kernel instead (any odd size; padding
+    keeps the map's size). Raises ValueError naming the bad token."""
     if isinstance(tokens, str) or not tokens:
         raise ValueError("layers must be a non-empty list such as [c16, m, dw32, dw64]")
     spec: list[tuple[Any, ...]] = []
     for tok in tokens:
         m = _TOKEN.match(str(tok).strip())
         if not m:
-            raise ValueError(f"layer {tok!r} is not c<N>, dw<N>, tb<N> (optionally /<stride>) or m")
+            raise ValueError(f"layer {tok!r} is not c<N>, dw<N>, tb<N> (optionally k<kernel>, "
+                             "/<stride>) or m")
         if tok == "m":
             spec.append(("m",))
             continue
-        kind, width, stride = m.group(1), int(m.group(2)), int(m.group(3) or 1)
+        kind, width, kernel, stride = (m.group(1), int(m.group(2)), m.group(3), int(m.group(4) or 1))
         if width < 1 or stride < 1 or (stride > 1 and kind == "tb"):
             raise ValueError(f"layer {tok!r}: width and stride must be >= 1; tb takes no stride")
-        spec.append((kind, width, stride))
+        if kernel is None:
+            spec.append((kind, width, stride))
+            continue
+        if kind == "tb" or int(kernel) < 1 or int(kernel) % 2 == 0:
+            raise ValueError(f"layer {tok!r}: the kernel size must be odd (k3, k5, k7) and tb is 1x1")
+        spec.append((kind, width, stride, int(kernel)))
     return spec

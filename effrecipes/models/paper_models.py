@@ -32,7 +32,7 @@ def gap_custom(in_channels: int, num_classes: int, image_size: int = 0, *,
                layers: Sequence[str] = DEFAULT_CUSTOM_LAYERS, bias: bool = False,
                dropout: float = 0.0, pool: str = "avg", act: str = "relu", norm: str = "after_act",
                dw_act: bool = False) -> nn.Module:
-    """GAP CNN from a recipe's layer list (model.kwargs.layers: [c16, m, dw32/2, ...]; pool: avg | depthwise; act: relu | silu | gelu)
+    """GAP CNN from a recipe's layer list (model.kwargs.layers: [c16, m, dw32/2, dw56k5, ...]; pool: avg | depthwise; act: relu | silu | gelu)
 
     pool: avg is global average pooling; depthwise learns one weight per channel and position of
     the last feature map (GapCNN's docstring says why). act: the activation of every block; norm:
