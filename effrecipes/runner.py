@@ -579,17 +579,22 @@ def _save_or_clean(path: Path, save: Callable[[Path], Any]) -> None:
         raise
 
 
+def cpu_latency(module: nn.Module, test: Any, images: int, *, on_gpu: bool) -> Optional[float]:
+    """CPU milliseconds per image, on a CPU copy of a GPU-trained model; rank 0 alone measures
+    it (data-parallel ranks timing at once would share the cores), the others report None."""
+    if dist.get_global_rank() != 0:
+        return None
+    return measure_latency(copy.deepcopy(module).cpu() if on_gpu else module, test, images)
+
+
 def _measure(prepared: Prepared, run: Training, module: nn.Module) -> dict[str, Any]:
     """Test accuracy, latency, size and everything the ledger and the plan know: metrics.json."""
     recipe, data, plan, ledger, dev = (prepared.recipe, prepared.data, prepared.plan,
                                        run.budget.ledger, run.device)
     test = evaluate(module, data.test, data.num_classes, per_class=recipe.eval.per_class,
                     device=dev.torch_device)
-    # CPU latency on a CPU copy of the model, by rank 0 alone (ranks timing at once would share
-    # the cores); on a GPU also the device latency (batch 1 and the eval batch, synchronised)
-    latency = (measure_latency(copy.deepcopy(module).cpu() if dev.is_gpu else module,
-                               data.test, recipe.eval.latency_images)
-               if dist.get_global_rank() == 0 else None)
+    # on a GPU also the device latency (batch 1 and the eval batch, synchronised)
+    latency = cpu_latency(module, data.test, recipe.eval.latency_images, on_gpu=dev.is_gpu)
     device_latency = (measure_device_latency(module, data.test, (1, recipe.data.eval_batch_size),
                                              precision=dev.precision)
                       if dev.is_gpu and recipe.eval.latency_images > 0 else None)

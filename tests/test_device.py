@@ -353,3 +353,16 @@ def test_effrecipes_makes_no_per_batch_host_sync(tmp_path: Path, monkeypatch: py
     assert many >= few + 10, seen
     assert c_many.get("composer", 0) >= c_few.get("composer", 0) + (many - few), seen
     assert c_many.get("effrecipes", 0) == c_few.get("effrecipes", 0), seen
+
+
+def test_only_rank_zero_times_the_cpu_latency(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Data-parallel ranks timing the CPU latency at once would share the cores and inflate
+    rank 0's figure (the one metrics.json keeps): the other ranks skip it."""
+    from composer.utils import dist
+
+    from effrecipes.runner import cpu_latency
+
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 8 * 8, 10))
+    assert cpu_latency(model, _loader(), 4, on_gpu=False) > 0
+    monkeypatch.setattr(dist, "get_global_rank", lambda: 1)
+    assert cpu_latency(model, _loader(), 4, on_gpu=False) is None
