@@ -43,7 +43,9 @@ SPECS = ["fashion_mnist_table4", "fashion_mnist_10k_search", "fashion_mnist_10k_
          "fashion_mnist_10k_round15", "fashion_mnist_10k_round16", "fashion_mnist_10k_round17",
          "fashion_mnist_10k_round18", "fashion_mnist_10k_round18_seeds", "fashion_mnist_10k_round19",
          "fashion_mnist_10k_round20", "fashion_mnist_10k_round21", "fashion_mnist_10k_round22",
-         "fashion_mnist_10k_learned_pool_silu_ema_caps"]
+         "fashion_mnist_10k_learned_pool_silu_ema_caps", "fashion_mnist_10k_round23",
+         "fashion_mnist_10k_round24", "fashion_mnist_10k_round25",
+         "fashion_mnist_10k_round26"]
 TECHNIQUES = ["baseline", "blurpool", "squeeze_excite", "swa", "sam", "mixup", "cutout",
               "label_smoothing", "one_cycle"]
 PAPER_SETTING = {"one_cycle": "one_cycle_lr"}  # our name -> seed_results.csv's
@@ -272,7 +274,23 @@ SEED_CHECKS: list[tuple[str, str, dict[str, str]]] = [
     ("round 21: selective backprop from 30% of training", "fashion_mnist_10k_round21",
      {"techniques": "selective_backprop_from_0.3"}),
     ("round 22: EMA, half-life 100 batches", "fashion_mnist_10k_round22", {"techniques": "ema_100ba"}),
-    ("round 22: EMA, half-life 300 batches", "fashion_mnist_10k_round22", {"techniques": "ema_300ba"})]
+    ("round 22: EMA, half-life 300 batches", "fashion_mnist_10k_round22", {"techniques": "ema_300ba"}),
+    ("round 23: EMA 100ba with constant momentum 0.9", "fashion_mnist_10k_round23",
+     {"techniques": "constant_momentum"}),
+    ("round 23: EMA 100ba with a 15% warm-up", "fashion_mnist_10k_round23", {"techniques": "warmup_15pct"}),
+    ("round 23: EMA, half-life 50 batches", "fashion_mnist_10k_round23", {"techniques": "ema_50ba"}),
+    ("round 24: EMA 100ba at lr 0.2", "fashion_mnist_10k_round24", {"techniques": "lr_0.2"}),
+    ("round 24: EMA 100ba at lr 0.3", "fashion_mnist_10k_round24", {"techniques": "lr_0.3"}),
+    ("round 24: EMA 100ba with weight decay 2e-4", "fashion_mnist_10k_round24", {"techniques": "wd_2e-4"}),
+    ("round 25: EMA 100ba with label smoothing 0.05", "fashion_mnist_10k_round25",
+     {"techniques": "label_smoothing_0.05"}),
+    ("round 25: EMA 100ba with a 45% warm-up", "fashion_mnist_10k_round25", {"techniques": "warmup_45pct"}),
+    ("round 25: EMA 100ba with one-cycle div_factor 10", "fashion_mnist_10k_round25",
+     {"techniques": "div_factor_10"}),
+    ("round 26: EMA 100ba, 5x5 depthwise conv at 14x14 (dw32k5)", "fashion_mnist_10k_round26",
+     {"techniques": "dw32k5"}),
+    ("round 26: EMA 100ba, 5x5 depthwise conv at 7x7 (dw56k5)", "fashion_mnist_10k_round26",
+     {"techniques": "dw56k5"})]
 
 
 def _group(data: Optional[dict[str, Any]], where: dict[str, str]) -> Optional[dict[str, Any]]:
@@ -307,8 +325,10 @@ def seeds10k_best_table(results: Path) -> str:
 # (network, its 3 seeds on the validation split: matrix and group; its final fit's group)
 FULL_FITS: list[tuple[str, tuple[str, dict[str, str]], str]] = [
     ("shipped: c16 m dw32 dw32 m dw64 dw60", ("fashion_mnist_10k_seeds", {}), "baseline"),
-    ("selected: c16 m dw32 m dw56 dw48, depthwise pooling, SiLU, lr 0.15",
-     ("fashion_mnist_10k_round10", {"optimizer.lr": "0.15"}), "learned_pool_silu")]
+    ("round 10's selection: c16 m dw32 m dw56 dw48, depthwise pooling, SiLU, lr 0.15",
+     ("fashion_mnist_10k_round10", {"optimizer.lr": "0.15"}), "learned_pool_silu"),
+    ("selected since round 22: the same with EMA of the weights (half-life 100 batches)",
+     ("fashion_mnist_10k_round22", {"techniques": "ema_100ba"}), "learned_pool_silu+ema_100ba")]
 
 
 def full_fit_table(results: Path) -> str:

@@ -139,3 +139,12 @@ def test_gpu_benchmark_hand_sync_reads_back_what_composers_loop_does(monkeypatch
         gpu.run_hand("gap_1p5k_dw", shape, batch, total, 1, data, torch.device("cpu"), composer_syncs=syncs)
         seen[syncs] = calls["n"]
     assert seen == {False: 0, True: 7 * total}
+
+
+def test_val_test_distance_finds_each_nearest_training_image() -> None:
+    mod = _load("val_test_distance")
+    base = torch.tensor([[0.0, 0.0], [3.0, 4.0], [10.0, 0.0]])
+    queries = torch.tensor([[3.0, 4.0], [0.0, 1.0], [7.0, 0.0]])
+    assert torch.allclose(mod.nearest_distance(queries, base, chunk=2), torch.tensor([0.0, 1.0, 3.0]))
+    s = mod.summary(torch.tensor([0.4, 1.5, 2.5, 3.5]))
+    assert s["fraction_within"] == {"0.5": 0.25, "1.0": 0.25, "2.0": 0.5, "3.0": 0.75}

@@ -427,6 +427,10 @@ def test_dry_run_plans_and_calibrates_without_writing(tmp_path: Path,
     ("fashion_mnist_10k_round21.yaml", "fashion_mnist_10k_learned_pool_silu.yaml"),
     ("fashion_mnist_10k_round22.yaml", "fashion_mnist_10k_learned_pool_silu.yaml"),
     ("fashion_mnist_10k_round22.yaml:ema_100ba", "fashion_mnist_10k_learned_pool_silu_ema.yaml"),
+    ("fashion_mnist_10k_round23.yaml", "fashion_mnist_10k_learned_pool_silu_ema.yaml"),
+    ("fashion_mnist_10k_round24.yaml", "fashion_mnist_10k_learned_pool_silu_ema.yaml"),
+    ("fashion_mnist_10k_round25.yaml", "fashion_mnist_10k_learned_pool_silu_ema.yaml"),
+    ("fashion_mnist_10k_round26.yaml", "fashion_mnist_10k_learned_pool_silu_ema.yaml"),
     ("fashion_mnist_10k_learned_pool_silu_ema_caps.yaml", "fashion_mnist_10k_learned_pool_silu_ema.yaml")])
 def test_study_matrix_trains_the_shipped_recipe(spec: str, recipe: str) -> None:
     """A matrix whose results docs/results.md reports for a shipped recipe trains exactly that
