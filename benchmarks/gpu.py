@@ -327,7 +327,7 @@ def machine(device: torch.device) -> dict[str, Any]:
                      "cudnn": torch.backends.cudnn.version(), "gpu_count": torch.cuda.device_count(),
                      "gpu_memory_gib": round(props.total_memory / 2**30, 1),
                      "capability": list(torch.cuda.get_device_capability(device)),
-                     "bf16_supported": torch.cuda.is_bf16_supported()})
+                     "bf16_supported": torch.cuda.is_bf16_supported(including_emulation=False)})
     return info
 
 

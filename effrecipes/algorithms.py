@@ -28,13 +28,13 @@ from composer.algorithms import (EMA, SAM, SWA, AugMix, BlurPool, ChannelsLast, 
 from composer.algorithms.cutout.cutout import cutout_batch
 from composer.algorithms.ghost_batchnorm.ghost_batchnorm import _GhostBatchNorm as GhostBatchNormBase
 from composer.core import Algorithm, Event, State
-from composer.utils import dist
 from composer.loggers import Logger
 from torch import nn
 
 from effrecipes.algorithm_args import check_args
 from effrecipes.budget import AlgoCost, count_flops
 from effrecipes.models import network_of
+from effrecipes.ranks import sum_over_ranks
 from effrecipes.errors import RecipeError
 from effrecipes.registry import algorithms
 
@@ -207,7 +207,8 @@ class SWAWithBNUpdate(SWA):
         # the batches of a per-sample loader are still on the host when the model is on a GPU
         device = next(net.parameters()).device
         flops = count_flops(lambda: torch.optim.swa_utils.update_bn(batches, net, device=device))
-        self.extra_train_flops += flops * dist.get_world_size()
+        # every rank recomputes its own share (stochastic depth skips differ by rank): charge the sum
+        self.extra_train_flops += sum_over_ranks(flops, state.device)
         self.bn_updated = True
         log.info("SWA: recomputed BatchNorm statistics over %d batches", len(batches))
 

@@ -25,7 +25,7 @@ from torch import nn
 from torch.utils import flop_counter
 from torch.utils.flop_counter import FlopCounterMode
 
-from effrecipes.ranks import any_rank, sum_over_ranks
+from effrecipes.ranks import any_ranks, sum_over_ranks
 from effrecipes.rundir import StopReason
 
 
@@ -360,7 +360,7 @@ class FlopBudget(Callback):
         if local is not None:  # counted (an unnamed step is kept for the report only, never reused)
             # every rank counts the same steps (the keys are rank-independent); their FLOPs may
             # differ (stochastic depth draws per rank), so data-parallel runs charge their sum
-            cost = sum_over_ranks(local, state.device) if world > 1 else local
+            cost = sum_over_ranks(local, state.device)
             report_key = key if key is not None else f"{self._shape_key} (last counted step)"
             self.ledger.measured_step_flops[report_key] = cost / max(n * world, 1)
         else:  # not counted: only a named step whose cost is known is left uncounted
@@ -394,13 +394,17 @@ class FlopBudget(Callback):
             return
         cap = self.plan.flops_cap
         pending = self.pending_flops()
-        if cap is not None and self.ledger.flops_used + self.next_step_bound(last_cost) + pending > cap:
+        flops_stop = (cap is not None
+                      and self.ledger.flops_used + self.next_step_bound(last_cost) + pending > cap)
+        time_stop = self.max_seconds is not None and self.ledger.train_seconds >= self.max_seconds
+        # each rank decides on its own ledger and clock: the ranks agree (one collective, only with
+        # several ranks), or one that stopped would leave the others waiting for it forever
+        flops_stop, time_stop = any_ranks((flops_stop, time_stop), state.device)
+        if flops_stop:
             self._stop(state, StopReason.FLOPS)
             self._pending_at_stop = (pending, self.ledger.flops_used)
             return
-        # each rank reads its own clock: the ranks agree, or one would wait forever for the others
-        if self.max_seconds is not None and any_rank(self.ledger.train_seconds >= self.max_seconds,
-                                                     state.device):
+        if time_stop:
             self._stop(state, StopReason.MAX_SECONDS)
             return
         self._project(state, pending)

@@ -69,6 +69,13 @@ def _given_cpu_only() -> bool:
     return os.environ.get(DEVICE_ENV, "").strip().lower() == "cpu"
 
 
+def will_train_on_gpu(trainer: Any) -> bool:
+    """What `resolve` will say about the device, without its errors (for the data set-up, which
+    runs before the device is resolved, and for dry runs planned on a machine without a GPU)."""
+    return (trainer.device in ("auto", "gpu") and not _given_cpu_only()
+            and torch.cuda.is_available())
+
+
 def resolve_device(requested: str) -> str:
     """`auto` | `cpu` | `gpu` -> `cpu` | `gpu`, or a one-line RecipeError for a missing GPU."""
     if requested not in DEVICES:
@@ -215,9 +222,14 @@ def gpu_peak_key(precision: str) -> str:
 
 
 def gpu_peak_flops(precision: str) -> Optional[float]:
-    """Peak FLOP/s of the current CUDA device for `precision` (the tf32 column for fp32 when TF32
-    is allowed, the fp32 one where the table has no tf32 entry), from Composer's speed-monitor
-    table (None when the GPU or the precision is not in it)."""
+    """Peak FLOP/s of the current CUDA device for `precision` (see `gpu_peak`)."""
+    return gpu_peak(precision)[0]
+
+
+def gpu_peak(precision: str) -> tuple[Optional[float], str]:
+    """(peak FLOP/s, the column it came from) of the current CUDA device for `precision`, from
+    Composer's speed-monitor table: the tf32 column for fp32 when TF32 is allowed, the fp32 one
+    where the GPU has no tf32 entry (V100, T4); None when the GPU or the precision is not in it."""
     # lazy: Composer (~3 s), only for a GPU's peak; the CPU benchmarks import this module without it
     from composer.callbacks.speed_monitor import get_gpu_flops_available
 
@@ -230,14 +242,17 @@ def gpu_peak_flops(precision: str) -> Optional[float]:
         return float(flops) if flops else None
 
     key = gpu_peak_key(precision)
-    return lookup(key) or (lookup(precision) if key != precision else None)
+    flops = lookup(key)
+    if flops is None and key != precision:
+        key, flops = precision, lookup(precision)
+    return flops, key
 
 
 def peak_flops(run_device: RunDevice, threads: int) -> tuple[Optional[float], str]:
     """(peak FLOP/s, where it came from) for the precision the run trains in."""
     if run_device.is_gpu:
-        return (gpu_peak_flops(run_device.precision),
-                f"composer GPU_AVAILABLE_FLOPS[{gpu_peak_key(run_device.precision)}]")
+        flops, column = gpu_peak(run_device.precision)
+        return flops, f"composer GPU_AVAILABLE_FLOPS[{column}]"
     return cpu_fp32_peak_flops(max(1, int(threads))), "measured fp32 matmul (1024^3)"
 
 

@@ -3,35 +3,43 @@
 Under `composer -n N` every rank runs its own callbacks. A rank that stops one batch earlier than
 another leaves it waiting forever in the next gradient all-reduce, and ranks that charge different
 FLOPs (stochastic depth draws its own skips per rank) project different ends and learning rates.
-So a stop that one rank can see alone (Ctrl-C, a write failure, its own clock) is agreed with
-`any_rank`, and a counted step's FLOPs are summed over the ranks with `sum_over_ranks`. Both are
+So a stop that one rank can see alone (Ctrl-C, a write failure, its own clock, its own ledger) is
+agreed with `any_rank(s)`, and FLOPs a rank counts for itself are summed over the ranks with
+`sum_over_ranks`. Both are
 free for a single process; under DDP each is one small collective, run only where it is needed.
 """
 from __future__ import annotations
+
+from typing import Sequence
 
 import torch
 from composer.devices import Device
 from composer.utils import dist
 
 
-def _reduce(value: float, op: str, device: Device) -> float:
-    t = device.tensor_to_device(torch.tensor([float(value)], dtype=torch.float64))
+def _reduce(values: Sequence[float], op: str, device: Device) -> list[float]:
+    t = device.tensor_to_device(torch.tensor([float(v) for v in values], dtype=torch.float64))
     dist.all_reduce(t, reduce_operation=op)
-    return float(t.item())
+    return [float(v) for v in t.tolist()]
 
 
-def any_rank(flag: bool, device: Device) -> bool:
-    """True on every rank when `flag` is true on any rank (the same answer everywhere).
+def any_ranks(flags: Sequence[bool], device: Device) -> list[bool]:
+    """For each flag: true on every rank when it is true on any rank (one collective for all).
 
     Every rank must call it at the same point (the same batch): it is a collective.
     `device` is the Trainer's (`state.device`): NCCL reduces CUDA tensors, gloo CPU ones."""
     if dist.get_world_size() <= 1:
-        return bool(flag)
-    return _reduce(1.0 if flag else 0.0, "MAX", device) > 0.0
+        return [bool(f) for f in flags]
+    return [v > 0.0 for v in _reduce([1.0 if f else 0.0 for f in flags], "MAX", device)]
+
+
+def any_rank(flag: bool, device: Device) -> bool:
+    """`any_ranks` for one flag."""
+    return any_ranks([flag], device)[0]
 
 
 def sum_over_ranks(value: float, device: Device) -> float:
     """The sum of `value` over all ranks (the value itself for a single process)."""
     if dist.get_world_size() <= 1:
         return float(value)
-    return _reduce(value, "SUM", device)
+    return _reduce([value], "SUM", device)[0]

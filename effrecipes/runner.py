@@ -167,7 +167,8 @@ def _build_data(recipe: Recipe, per_sample: bool, data_may_be_missing: bool,
     """The recipe's loaders; for a dry run, a registered dataset that is not there yet is
     replaced by random batches of its shape and size (with a note)."""
     try:
-        return build_data(recipe.data, recipe.seed, per_sample=per_sample)
+        return build_data(recipe.data, recipe.seed, per_sample=per_sample,
+                          pin_memory=devices.will_train_on_gpu(recipe.trainer))
     except DataMissing as e:
         stand_in = stand_in_data(recipe.data, recipe.seed) if data_may_be_missing else None
         if stand_in is None:
@@ -579,12 +580,18 @@ def _save_or_clean(path: Path, save: Callable[[Path], Any]) -> None:
         raise
 
 
-def cpu_latency(module: nn.Module, test: Any, images: int, *, on_gpu: bool) -> Optional[float]:
-    """CPU milliseconds per image, on a CPU copy of a GPU-trained model; rank 0 alone measures
-    it (data-parallel ranks timing at once would share the cores), the others report None."""
+def host_timings(module: nn.Module, test: Any, images: int, dev: devices.RunDevice
+                 ) -> tuple[Optional[float], Optional[float], str]:
+    """(CPU ms per image, peak FLOP/s, its source). Timings on the host are rank 0's alone, taken
+    once every rank has finished its test pass: data-parallel ranks timing (or testing) at once
+    would share the cores. Other ranks report None (their metrics are not kept); a GPU's peak is
+    a table lookup, the same on every rank."""
+    if dist.get_world_size() > 1:
+        dist.barrier()
     if dist.get_global_rank() != 0:
-        return None
-    return measure_latency(copy.deepcopy(module).cpu() if on_gpu else module, test, images)
+        return None, *(devices.peak_flops(dev, 1) if dev.is_gpu else (None, "not measured on rank > 0"))
+    latency = measure_latency(copy.deepcopy(module).cpu() if dev.is_gpu else module, test, images)
+    return latency, *devices.peak_flops(dev, torch.get_num_threads())
 
 
 def _measure(prepared: Prepared, run: Training, module: nn.Module) -> dict[str, Any]:
@@ -593,12 +600,11 @@ def _measure(prepared: Prepared, run: Training, module: nn.Module) -> dict[str, 
                                        run.budget.ledger, run.device)
     test = evaluate(module, data.test, data.num_classes, per_class=recipe.eval.per_class,
                     device=dev.torch_device)
+    latency, peak, peak_source = host_timings(module, data.test, recipe.eval.latency_images, dev)
     # on a GPU also the device latency (batch 1 and the eval batch, synchronised)
-    latency = cpu_latency(module, data.test, recipe.eval.latency_images, on_gpu=dev.is_gpu)
     device_latency = (measure_device_latency(module, data.test, (1, recipe.data.eval_batch_size),
                                              precision=dev.precision)
                       if dev.is_gpu and recipe.eval.latency_images > 0 else None)
-    peak, peak_source = devices.peak_flops(dev, torch.get_num_threads())
     eval_samples = run.history.eval_samples + test["samples"]
     return RunMetrics(
         name=recipe.name, run_name=prepared.run_name or recipe.run_name, seed=recipe.seed, dataset=recipe.data.name,

@@ -137,7 +137,8 @@ def test_swa_recomputes_batchnorm_on_the_models_device(monkeypatch: pytest.Monke
                         lambda loader, model, device=None: seen.append(device))
     swa = SWAWithBNUpdate()
     swa._bn_batches_wanted = 2
-    net = nn.Sequential(nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2))
+    # "meta" stands in for a GPU: the model is there, the loader's batches on the host
+    net = nn.Sequential(nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2)).to("meta")
     batch = (torch.zeros(2, 1, 5, 5), torch.zeros(2, dtype=torch.int64))
-    swa._update_bn(SimpleNamespace(train_dataloader=[batch, batch], model=net))
-    assert seen == [next(net.parameters()).device] and swa.bn_updated
+    swa._update_bn(SimpleNamespace(train_dataloader=[batch, batch], model=net, device=DeviceCPU()))
+    assert seen == [torch.device("meta")] and swa.bn_updated

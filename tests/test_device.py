@@ -120,6 +120,10 @@ def test_gpu_peak_comes_from_composers_table(monkeypatch: pytest.MonkeyPatch) ->
     assert devices.gpu_peak_flops("fp32") == GPU_AVAILABLE_FLOPS["h100-sxm"]["tf32"]
     assert devices.peak_flops(devices.RunDevice("gpu", "fp32", False, torch.device("cuda", 0)),
                               1)[1].endswith("[tf32]")
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a, **k: "Tesla V100-SXM2-16GB")
+    assert "tf32" not in GPU_AVAILABLE_FLOPS["v100-sxm"]  # no TF32 there: the fp32 column, named
+    assert devices.gpu_peak("fp32") == (GPU_AVAILABLE_FLOPS["v100-sxm"]["fp32"], "fp32")
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a, **k: "NVIDIA H100 80GB HBM3")
     monkeypatch.setattr(devices, "tf32_allowed", lambda: False)
     assert devices.gpu_peak_flops("fp32") == GPU_AVAILABLE_FLOPS["h100-sxm"]["fp32"]
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a, **k: "Some Unknown GPU")
@@ -287,29 +291,39 @@ def test_per_sample_loaders_pin_memory_only_for_a_gpu() -> None:
     assert not bundle.train.pin_memory and not bundle.test.pin_memory
 
 
-def test_a_persistent_workers_loader_pins_after_its_first_iterator() -> None:
-    """Disk datasets keep their workers between epochs (`persistent_workers`), and a DataLoader
-    then reuses the iterator of its first `iter()` with that iterator's pin flag. The set-up draws
-    a sample batch before the run's device is known, so `DataBundle.to` must drop that iterator,
-    or a GPU run's batches would never be pinned."""
-    from torch.utils.data import DataLoader, TensorDataset
+def test_folder_loaders_pin_from_their_first_iterator_when_the_run_will_use_a_gpu(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Image-folder loaders keep their workers for the whole run (`persistent_workers`), and a
+    DataLoader then reuses the iterator of its first `iter()`, pin flag and all. The set-up draws
+    a sample batch before the run's device is resolved, so the loaders are built pinned when the
+    run will train on a GPU (`device.will_train_on_gpu`), not re-flagged by `DataBundle.to`."""
+    from effrecipes import runner
+    from effrecipes.data import build_data
+    from effrecipes.recipe import DataConfig, load_recipe
+    from tests.test_data import _write_food101
 
-    from effrecipes.data import DataBundle
+    _cuda(monkeypatch, True)
+    assert devices.will_train_on_gpu(_trainer("auto")) and devices.will_train_on_gpu(_trainer("gpu"))
+    assert not devices.will_train_on_gpu(_trainer("cpu"))
+    monkeypatch.setenv(devices.DEVICE_ENV, "cpu")
+    assert not devices.will_train_on_gpu(_trainer("auto"))  # a Ray cell given no GPU
+    monkeypatch.delenv(devices.DEVICE_ENV)
+    _cuda(monkeypatch, False)
+    assert not devices.will_train_on_gpu(_trainer("gpu"))  # resolve() will refuse it, not this
 
-    ds = TensorDataset(torch.zeros(4, 1, 2, 2), torch.zeros(4, dtype=torch.int64))
-    train = DataLoader(ds, batch_size=2, num_workers=1, persistent_workers=True)
-    bundle = DataBundle(train=train, val=None, test=DataLoader(ds, batch_size=2), num_classes=2,
-                        in_channels=1, image_size=2, num_train=4, num_val=0, num_test=4,
-                        per_sample=True)
-    first = iter(train)
-    next(first)  # what prepare() does before the device is resolved
-    assert iter(train) is first  # the loader reuses it...
-    bundle.to("cpu")
-    assert iter(train) is first  # ...and nothing changes while the flag does not
-    bundle.to(torch.device("cuda", 0))
-    fresh = iter(train)
-    assert fresh is not first and train.pin_memory  # built anew, reading pin_memory=True
-    assert len(list(fresh)) == 2
+    seen: dict[str, Any] = {}
+    monkeypatch.setattr(devices, "will_train_on_gpu", lambda trainer: True)
+    monkeypatch.setattr(runner, "build_data", lambda cfg, seed, **kw: seen.update(kw))
+    runner._build_data(load_recipe(write_recipe(tmp_path, tiny_recipe(tmp_path))), False, False, [])
+    assert seen == {"per_sample": False, "pin_memory": True}
+
+    _write_food101(tmp_path, ["apple_pie", "ramen"], 6)
+    cfg = DataConfig(name="food101", root=str(tmp_path), download=False, batch_size=2,
+                     eval_batch_size=2, image_size=16, val_fraction=0.2, num_workers=1)
+    pinned = build_data(cfg, seed=0, pin_memory=True)
+    assert pinned.train.persistent_workers and pinned.train.pin_memory and pinned.test.pin_memory
+    assert not build_data(cfg, seed=0).train.pin_memory
+
 
 
 def test_effrecipes_makes_no_per_batch_host_sync(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -355,14 +369,26 @@ def test_effrecipes_makes_no_per_batch_host_sync(tmp_path: Path, monkeypatch: py
     assert c_many.get("effrecipes", 0) == c_few.get("effrecipes", 0), seen
 
 
-def test_only_rank_zero_times_the_cpu_latency(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Data-parallel ranks timing the CPU latency at once would share the cores and inflate
-    rank 0's figure (the one metrics.json keeps): the other ranks skip it."""
+def test_only_rank_zero_times_the_host_once_every_rank_has_tested(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Data-parallel ranks timing the CPU latency or the CPU's matmul peak at once (or testing
+    while rank 0 times) would share the cores and skew rank 0's figures, the ones metrics.json
+    keeps: all ranks wait for each other, then rank 0 alone measures."""
     from composer.utils import dist
 
-    from effrecipes.runner import cpu_latency
+    from effrecipes.runner import host_timings
 
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 8 * 8, 10))
-    assert cpu_latency(model, _loader(), 4, on_gpu=False) > 0
+    cpu = devices.RunDevice("cpu", "fp32", False, torch.device("cpu"))
+    peaks: list[int] = []
+    monkeypatch.setattr(devices, "peak_flops", lambda dev, threads: (peaks.append(threads) or 1e9, "m"))
+    latency, peak, source = host_timings(model, _loader(), 4, cpu)
+    assert latency > 0 and (peak, source) == (1e9, "m") and len(peaks) == 1
+    waits: list[str] = []
+    monkeypatch.setattr(dist, "get_world_size", lambda: 2)
+    monkeypatch.setattr(dist, "barrier", lambda *a, **k: waits.append("barrier"))
     monkeypatch.setattr(dist, "get_global_rank", lambda: 1)
-    assert cpu_latency(model, _loader(), 4, on_gpu=False) is None
+    assert host_timings(model, _loader(), 4, cpu)[:2] == (None, None)
+    assert waits == ["barrier"] and len(peaks) == 1  # rank 1 waited, measured nothing
+    monkeypatch.setattr(dist, "get_global_rank", lambda: 0)
+    assert host_timings(model, _loader(), 4, cpu)[0] > 0 and waits == ["barrier"] * 2

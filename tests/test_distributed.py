@@ -22,6 +22,7 @@ def _agree_worker(rank: int, port: int, out: str) -> None:
     import torch.distributed as tdist
     from composer.devices import DeviceCPU
 
+    from effrecipes.algorithms import SWAWithBNUpdate
     from effrecipes.budget import FlopBudget, plan_budget
     from effrecipes.callbacks import RunGuard
     from effrecipes.ranks import any_rank, sum_over_ranks
@@ -48,12 +49,24 @@ def _agree_worker(rank: int, port: int, out: str) -> None:
     budget = FlopBudget(plan, max_seconds=1.0)
     budget.ledger.train_seconds = 5.0 if rank == 1 else 0.5  # only rank 1's clock is past the cap
     budget._decide(state(3), 0.0)
+    capped = FlopBudget(plan_budget(flops_cap=100.0, max_epochs=None, max_seconds=None,
+                                    pass_flops=1.0, forward_flops_per_sample=1.0, fvcore_macs=None,
+                                    global_batch_size=2, batches_per_epoch=10))
+    capped.ledger.flops_used = 99.0 if rank == 1 else 10.0  # only rank 1's ledger is at the cap
+    capped._decide(state(5), 5.0)
+    swa = SWAWithBNUpdate()  # each rank recomputes BatchNorm over its own batches
+    swa._bn_batches_wanted = rank + 1
+    batch = (torch.ones(2, 1, 4, 4), torch.zeros(2, dtype=torch.int64))
+    swa._update_bn(SimpleNamespace(train_dataloader=[batch] * 2, device=DeviceCPU(),
+                                   model=torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3),
+                                                             torch.nn.BatchNorm2d(2))))
     counted = FlopBudget(plan)  # a counted step whose FLOPs differ by rank (stochastic depth)
     counted._close_window = lambda: 100.0 * (rank + 1)
     counted._batch_size, counted._shape_key = 2, "1x2x2"
     counted.batch_end(state(4), SimpleNamespace(log_metrics=lambda metrics: None))
     result = {"stops": stops, "budget_stop": budget.ledger.stop_reason,
               "counted": [counted.ledger.flops_used, counted.ledger.measured_step_flops],
+              "capped": capped.ledger.stop_reason, "swa_extra": swa.extra_train_flops,
               "any": [any_rank(rank == 1, DeviceCPU()), any_rank(False, DeviceCPU())],
               "sum": sum_over_ranks(rank + 1.5, DeviceCPU())}
     Path(out, f"rank{rank}.json").write_text(json.dumps(result, default=str))
@@ -69,7 +82,12 @@ def test_ranks_agree_on_stops_one_rank_sees(tmp_path: Path) -> None:
     mp.spawn(_agree_worker, args=(_free_port(), str(tmp_path)), nprocs=2, join=True)
     results = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
     for r in results:
-        assert r["stops"] == ["batch 2", "batch 3"]  # the guard's stop, then the time cap's
+        # the guard's stop, the time cap's, then the FLOP cap's that only rank 1's ledger reached
+        assert r["stops"] == ["batch 2", "batch 3", "batch 5"]
+        assert str(r["capped"]).endswith("flops")
+        # SWA's BatchNorm recompute: 1 batch on rank 0, 2 on rank 1, charged as 3 on both
+        conv_flops_per_batch = 2 * 9 * (2 * 2 * 2 * 2)  # 2 FLOPs x 9 MACs x (2 images x 2 ch. x 2x2)
+        assert r["swa_extra"] == 3 * conv_flops_per_batch
         assert r["budget_stop"].endswith("max_seconds") or r["budget_stop"] == "max_seconds"
         assert r["any"] == [True, False]
         assert r["sum"] == 4.0  # 1.5 + 2.5

@@ -39,7 +39,9 @@ def test_gap_custom_from_layer_tokens() -> None:
     same = build_model("gap_custom", 1, 10, 28, layers=["c8", "dw12", "tb8", "m", "dw12", "dw16",
                                                          "tb12", "m", "dw15"])
     assert sum(p.numel() for p in same.parameters()) == PAPER_PARAMS["gap_1p5k_dw"]
-    for bad in (["c8", "dw"], ["tb8/2"], "c8", [], ["c0"], ["dw8k4"], ["tb8k3"], ["dw8k"], ["dw8/2k5"]):
+    assert parse_layers([" c8 ", " m"]) == [("c", 8, 1), ("m",)]
+    for bad in (["c8", "dw"], ["tb8/2"], "c8", [], ["c0"], ["dw8k4"], ["tb8k3"], ["dw8k"], ["dw8/2k5"],
+                ["dw8k05"], ["c16k9999"], ["c16k0"]):
         with pytest.raises(ValueError):
             parse_layers(bad)  # type: ignore[arg-type]
 
@@ -60,6 +62,9 @@ def test_gap_custom_kernel_size_token() -> None:
         == 16 * 16 + 32 * 16
     strided = build_model("gap_custom", 1, 10, 28, layers=["c8k7/2", "dw16k5/2"])
     assert strided.features(torch.zeros(1, 1, 28, 28)).shape == (1, 16, 7, 7)
+    from effrecipes.models.gap_cnn import GapCNN
+    with pytest.raises(ValueError, match="odd"):  # a hand-written spec: padding k // 2 needs odd k
+        GapCNN([("dw", 8, 2, 4)], 1, 10, bias=False)
 
 
 @pytest.mark.parametrize("layers,side", [(["c16", "m", "dw32", "m", "dw48"], 7),

@@ -64,13 +64,7 @@ class DataBundle:
             if isinstance(loader, BatchLoader):
                 loader.to(dev)
             elif isinstance(loader, DataLoader):
-                pin = dev.type == "cuda"
-                if loader.pin_memory != pin:
-                    loader.pin_memory = pin
-                    # a persistent-workers loader keeps the iterator of its first iter() (the
-                    # set-up's sample batch) and reuses it, pin flag and all: drop it so the next
-                    # iter() builds one that pins (its workers shut down as it is released)
-                    loader._iterator = None
+                loader.pin_memory = dev.type == "cuda"
         return self
 
 
@@ -100,10 +94,15 @@ def needs_per_sample(cfg: DataConfig, native_size: int) -> bool:
         cfg.image_size is not None and cfg.image_size != native_size)
 
 
-def build_data(cfg: DataConfig, seed: int, *, per_sample: bool = False) -> DataBundle:
-    """Build train/val/test loaders for a recipe's data section; deterministic for a seed."""
+def build_data(cfg: DataConfig, seed: int, *, per_sample: bool = False,
+               pin_memory: bool = False) -> DataBundle:
+    """Build train/val/test loaders for a recipe's data section; deterministic for a seed.
+
+    `pin_memory`: the run will train on a GPU. Image-folder loaders keep their worker processes
+    (and the first iterator, pin flag included) for the whole run, so they must pin from the start:
+    the run draws a sample batch before its device is resolved and `DataBundle.to` comes too late."""
     if datasets.entry(cfg.name, field_path="data.name").info.folder:
-        return _build_folder_data(cfg, seed)
+        return _build_folder_data(cfg, seed, pin_memory)
     raw = load_raw(cfg)
     _, channels, height, width = raw.train_x.shape
     if height != width:
@@ -229,7 +228,7 @@ def stand_in_data(cfg: DataConfig, seed: int) -> Optional[DataBundle]:
                       per_sample=needs_per_sample(cfg, info.image_size))
 
 
-def _build_folder_data(cfg: DataConfig, seed: int) -> DataBundle:
+def _build_folder_data(cfg: DataConfig, seed: int, pin_memory: bool = False) -> DataBundle:
     """Image-folder datasets (photos on disk): per-sample decoding with worker processes."""
     data = datasets.get(cfg.name)(cfg)
     train_idx, val_idx, test_idx = folders.split_folder(data, cfg.val_fraction, seed,
@@ -244,7 +243,7 @@ def _build_folder_data(cfg: DataConfig, seed: int) -> DataBundle:
     def make(base: Any, idx: list[int], tf: Any, train: bool) -> Iterable:
         ds = folders.TransformedSubset(base, idx, tf)
         return folders.loader(ds, cfg.batch_size if train else cfg.eval_batch_size, train,
-                              cfg.num_workers, seed)
+                              cfg.num_workers, seed, pin_memory=pin_memory)
 
     return DataBundle(train=make(data.train, train_idx, train_tf, True),
                       val=make(data.train, val_idx, eval_tf, False) if val_idx else None,

@@ -113,14 +113,16 @@ def folder_transform(augment: Sequence[str], size: int, train: bool) -> Any:
     return T.Compose(ops)
 
 
-def loader(ds: Dataset, batch_size: int, train: bool, workers: int, seed: int) -> torch.utils.data.DataLoader:
+def loader(ds: Dataset, batch_size: int, train: bool, workers: int, seed: int, *,
+           pin_memory: bool = False) -> torch.utils.data.DataLoader:
     from composer.utils import dist  # lazy: Composer (~3 s), unused by --list datasets
 
     if train and dist.get_world_size() > 1:  # data-parallel: each rank its share of the data
         sampler = dist.get_sampler(ds, shuffle=True, drop_last=True, seed=int(seed))
         return torch.utils.data.DataLoader(ds, batch_size=batch_size, sampler=sampler,
                                            drop_last=True, num_workers=workers,
-                                           persistent_workers=workers > 0)
+                                           persistent_workers=workers > 0, pin_memory=pin_memory)
     return torch.utils.data.DataLoader(ds, batch_size=batch_size, shuffle=train, drop_last=train,
                                        num_workers=workers, persistent_workers=workers > 0,
-                                       generator=torch.Generator().manual_seed(int(seed)))
+                                       generator=torch.Generator().manual_seed(int(seed)),
+                                       pin_memory=pin_memory)

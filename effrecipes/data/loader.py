@@ -41,10 +41,15 @@ def channel_stats(images: torch.Tensor) -> tuple[tuple[float, ...], tuple[float,
     return tuple(means), tuple(stds)
 
 
+def mix_seed(*parts: int) -> int:
+    """A 63-bit seed mixed from integers (numpy's SeedSequence): nearby inputs, unrelated seeds."""
+    return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1, np.uint64)[0] >> 1)
+
+
 def epoch_seed(seed: int, epoch: int) -> int:
     """A 63-bit seed per (seed, epoch); mixed so run `seed+1` does not replay run `seed` shifted
     by one epoch, as plain `seed + epoch` would."""
-    return int(np.random.SeedSequence([int(seed), int(epoch)]).generate_state(1, np.uint64)[0] >> 1)
+    return mix_seed(seed, epoch)
 
 
 def crop_flip(images: torch.Tensor, padding: int, flip: bool,
@@ -166,8 +171,7 @@ class BatchLoader:
         # Data-parallel ranks share the order but not the draws: each rank its own crops and flips
         host = self.device.type in ("cpu", "meta")
         if self.world_size > 1:
-            rank_seed = int(np.random.SeedSequence([seed, self.rank]).generate_state(1, np.uint64)[0] >> 1)
-            g_aug = torch.Generator("cpu" if host else self.device).manual_seed(rank_seed)
+            g_aug = torch.Generator("cpu" if host else self.device).manual_seed(mix_seed(seed, self.rank))
         else:
             g_aug = g if host else torch.Generator(self.device).manual_seed(seed)
         crop = "random_crop" in self.augment and self.crop_padding > 0

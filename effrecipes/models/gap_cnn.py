@@ -104,6 +104,8 @@ class GapCNN(nn.Module):
             out = int(item[1])  # type: ignore[misc]
             stride = int(item[2]) if len(item) > 2 else 1  # type: ignore[misc]
             k = int(item[3]) if len(item) > 3 else 3  # type: ignore[misc]
+            if k % 2 == 0:  # padding k // 2 keeps the size only for odd kernels (final_size)
+                raise ValueError(f"layer {tuple(item)}: the kernel size must be odd")
             if kind == "c":
                 layers += [nn.Conv2d(c, out, k, stride=stride, padding=k // 2, bias=bias), *act_norm(out)]
             elif kind == "dw":
@@ -164,7 +166,8 @@ PAPER_PARAMS: dict[str, int] = {
 }
 
 
-_TOKEN = re.compile(r"^(c|dw|tb)(\d+)(?:k(\d+))?(?:/(\d+))?$|^m$")
+_TOKEN = re.compile(r"^(c|dw|tb)(\d+)(?:k([1-9]\d*))?(?:/(\d+))?$|^m$")
+MAX_KERNEL = 15  # larger kernels than the maps these networks see are a typo, not a design
 
 
 def parse_layers(tokens: Sequence[str]) -> list[tuple[Any, ...]]:
@@ -176,7 +179,8 @@ def parse_layers(tokens: Sequence[str]) -> list[tuple[Any, ...]]:
         raise ValueError("layers must be a non-empty list such as [c16, m, dw32, dw64]")
     spec: list[tuple[Any, ...]] = []
     for tok in tokens:
-        m = _TOKEN.match(str(tok).strip())
+        tok = str(tok).strip()
+        m = _TOKEN.match(tok)
         if not m:
             raise ValueError(f"layer {tok!r} is not c<N>, dw<N>, tb<N> (optionally k<kernel>, "
                              "/<stride>) or m")
@@ -189,7 +193,8 @@ def parse_layers(tokens: Sequence[str]) -> list[tuple[Any, ...]]:
         if kernel is None:
             spec.append((kind, width, stride))
             continue
-        if kind == "tb" or int(kernel) < 1 or int(kernel) % 2 == 0:
-            raise ValueError(f"layer {tok!r}: the kernel size must be odd (k3, k5, k7) and tb is 1x1")
+        if kind == "tb" or int(kernel) % 2 == 0 or int(kernel) > MAX_KERNEL:
+            raise ValueError(f"layer {tok!r}: the kernel size must be odd and at most {MAX_KERNEL} "
+                             "(k3, k5, k7); tb is 1x1")
         spec.append((kind, width, stride, int(kernel)))
     return spec
