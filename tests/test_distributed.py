@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
 import pytest
 
@@ -101,17 +102,32 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.mark.slow
-def test_two_ranks_charge_the_global_batch(tmp_path: Path) -> None:
-    recipe = tiny_recipe(tmp_path, **{"budget.flops": 1e8})
+def _two_ranks(tmp_path: Path, recipe: dict[str, Any]) -> dict[str, Any]:
+    """`composer -n 2 -m effrecipes.cli` on CPU (gloo); metrics.json of the run."""
     path = write_recipe(tmp_path, recipe)
     launcher = Path(sys.executable).with_name("composer")
     env = {**os.environ, "EFFRECIPES_THREADS": "1"}
     proc = subprocess.run([str(launcher), "-n", "2", "--master_addr", "127.0.0.1", "--master_port",
                            str(_free_port()), "-m", "effrecipes.cli", str(path), "--quiet"],
-                          cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    m = json.loads((tmp_path / "runs" / "tiny" / "metrics.json").read_text())
+    return json.loads((tmp_path / "runs" / recipe["output"]["run_name"] / "metrics.json").read_text())
+
+
+@pytest.mark.slow
+def test_two_ranks_stop_together_on_their_own_clocks(tmp_path: Path) -> None:
+    """`budget.max_seconds` reads each rank's clock; the ranks agree on the batch to stop after
+    (a rank stopping alone would leave the other waiting in the gradient all-reduce until the
+    launcher's timeout), so the run ends, on its time cap, through Composer's own loop."""
+    m = _two_ranks(tmp_path, tiny_recipe(tmp_path, **{"budget": {"max_seconds": 2.0}}))
+    assert m["stop_reason"] == "max_seconds" and m["batches"] > 0
+    assert m["samples"] == m["batches"] * 16 * 2
+
+
+@pytest.mark.slow
+def test_two_ranks_charge_the_global_batch(tmp_path: Path) -> None:
+    recipe = tiny_recipe(tmp_path, **{"budget.flops": 1e8})
+    m = _two_ranks(tmp_path, recipe)
     per_sample = m["measured_flops_per_sample"]["1x12x12"]
     batch = recipe["data"]["batch_size"]
     assert m["samples"] == m["batches"] * batch * 2  # both ranks' samples
