@@ -70,10 +70,12 @@ def _given_cpu_only() -> bool:
 
 
 def will_train_on_gpu(trainer: Any) -> bool:
-    """What `resolve` will say about the device, without its errors (for the data set-up, which
-    runs before the device is resolved, and for dry runs planned on a machine without a GPU)."""
-    return (trainer.device in ("auto", "gpu") and not _given_cpu_only()
-            and torch.cuda.is_available())
+    """What `resolve_device` will say, without its errors (for the data set-up, which runs before
+    the device is resolved, and for dry runs planned on a machine without a GPU)."""
+    try:
+        return resolve_device(trainer.device) == "gpu"
+    except RecipeError:
+        return False
 
 
 def resolve_device(requested: str) -> str:

@@ -5,8 +5,7 @@ another leaves it waiting forever in the next gradient all-reduce, and ranks tha
 FLOPs (stochastic depth draws its own skips per rank) project different ends and learning rates.
 So a stop that one rank can see alone (Ctrl-C, a write failure, its own clock, its own ledger) is
 agreed with `any_rank(s)`, and FLOPs a rank counts for itself are summed over the ranks with
-`sum_over_ranks`. Both are
-free for a single process; under DDP each is one small collective, run only where it is needed.
+`sum_over_ranks`. Both are free for a single process; under DDP each is one small collective.
 """
 from __future__ import annotations
 

@@ -584,12 +584,11 @@ def host_timings(module: nn.Module, test: Any, images: int, dev: devices.RunDevi
                  ) -> tuple[Optional[float], Optional[float], str]:
     """(CPU ms per image, peak FLOP/s, its source). Timings on the host are rank 0's alone, taken
     once every rank has finished its test pass: data-parallel ranks timing (or testing) at once
-    would share the cores. Other ranks report None (their metrics are not kept); a GPU's peak is
-    a table lookup, the same on every rank."""
+    would share the cores. Other ranks measure nothing (their metrics are not kept)."""
     if dist.get_world_size() > 1:
         dist.barrier()
     if dist.get_global_rank() != 0:
-        return None, *(devices.peak_flops(dev, 1) if dev.is_gpu else (None, "not measured on rank > 0"))
+        return None, None, "not measured on rank > 0"
     latency = measure_latency(copy.deepcopy(module).cpu() if dev.is_gpu else module, test, images)
     return latency, *devices.peak_flops(dev, torch.get_num_threads())
 

@@ -127,7 +127,6 @@ def test_swa_recomputes_batchnorm_on_the_models_device(monkeypatch: pytest.Monke
     """A per-sample loader (disk datasets, PIL transforms) gives host batches while a GPU run's
     model is on the GPU: the BatchNorm recompute must move them (`update_bn(device=...)`), or it
     fails there with a device mismatch."""
-    import torch
     from torch import nn
 
     from effrecipes.algorithms import SWAWithBNUpdate

@@ -325,7 +325,6 @@ def test_folder_loaders_pin_from_their_first_iterator_when_the_run_will_use_a_gp
     assert not build_data(cfg, seed=0).train.pin_memory
 
 
-
 def test_effrecipes_makes_no_per_batch_host_sync(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """On a GPU every `.item()`, `.cpu()`, `.tolist()`, `.numpy()` or `float()` of a device
     tensor makes the host wait for the device. Each such call is charged to the innermost

@@ -187,14 +187,15 @@ def parse_layers(tokens: Sequence[str]) -> list[tuple[Any, ...]]:
         if tok == "m":
             spec.append(("m",))
             continue
-        kind, width, kernel, stride = (m.group(1), int(m.group(2)), m.group(3), int(m.group(4) or 1))
+        kind, width, stride = m.group(1), int(m.group(2)), int(m.group(4) or 1)
         if width < 1 or stride < 1 or (stride > 1 and kind == "tb"):
             raise ValueError(f"layer {tok!r}: width and stride must be >= 1; tb takes no stride")
-        if kernel is None:
+        if m.group(3) is None:
             spec.append((kind, width, stride))
             continue
-        if kind == "tb" or int(kernel) % 2 == 0 or int(kernel) > MAX_KERNEL:
+        kernel = int(m.group(3))
+        if kind == "tb" or kernel % 2 == 0 or kernel > MAX_KERNEL:
             raise ValueError(f"layer {tok!r}: the kernel size must be odd and at most {MAX_KERNEL} "
                              "(k3, k5, k7); tb is 1x1")
-        spec.append((kind, width, stride, int(kernel)))
+        spec.append((kind, width, stride, kernel))
     return spec
