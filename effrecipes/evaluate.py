@@ -8,7 +8,13 @@ from typing import Any, Iterable, Optional, Sequence
 
 import torch
 from torch import nn
-from torchmetrics.classification import MulticlassF1Score, MulticlassPrecision, MulticlassRecall
+import torch.nn.functional as F
+from torchmetrics import Metric, MetricCollection
+from torchmetrics.classification import (MulticlassAccuracy, MulticlassF1Score, MulticlassPrecision,
+                                         MulticlassRecall, MulticlassStatScores)
+
+from effrecipes.data.shards import PAD_LABEL
+from effrecipes.ranks import sum_tensor_over_ranks
 
 AUTOCAST_DTYPES = {"amp_bf16": torch.bfloat16, "amp_fp16": torch.float16}
 
@@ -19,30 +25,66 @@ def evaluate(model: nn.Module, loader: Iterable, num_classes: int, per_class: bo
     """Accuracy (fp32) of `model` on `loader`'s batches, on `device` (default: where the model's
     parameters are). Batches already there (the in-memory loader on the training device) are
     used as they are; others are copied with `non_blocking=True`. The counts stay on the device
-    until the end: one synchronisation for the whole set."""
+    until the end: one synchronisation for the whole set.
+
+    Under data parallelism each rank's loader holds its share of the set (`effrecipes.data.shards`):
+    the counts and per-class scores are summed over the ranks, and padding is ignored, so every
+    rank returns the whole set's figures."""
     model.eval()
     dev = torch.device(device) if device is not None else _model_device(model)
-    correct = torch.zeros((), dtype=torch.int64, device=dev)
-    total = 0
-    preds, targets = [], []
+    counts = torch.zeros(2, dtype=torch.int64, device=dev)  # correct, evaluated
+    scores = _per_class_metrics(num_classes).to(dev) if per_class else None
     for x, y in loader:
         x, y = x.to(dev, non_blocking=True), y.to(dev, non_blocking=True)
         p = model(x).argmax(1)
-        correct += (p == y).sum()
-        total += int(y.shape[0])
-        if per_class:
-            preds.append(p)
-            targets.append(y)
-    out: dict[str, Any] = {"accuracy": 100.0 * int(correct) / max(total, 1), "samples": total}
-    if per_class and preds:
-        p, t = torch.cat(preds).cpu(), torch.cat(targets).cpu()
-        scores = {}
-        for name, cls in (("precision", MulticlassPrecision), ("recall", MulticlassRecall),
-                          ("f1", MulticlassF1Score)):
-            scores[name] = cls(num_classes=num_classes, average=None)(p, t).tolist()
-        out["per_class"] = [{"class": c, **{k: v[c] for k, v in scores.items()},
-                             "support": int((t == c).sum())} for c in range(num_classes)]
+        real = y != PAD_LABEL
+        counts[0] += (real & (p == y)).sum()
+        counts[1] += real.sum()
+        if scores is not None:
+            scores.update(p, y)
+    correct, total = (int(v) for v in sum_tensor_over_ranks(counts))
+    out: dict[str, Any] = {"accuracy": 100.0 * correct / max(total, 1), "samples": total}
+    if scores is not None and total:
+        s = {k: v.cpu() for k, v in scores.compute().items()}  # torchmetrics sums over ranks
+        out["per_class"] = [{"class": c, **{k: float(s[k][c]) for k in ("precision", "recall", "f1")},
+                             "support": int(s["stats"][c, -1])} for c in range(num_classes)]
     return out
+
+
+def _per_class_metrics(num_classes: int) -> MetricCollection:
+    common = dict(num_classes=num_classes, average=None, ignore_index=PAD_LABEL)
+    return MetricCollection({"precision": MulticlassPrecision(**common),
+                             "recall": MulticlassRecall(**common), "f1": MulticlassF1Score(**common),
+                             "stats": MulticlassStatScores(**common)})  # tp, fp, tn, fn, support
+
+
+class SampleMeanCrossEntropy(Metric):
+    """Validation cross entropy averaged over images, padding ignored. Composer's `CrossEntropy`
+    averages batch means (a short last batch weighs as much as a full one, and a batch holding
+    only a rank's padding would be NaN)."""
+
+    full_state_update = False
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.add_state("sum_loss", default=torch.tensor(0.0), dist_reduce_fx="sum")
+        self.add_state("count", default=torch.tensor(0), dist_reduce_fx="sum")
+
+    def update(self, preds: torch.Tensor, targets: torch.Tensor) -> None:
+        self.sum_loss += F.cross_entropy(preds.float(), targets, ignore_index=PAD_LABEL, reduction="sum")
+        self.count += (targets != PAD_LABEL).sum()
+
+    def compute(self) -> torch.Tensor:
+        return self.sum_loss / self.count.clamp_min(1)
+
+
+def validation_metrics(num_classes: int) -> MetricCollection:
+    """The Trainer's validation metrics: Composer's pair under Composer's names (W&B panels and
+    `callbacks._val_accuracy` read them), both ignoring a rank's padding."""
+    return MetricCollection({
+        "CrossEntropy": SampleMeanCrossEntropy(),
+        "MulticlassAccuracy": MulticlassAccuracy(num_classes=num_classes, average="micro",
+                                                 ignore_index=PAD_LABEL)})
 
 
 def _model_device(model: nn.Module) -> torch.device:

@@ -42,3 +42,11 @@ def sum_over_ranks(value: float, device: Device) -> float:
     if dist.get_world_size() <= 1:
         return float(value)
     return _reduce([value], "SUM", device)[0]
+
+
+def sum_tensor_over_ranks(t: torch.Tensor) -> torch.Tensor:
+    """`t` summed over all ranks, in place (as it is for a single process). `t` must live where
+    the process group reduces (CUDA for NCCL, the CPU for gloo): the training device."""
+    if dist.get_world_size() > 1:
+        dist.all_reduce(t, reduce_operation="SUM")
+    return t

@@ -21,13 +21,13 @@ import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Optional
+from typing import Any, Callable, Iterable, Iterator, Optional
 
 import torch
 from torch import nn
 from composer import Trainer
 from composer.algorithms import ChannelsLast
-from composer.core import Algorithm
+from composer.core import Algorithm, DataSpec
 from composer.models import ComposerClassifier
 from composer.utils import dist, reproducibility
 from composer.utils.checkpoint import save_checkpoint
@@ -38,10 +38,12 @@ from effrecipes.budget import (BudgetLedger, BudgetPlan, FlopBudget, forward_flo
                                fvcore_forward_macs_per_sample, plan_budget, train_step_flops)
 from effrecipes.callbacks import BestWeights, EpochSync, History, LiveProgress, RunGuard
 from effrecipes.data import DataBundle, build_data, stand_in_data
+from effrecipes.data.shards import real_samples
 from effrecipes.errors import DataMissing, RecipeError, UserError, writable_dir
 from effrecipes import device as devices
 from effrecipes.lean_engine import make_lean
-from effrecipes.evaluate import evaluate, measure_device_latency, measure_latency, model_size_bytes
+from effrecipes.evaluate import (evaluate, measure_device_latency, measure_latency, model_size_bytes,
+                                 validation_metrics)
 from effrecipes.models import build_model, network_of
 from effrecipes.optim import build_optimizer, build_scheduler
 from effrecipes.recipe import Recipe, recipe_to_yaml
@@ -146,7 +148,8 @@ def prepare(recipe: Recipe, *, data_may_be_missing: bool = False) -> Prepared:
     # nothing here reads it, so it is kept only for W&B dashboards.
     model = ComposerClassifier(module, num_classes=data.num_classes,
                                train_metrics=None if recipe.loggers.wandb.enabled
-                               else MetricCollection([]))
+                               else MetricCollection([]),
+                               val_metrics=validation_metrics(data.num_classes))
     algorithm_objs = algos.build_algorithms(recipe.algorithms)
     if recipe.model.channels_last and "channels_last" not in names:
         # Last in the list: Composer runs INIT algorithms in order, so layers added by surgery
@@ -523,7 +526,7 @@ def _build_trainer(prepared: Prepared, out: Path, *, quiet: bool, guard: RunGuar
         warnings.filterwarnings("ignore", category=UserWarning)
         trainer = Trainer(
             model=model, train_dataloader=data.train, optimizers=optimizer,
-            eval_dataloader=data.val if data.val is not None else None,
+            eval_dataloader=_eval_data(data.val),
             eval_interval=f"{eval_every}ba" if data.val is not None else 0,
             max_duration=f"{plan.planned_batches}ba", schedulers=schedulers,
             step_schedulers_every_batch=every_batch, algorithms=prepared.algorithms,
@@ -538,6 +541,14 @@ def _build_trainer(prepared: Prepared, out: Path, *, quiet: bool, guard: RunGuar
     make_lean(trainer)  # Composer's per-event debug-log formatting, skipped unless ENGINE_DEBUG
     prepared.trainer = trainer
     return Training(trainer, budget, history, best, run_device)
+
+
+def _eval_data(val: Optional[Iterable]) -> Optional[Any]:
+    """The validation loader for the Trainer. Under data parallelism each rank holds a padded
+    share (`effrecipes.data.shards`): Composer then counts only the real images it evaluated."""
+    if val is None or dist.get_world_size() <= 1:
+        return val
+    return DataSpec(val, get_num_samples_in_batch=real_samples)
 
 
 def _final_module(prepared: Prepared, run: Training, out: Path, guard: RunGuard) -> nn.Module:

@@ -26,6 +26,7 @@ from torch.utils.data import DataLoader
 from effrecipes.data import folders, sources  # noqa: F401  (register the datasets)
 from effrecipes.data.loader import BatchLoader, channel_stats
 from effrecipes.data.persample import ArrayImageDataset, build_transform, make_loader
+from effrecipes.data.shards import shard_arrays
 from effrecipes.data.sources import RawData
 from effrecipes.data.split import split_indices
 from effrecipes.errors import DataError
@@ -170,16 +171,20 @@ def _per_sample_loaders(cfg: DataConfig, seed: int, train: _Arrays, val: _Arrays
 def _batch_loaders(cfg: DataConfig, seed: int, train: _Arrays, val: _Arrays, test: _Arrays, *,
                    mean: tuple[float, ...], std: tuple[float, ...]
                    ) -> tuple[Iterable, Optional[Iterable], Iterable]:
-    """The fast path: whole-batch `BatchLoader`s; the training one takes this rank's share."""
+    """The fast path: whole-batch `BatchLoader`s, each holding this rank's share (all of it for
+    one process)."""
     from composer.utils import dist  # lazy: Composer (~3 s), unused by --list datasets
 
     train_loader = BatchLoader(*train, cfg.batch_size, mean=mean, std=std, shuffle=True,
                                drop_last=True, augment=cfg.augment, crop_padding=cfg.crop_padding,
                                seed=seed, rank=dist.get_global_rank(),
                                world_size=dist.get_world_size())
-    val_loader = (BatchLoader(*val, cfg.eval_batch_size, mean=mean, std=std)
-                  if len(val[0]) > 0 else None)
-    return train_loader, val_loader, BatchLoader(*test, cfg.eval_batch_size, mean=mean, std=std)
+    rank, world = dist.get_global_rank(), dist.get_world_size()
+
+    def ev(arrays: _Arrays) -> BatchLoader:  # each rank evaluates its own (padded) share
+        return BatchLoader(*shard_arrays(*arrays, rank, world), cfg.eval_batch_size, mean=mean, std=std)
+
+    return train_loader, (ev(val) if len(val[0]) > 0 else None), ev(test)
 
 
 class StandInLoader:

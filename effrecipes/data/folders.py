@@ -17,6 +17,7 @@ import torchvision.transforms as T
 from torch.utils.data import Dataset
 from torchvision.datasets import VisionDataset
 
+from effrecipes.data.shards import PaddedShard
 from effrecipes.data.split import split_indices
 from effrecipes.errors import DataError, DataMissing
 from effrecipes.recipe import DataConfig
@@ -122,6 +123,8 @@ def loader(ds: Dataset, batch_size: int, train: bool, workers: int, seed: int, *
         return torch.utils.data.DataLoader(ds, batch_size=batch_size, sampler=sampler,
                                            drop_last=True, num_workers=workers,
                                            persistent_workers=workers > 0, pin_memory=pin_memory)
+    if not train and dist.get_world_size() > 1:  # each rank evaluates its own share
+        ds = PaddedShard(ds, dist.get_global_rank(), dist.get_world_size())
     return torch.utils.data.DataLoader(ds, batch_size=batch_size, shuffle=train, drop_last=train,
                                        num_workers=workers, persistent_workers=workers > 0,
                                        generator=torch.Generator().manual_seed(int(seed)),
