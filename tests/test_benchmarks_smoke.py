@@ -148,3 +148,24 @@ def test_val_test_distance_finds_each_nearest_training_image() -> None:
     assert torch.allclose(mod.nearest_distance(queries, base, chunk=2), torch.tensor([0.0, 1.0, 3.0]))
     s = mod.summary(torch.tensor([0.4, 1.5, 2.5, 3.5]))
     assert s["fraction_within"] == {"0.5": 0.25, "1.0": 0.25, "2.0": 0.5, "3.0": 0.75}
+
+
+def test_tta_check_reloads_a_run_and_shifts_images(tmp_path: Path) -> None:
+    """The single-view row is the run's own test accuracy (the checkpoint is reloaded into the
+    recipe's surgered network), and a shift moves the picture by one pixel, repeating the border."""
+    import json
+
+    from effrecipes.recipe import load_recipe
+    from effrecipes.runner import run
+    from tests.conftest import tiny_recipe, write_recipe
+
+    recipe = tiny_recipe(tmp_path, **{"budget.flops": 5e7, "algorithms": [{"blurpool": {}}]})
+    result = run(load_recipe(write_recipe(tmp_path, recipe)), quiet=True)
+    mod = _load("tta_check")
+    out = tmp_path / "tta.json"
+    assert mod.main([str(result.run_dir), "--out", str(out)]) == 0
+    got = json.loads(out.read_text())
+    assert got["cells"][0]["views"]["none"]["test"] == round(result.metrics["test_accuracy"], 3)
+    x = torch.arange(9.0).view(1, 1, 3, 3)
+    assert mod.view(x, (False, 1, 0)).view(3, 3).tolist() == [[0, 0, 1], [3, 3, 4], [6, 6, 7]]
+    assert mod.view(x, (True, 0, -1)).view(3, 3).tolist() == [[5, 4, 3], [8, 7, 6], [8, 7, 6]]
