@@ -24,8 +24,8 @@ def evaluate(model: nn.Module, loader: Iterable, num_classes: int, per_class: bo
              device: "torch.device | str | None" = None) -> dict[str, Any]:
     """Accuracy (fp32) of `model` on `loader`'s batches, on `device` (default: where the model's
     parameters are). Batches already there (the in-memory loader on the training device) are
-    used as they are; others are copied with `non_blocking=True`. The counts stay on the device
-    until the end: one synchronisation for the whole set.
+    used as they are; others are copied with `non_blocking=True`. The counts (and the per-class
+    statistics) stay on the device until the end: one synchronisation for the whole set.
 
     Under data parallelism each rank's loader holds its share of the set (`effrecipes.data.shards`):
     the counts and per-class scores are summed over the ranks, and padding is ignored, so every
@@ -52,7 +52,10 @@ def evaluate(model: nn.Module, loader: Iterable, num_classes: int, per_class: bo
 
 
 def _per_class_metrics(num_classes: int) -> MetricCollection:
-    common = dict(num_classes=num_classes, average=None, ignore_index=PAD_LABEL)
+    """Per-class precision, recall, F1 and support, updated on the device batch by batch.
+    `validate_args=False`: the inputs are argmax predictions and the set's own labels, and the
+    argument check (`torch.unique`) would wait for the device at every batch."""
+    common = dict(num_classes=num_classes, average=None, ignore_index=PAD_LABEL, validate_args=False)
     return MetricCollection({"precision": MulticlassPrecision(**common),
                              "recall": MulticlassRecall(**common), "f1": MulticlassF1Score(**common),
                              "stats": MulticlassStatScores(**common)})  # tp, fp, tn, fn, support
@@ -94,7 +97,9 @@ def _model_device(model: nn.Module) -> torch.device:
 
 @torch.no_grad()
 def measure_latency(model: nn.Module, loader: Iterable, images: int, warmup: int = 10) -> float | None:
-    """Median CPU milliseconds to classify one image (batch of 1), over `images` test images.
+    """Median CPU milliseconds to classify one image (batch of 1), over `images` test images
+    (cycled when the loader has fewer: a data-parallel rank holds a share of the test set, and
+    a forward pass takes as long whatever its pixels).
 
     `model` must be on the CPU (when training on a GPU, pass a CPU copy); images from a loader on
     another device are copied to the CPU before the timing."""
@@ -106,8 +111,11 @@ def measure_latency(model: nn.Module, loader: Iterable, images: int, warmup: int
         singles.extend(x.cpu().split(1))
         if len(singles) >= images + warmup:
             break
+    if not singles:
+        return None
     times = []
-    for i, x in enumerate(singles[: images + warmup]):
+    for i in range(images + warmup):
+        x = singles[i % len(singles)]
         t0 = time.perf_counter()
         model(x)
         if i >= warmup:
@@ -124,8 +132,8 @@ def measure_device_latency(model: nn.Module, loader: Iterable, batch_sizes: Sequ
                            warmup: int = 10) -> dict[str, Optional[float]]:
     """Median milliseconds per forward pass of `model` (eval mode, on its device, autocast in the
     run's `precision`) for each batch size, on the first test images; every pass is timed
-    between `torch.cuda.synchronize()` calls. Returns {"batch_<b>_ms": ms}; batch sizes larger
-    than the test set are skipped (None)."""
+    between `torch.cuda.synchronize()` calls. Returns {"batch_<b>_ms": ms}; a batch larger than
+    the images the loader holds (a data-parallel rank's share, a small test set) repeats them."""
     model.eval()
     dev = _model_device(model)
     need = max(batch_sizes)
@@ -141,10 +149,10 @@ def measure_device_latency(model: nn.Module, loader: Iterable, batch_sizes: Sequ
     dtype = AUTOCAST_DTYPES.get(precision)
     out: dict[str, Optional[float]] = {}
     for b in batch_sizes:
-        if pool is None or pool.shape[0] < b:
+        if pool is None:
             out[f"batch_{b}_ms"] = None
             continue
-        x = pool[:b]
+        x = pool[:b] if pool.shape[0] >= b else pool.repeat(-(-b // pool.shape[0]), 1, 1, 1)[:b]
         times = []
         with torch.autocast(dev.type, dtype=dtype, enabled=dtype is not None):
             for i in range(warmup + iters):

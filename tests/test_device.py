@@ -268,9 +268,27 @@ def test_device_latency_times_each_batch_size() -> None:
     from effrecipes.evaluate import measure_device_latency
 
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 8 * 8, 10))
+    sizes: list[int] = []
+    model.register_forward_hook(lambda m, inp, out: sizes.append(inp[0].shape[0]))
     out = measure_device_latency(model, _loader(), (1, 16, 1000), iters=3, warmup=1)
     assert set(out) == {"batch_1_ms", "batch_16_ms", "batch_1000_ms"}
-    assert out["batch_1_ms"] > 0 and out["batch_16_ms"] > 0 and out["batch_1000_ms"] is None
+    assert all(out[k] > 0 for k in ("batch_1_ms", "batch_16_ms", "batch_1000_ms"))
+    # a batch larger than the loader's 64 images (a rank's share of the test set) repeats them
+    assert sizes == [1] * 4 + [16] * 4 + [1000] * 4
+
+
+def test_cpu_latency_cycles_a_short_loader() -> None:
+    """A data-parallel rank holds a share of the test set: CPU latency still times the asked
+    number of single images, cycling through the ones it has."""
+    from effrecipes.evaluate import measure_latency
+
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 8 * 8, 10))
+    sizes: list[int] = []
+    model.register_forward_hook(lambda m, inp, out: sizes.append(inp[0].shape[0]))
+    short = _loader()
+    short.images, short.labels = short.images[:5], short.labels[:5]
+    assert measure_latency(model, short, images=20, warmup=2) > 0
+    assert sizes == [1] * 22
 
 
 def test_per_sample_loaders_pin_memory_only_for_a_gpu() -> None:

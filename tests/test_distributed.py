@@ -289,10 +289,13 @@ def test_validation_cross_entropy_is_a_mean_over_images() -> None:
 
 
 @pytest.mark.slow
-def test_two_ranks_evaluate_each_image_once(tmp_path: Path) -> None:
+@pytest.mark.parametrize("path", [{}, {"data.image_size": 14}], ids=["in_memory", "per_sample"])
+def test_two_ranks_evaluate_each_image_once(tmp_path: Path, path: dict[str, Any]) -> None:
     """Validation and test are split over the ranks (sets of odd size, so one rank's share is
-    padded): the test accuracy is the saved weights' accuracy on the whole test set, and the
-    evaluation FLOPs count every validation and test image once, not once per rank."""
+    padded), on the in-memory path and on the per-sample DataLoader path (a resize forces it;
+    Composer refuses a plain DataLoader as eval data under several ranks, so the share is passed
+    on as an iterable): the test accuracy is the saved weights' accuracy on the whole test set,
+    and the evaluation FLOPs count every validation and test image once, not once per rank."""
     import csv
 
     import torch
@@ -304,11 +307,12 @@ def test_two_ranks_evaluate_each_image_once(tmp_path: Path) -> None:
     from effrecipes.recipe import load_recipe
 
     recipe = tiny_recipe(tmp_path, **{"budget.flops": 1e8, "data.kwargs.num_train": 165,
-                                      "data.kwargs.num_test": 63})
+                                      "data.kwargs.num_test": 63, **path})
     m = _two_ranks(tmp_path, recipe)
     run = tmp_path / "runs" / "tiny"
     r = load_recipe(run / "recipe.yaml")
     data = build_data(r.data, r.seed)  # one process: the whole sets
+    assert data.per_sample == bool(path)
     assert data.num_val % 2 == 1 and data.num_test % 2 == 1
     net = algos.inference_module(algos.apply_surgery(
         build_model(r.model.name, data.in_channels, data.num_classes, data.image_size,

@@ -466,6 +466,43 @@ def test_lean_engine_hands_profiled_runs_to_composers_engine(tmp_path: Path,
     assert entered == ["Event.BEFORE_FORWARD", "Event.AFTER_FORWARD"] and marks == ["start", "finish"]
 
 
+def test_lean_engine_follows_changes_to_the_callback_list(tmp_path: Path) -> None:
+    """LeanEngine splits the callbacks into non-loggers and loggers once, not per event; a
+    callback appended to the list, or a new list, still gets every later event, non-loggers
+    before loggers (Composer's order)."""
+    from composer.core import Callback, Event
+    from composer.loggers import LoggerDestination
+
+    from effrecipes import runner
+    from effrecipes.callbacks import RunGuard
+    from effrecipes.recipe import load_recipe
+
+    prepared = runner.prepare(load_recipe(write_recipe(tmp_path, tiny_recipe(tmp_path))))
+    engine = runner._build_trainer(prepared, tmp_path, quiet=True, guard=RunGuard(budget=None),
+                                   resume=False).trainer.engine
+    seen: list[str] = []
+
+    class Seen(Callback):
+        def __init__(self, name: str) -> None:
+            self.name = name
+
+        def batch_start(self, state: Any, logger: Any) -> None:
+            seen.append(self.name)
+
+    class SeenLogger(LoggerDestination, Seen):
+        pass
+
+    engine.run_event(Event.BATCH_START)
+    engine.state.callbacks.append(SeenLogger("logger"))
+    engine.state.callbacks.append(Seen("appended"))
+    engine.run_event(Event.BATCH_START)
+    assert seen == ["appended", "logger"]
+    # a new list of the same length (the last callback swapped for another)
+    engine.state.callbacks = [Seen("replaced")] + list(engine.state.callbacks[:-1])
+    engine.run_event(Event.BATCH_START)
+    assert seen == ["appended", "logger", "replaced", "logger"]
+
+
 @pytest.mark.parametrize("debug", [False, True])
 def test_lean_engine_formats_debug_logs_only_when_asked(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                         debug: bool) -> None:

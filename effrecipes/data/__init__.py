@@ -26,7 +26,7 @@ from torch.utils.data import DataLoader
 from effrecipes.data import folders, sources  # noqa: F401  (register the datasets)
 from effrecipes.data.loader import BatchLoader, channel_stats
 from effrecipes.data.persample import ArrayImageDataset, build_transform, make_loader
-from effrecipes.data.shards import shard_arrays
+from effrecipes.data.shards import ShardLoader, shard_arrays
 from effrecipes.data.sources import RawData
 from effrecipes.data.split import split_indices
 from effrecipes.errors import DataError
@@ -64,7 +64,7 @@ class DataBundle:
         for loader in (self.train, self.val, self.test):
             if isinstance(loader, BatchLoader):
                 loader.to(dev)
-            elif isinstance(loader, DataLoader):
+            elif isinstance(loader, (DataLoader, ShardLoader)):
                 loader.pin_memory = dev.type == "cuda"
         return self
 
@@ -175,11 +175,10 @@ def _batch_loaders(cfg: DataConfig, seed: int, train: _Arrays, val: _Arrays, tes
     one process)."""
     from composer.utils import dist  # lazy: Composer (~3 s), unused by --list datasets
 
+    rank, world = dist.get_global_rank(), dist.get_world_size()
     train_loader = BatchLoader(*train, cfg.batch_size, mean=mean, std=std, shuffle=True,
                                drop_last=True, augment=cfg.augment, crop_padding=cfg.crop_padding,
-                               seed=seed, rank=dist.get_global_rank(),
-                               world_size=dist.get_world_size())
-    rank, world = dist.get_global_rank(), dist.get_world_size()
+                               seed=seed, rank=rank, world_size=world)
 
     def ev(arrays: _Arrays) -> BatchLoader:  # each rank evaluates its own (padded) share
         return BatchLoader(*shard_arrays(*arrays, rank, world), cfg.eval_batch_size, mean=mean, std=std)

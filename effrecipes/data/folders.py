@@ -17,7 +17,7 @@ import torchvision.transforms as T
 from torch.utils.data import Dataset
 from torchvision.datasets import VisionDataset
 
-from effrecipes.data.shards import PaddedShard
+from effrecipes.data.shards import ShardLoader, eval_share
 from effrecipes.data.split import split_indices
 from effrecipes.errors import DataError, DataMissing
 from effrecipes.recipe import DataConfig
@@ -115,7 +115,7 @@ def folder_transform(augment: Sequence[str], size: int, train: bool) -> Any:
 
 
 def loader(ds: Dataset, batch_size: int, train: bool, workers: int, seed: int, *,
-           pin_memory: bool = False) -> torch.utils.data.DataLoader:
+           pin_memory: bool = False) -> "torch.utils.data.DataLoader | ShardLoader":
     from composer.utils import dist  # lazy: Composer (~3 s), unused by --list datasets
 
     if train and dist.get_world_size() > 1:  # data-parallel: each rank its share of the data
@@ -123,9 +123,11 @@ def loader(ds: Dataset, batch_size: int, train: bool, workers: int, seed: int, *
         return torch.utils.data.DataLoader(ds, batch_size=batch_size, sampler=sampler,
                                            drop_last=True, num_workers=workers,
                                            persistent_workers=workers > 0, pin_memory=pin_memory)
-    if not train and dist.get_world_size() > 1:  # each rank evaluates its own share
-        ds = PaddedShard(ds, dist.get_global_rank(), dist.get_world_size())
-    return torch.utils.data.DataLoader(ds, batch_size=batch_size, shuffle=train, drop_last=train,
-                                       num_workers=workers, persistent_workers=workers > 0,
-                                       generator=torch.Generator().manual_seed(int(seed)),
-                                       pin_memory=pin_memory)
+
+    def make(d: Any) -> torch.utils.data.DataLoader:
+        return torch.utils.data.DataLoader(d, batch_size=batch_size, shuffle=train, drop_last=train,
+                                           num_workers=workers, persistent_workers=workers > 0,
+                                           generator=torch.Generator().manual_seed(int(seed)),
+                                           pin_memory=pin_memory)
+
+    return make(ds) if train else eval_share(ds, make)  # each rank its share

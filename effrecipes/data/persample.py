@@ -16,7 +16,7 @@ from torch.utils.data import DataLoader
 from torchvision import transforms as T
 from torchvision.datasets import VisionDataset
 
-from effrecipes.data.shards import PaddedShard
+from effrecipes.data.shards import ShardLoader, eval_share
 from effrecipes.errors import DataError
 
 
@@ -62,7 +62,7 @@ def build_transform(augment: Sequence[str], *, size: int, resize: bool, crop_pad
 
 
 def make_loader(dataset: ArrayImageDataset, batch_size: int, *, train: bool, num_workers: int,
-                seed: int) -> DataLoader:
+                seed: int) -> "DataLoader | ShardLoader":
     """Shuffled, drop_last loader for training; ordered, keep-last for evaluation (under
     data parallelism each rank its share: training drops the remainder, evaluation pads, see
     `effrecipes.data.shards`). The generator
@@ -74,8 +74,10 @@ def make_loader(dataset: ArrayImageDataset, batch_size: int, *, train: bool, num
         sampler = dist.get_sampler(dataset, shuffle=True, drop_last=True, seed=int(seed))
         return DataLoader(dataset, batch_size=batch_size, sampler=sampler, drop_last=True,
                           num_workers=num_workers, pin_memory=False)
-    if not train and dist.get_world_size() > 1:  # each rank evaluates its own share
-        dataset = PaddedShard(dataset, dist.get_global_rank(), dist.get_world_size())
-    return DataLoader(dataset, batch_size=batch_size, shuffle=train, drop_last=train,
-                      num_workers=num_workers, generator=torch.Generator().manual_seed(int(seed)),
-                      pin_memory=False)
+
+    def make(ds: Any) -> DataLoader:
+        return DataLoader(ds, batch_size=batch_size, shuffle=train, drop_last=train,
+                          num_workers=num_workers, generator=torch.Generator().manual_seed(int(seed)),
+                          pin_memory=False)
+
+    return make(dataset) if train else eval_share(dataset, make)  # each rank its share
