@@ -18,7 +18,7 @@ from tqdm import tqdm
 
 from effrecipes.models import network_of
 from effrecipes.budget import FlopBudget
-from effrecipes.ranks import any_rank
+from effrecipes.ranks import any_rank, broadcast_from_rank0
 from effrecipes.rundir import HISTORY_FIELDS, StopReason
 from effrecipes.stats import fmt_flops
 
@@ -201,6 +201,18 @@ class EpochSync(Callback):
 
     def epoch_start(self, state: State, logger: Logger) -> None:
         self._sync(state)
+
+
+class EvalOnRank0Model(Callback):
+    """Data-parallel runs only: at the start of every evaluation each rank takes rank 0's
+    buffers (BatchNorm statistics, which each rank updated from its own last batch; the weights
+    are the same on every rank), so that the shares of the validation set (`effrecipes.data.shards`)
+    are all evaluated by one model. Callbacks run after algorithms, so with EMA these are the
+    averaged model's buffers. Training is unchanged: DDP copies rank 0's buffers to every rank
+    at the start of the next training step anyway."""
+
+    def eval_start(self, state: State, logger: Logger) -> None:
+        broadcast_from_rank0(network_of(state.model).buffers())
 
 
 class RunGuard(Callback):

@@ -6,10 +6,16 @@ FLOPs (stochastic depth draws its own skips per rank) project different ends and
 So a stop that one rank can see alone (Ctrl-C, a write failure, its own clock, its own ledger) is
 agreed with `any_rank(s)`, and FLOPs a rank counts for itself are summed over the ranks with
 `sum_over_ranks`. Both are free for a single process; under DDP each is one small collective.
+
+What the ranks evaluate must be one model, too: DDP copies rank 0's BatchNorm statistics to the
+other ranks only when a training forward pass starts, and every rank then updates them from its
+own batch, so after any training step the ranks' statistics differ slightly. Each rank evaluates
+its own share of the validation and test sets (`effrecipes.data.shards`), so before evaluating
+they take rank 0's (`broadcast_from_rank0`), the model that rank 0 saves.
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Iterable, Sequence
 
 import torch
 from composer.devices import Device
@@ -50,3 +56,13 @@ def sum_tensor_over_ranks(t: torch.Tensor) -> torch.Tensor:
     if dist.get_world_size() > 1:
         dist.all_reduce(t, reduce_operation="SUM")
     return t
+
+
+def broadcast_from_rank0(tensors: Iterable[torch.Tensor]) -> None:
+    """Overwrite each tensor, in place, with rank 0's (nothing for a single process). The tensors
+    must live where the process group communicates (the training device) and be the same on every
+    rank in number, shape and dtype (a model's buffers or state_dict values)."""
+    if dist.get_world_size() <= 1:
+        return
+    for t in tensors:
+        dist.broadcast(t, src=0)

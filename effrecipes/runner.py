@@ -36,7 +36,8 @@ from torchmetrics import MetricCollection
 from effrecipes import algorithms as algos
 from effrecipes.budget import (BudgetLedger, BudgetPlan, FlopBudget, forward_flops_per_sample,
                                fvcore_forward_macs_per_sample, plan_budget, train_step_flops)
-from effrecipes.callbacks import BestWeights, EpochSync, History, LiveProgress, RunGuard
+from effrecipes.callbacks import (BestWeights, EpochSync, EvalOnRank0Model, History, LiveProgress,
+                                  RunGuard)
 from effrecipes.data import DataBundle, build_data, stand_in_data
 from effrecipes.data.shards import real_samples
 from effrecipes.errors import DataMissing, RecipeError, UserError, writable_dir
@@ -47,6 +48,7 @@ from effrecipes.evaluate import (evaluate, measure_device_latency, measure_laten
 from effrecipes.models import build_model, network_of
 from effrecipes.optim import build_optimizer, build_scheduler
 from effrecipes.recipe import Recipe, recipe_to_yaml
+from effrecipes.ranks import broadcast_from_rank0
 from effrecipes.rundir import (CHECKPOINT_FILE, HISTORY_FILE, METRICS_FILE, RECIPE_FILE, RESUME_FILE,
                                RunMetrics, StopReason, write_metrics)
 from effrecipes.safe_load import verify_checkpoint
@@ -512,7 +514,10 @@ def _build_trainer(prepared: Prepared, out: Path, *, quiet: bool, guard: RunGuar
             if recipe.loggers.progress_bar and not quiet else None)
     history = History(budget, out / HISTORY_FILE, progress=live, on_write_error=guard.write_failed)
     best = BestWeights() if recipe.eval.checkpoint == "best_val" else None
-    callbacks = [guard, budget, history, EpochSync(data.train)] + ([best] if best else [])
+    callbacks = ([guard, budget, history, EpochSync(data.train)]
+                 # several ranks: each evaluates its share of the validation set with rank 0's model
+                 + ([EvalOnRank0Model()] if dist.get_world_size() > 1 else [])
+                 + ([best] if best else []))
     eval_every = recipe.eval.batches_between_evals(plan.batches_per_epoch, plan.planned_batches)
     schedulers, every_batch = build_scheduler(recipe.scheduler, recipe.optimizer, optimizer,
                                               lambda: budget.projected_batches,
@@ -567,6 +572,9 @@ def _final_module(prepared: Prepared, run: Training, out: Path, guard: RunGuard)
     module = network_of(trainer.state.model)
     if run.best is not None and run.best.state is not None:
         module.load_state_dict(run.best.state)
+    # data-parallel ranks test their shares of the test set with the model rank 0 saves (their
+    # BatchNorm statistics, EMA's or SWA's recompute included, differ slightly by rank)
+    broadcast_from_rank0(module.state_dict().values())
     module = algos.inference_module(module)
     if prepared.recipe.output.save_checkpoint:
         weights = {k: v.detach().cpu() for k, v in module.state_dict().items()}  # loadable anywhere
