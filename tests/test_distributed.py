@@ -278,6 +278,45 @@ def test_sharded_evaluation_equals_the_whole_set(tmp_path: Path) -> None:
         assert got["bn"] == [[1.0, 1.0], 5, [1.0, 1.0]]  # rank 0's buffers on both ranks
 
 
+def _final_worker(rank: int, port: int, recipe_path: str, out: str) -> None:
+    """One of two gloo ranks: a Trainer built as for a run, BatchNorm statistics made to differ
+    by rank (as each rank's last batch leaves them), then the weights the run would test."""
+    import torch
+    import torch.distributed as tdist
+
+    from effrecipes import runner
+    from effrecipes.callbacks import RunGuard
+    from effrecipes.models import network_of
+    from effrecipes.recipe import load_recipe
+
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", LOCAL_WORLD_SIZE="2",
+                      NODE_RANK="0", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    tdist.init_process_group("gloo", rank=rank, world_size=2)
+    prepared = runner.prepare(load_recipe(recipe_path))
+    run_dir = Path(out, f"rank{rank}")
+    run_dir.mkdir()
+    training = runner._build_trainer(prepared, run_dir, quiet=True, guard=RunGuard(budget=None),
+                                     resume=False)
+    for buf in network_of(training.trainer.state.model).buffers():
+        if buf.is_floating_point():
+            buf.fill_(rank + 1.0)
+    module = runner._final_module(prepared, training, run_dir, RunGuard(budget=None))
+    values = sorted({float(v) for b in module.buffers() if b.is_floating_point() for v in b.flatten()})
+    Path(out, f"rank{rank}.json").write_text(json.dumps(values))
+    _leave()
+
+
+@pytest.mark.timeout(180)  # a rank left waiting in a collective must fail the test, not hang it
+def test_ranks_test_the_model_rank0_saves(tmp_path: Path) -> None:
+    """Before the test pass every rank takes rank 0's weights and buffers (`runner._final_module`):
+    the shares of the test set are all evaluated by the model in checkpoint.pt."""
+    import torch.multiprocessing as mp
+
+    path = write_recipe(tmp_path, tiny_recipe(tmp_path))
+    mp.spawn(_final_worker, args=(_free_port(), str(path), str(tmp_path)), nprocs=2, join=True)
+    assert [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)] == [[1.0], [1.0]]
+
+
 def test_validation_cross_entropy_is_a_mean_over_images() -> None:
     """Composer's CrossEntropy averages batch means; this one averages images, so the batching
     does not move it, and a batch holding only padding adds nothing (no NaN)."""
