@@ -20,7 +20,6 @@ def _agree_worker(rank: int, port: int, out: str) -> None:
     """One of two gloo ranks: what each decides when only rank 1 sees a stop (a signal, its
     own clock past max_seconds) and when the ranks count different FLOPs."""
     import torch
-    import torch.distributed as tdist
     from composer.devices import DeviceCPU
 
     from effrecipes.algorithms import SWAWithBNUpdate
@@ -28,9 +27,7 @@ def _agree_worker(rank: int, port: int, out: str) -> None:
     from effrecipes.callbacks import RunGuard
     from effrecipes.ranks import any_rank, sum_over_ranks
 
-    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", LOCAL_WORLD_SIZE="2",
-                      NODE_RANK="0", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    tdist.init_process_group("gloo", rank=rank, world_size=2)
+    _join(rank, port)
     stops: list[str] = []
 
     def state(batch: int) -> SimpleNamespace:
@@ -95,6 +92,16 @@ def test_ranks_agree_on_stops_one_rank_sees(tmp_path: Path) -> None:
         assert r["sum"] == 4.0  # 1.5 + 2.5
         # a counted step is charged what all ranks counted (100 + 200), the same on every rank
         assert r["counted"] == [300.0, {"1x2x2": 75.0}]
+
+
+def _join(rank: int, port: int) -> None:
+    """Make this spawned process rank `rank` of a 2-rank gloo group, with the environment
+    Composer's launcher would set (Composer's `dist` reads it)."""
+    import torch.distributed as tdist
+
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", LOCAL_WORLD_SIZE="2",
+                      NODE_RANK="0", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    tdist.init_process_group("gloo", rank=rank, world_size=2)
 
 
 def _leave() -> None:
@@ -212,16 +219,13 @@ def test_eval_shards_cover_the_set_once_with_equal_batch_counts() -> None:
 def _eval_worker(rank: int, port: int, out: str) -> None:
     """One of two gloo ranks evaluating its padded share of a 23-image set."""
     import torch
-    import torch.distributed as tdist
 
     from effrecipes.data.loader import BatchLoader
     from effrecipes.data.shards import shard_arrays
     from effrecipes.evaluate import evaluate, validation_metrics
     from effrecipes.ranks import broadcast_from_rank0
 
-    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", LOCAL_WORLD_SIZE="2",
-                      NODE_RANK="0", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    tdist.init_process_group("gloo", rank=rank, world_size=2)
+    _join(rank, port)
     images, labels, model = _eval_fixture()
     share = BatchLoader(*shard_arrays(images, labels, rank, 2), 4, mean=(0.5,), std=(0.25,))
     test = evaluate(model, share, 3, per_class=True)
@@ -281,17 +285,12 @@ def test_sharded_evaluation_equals_the_whole_set(tmp_path: Path) -> None:
 def _final_worker(rank: int, port: int, recipe_path: str, out: str) -> None:
     """One of two gloo ranks: a Trainer built as for a run, BatchNorm statistics made to differ
     by rank (as each rank's last batch leaves them), then the weights the run would test."""
-    import torch
-    import torch.distributed as tdist
-
     from effrecipes import runner
     from effrecipes.callbacks import RunGuard
     from effrecipes.models import network_of
     from effrecipes.recipe import load_recipe
 
-    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", LOCAL_WORLD_SIZE="2",
-                      NODE_RANK="0", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    tdist.init_process_group("gloo", rank=rank, world_size=2)
+    _join(rank, port)
     prepared = runner.prepare(load_recipe(recipe_path))
     run_dir = Path(out, f"rank{rank}")
     run_dir.mkdir()
