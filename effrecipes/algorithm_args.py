@@ -317,6 +317,15 @@ class WeightStandardizationArgs(AlgorithmArgs):
     n_last_layers_ignore: int = Field(0, ge=0, description="final layers left unstandardised")
 
 
+class WhitenStemArgs(AlgorithmArgs):
+    """effrecipes.whitening.WhitenStem (the first conv set to a whitening of the input patches)."""
+
+    images: int = Field(5000, ge=1, le=10_000_000,
+                        description="training images (per rank) whose patches estimate the covariance")
+    eps: float = Field(5e-4, gt=0, description="added to each eigenvalue before 1/sqrt (> 0)")
+    freeze: bool = Field(False, description="keep the whitened filters fixed (no weight gradient)")
+
+
 ARGS: dict[str, type[AlgorithmArgs]] = {
     "augmix": AugMixArgs,
     "blurpool": BlurPoolArgs,
@@ -340,6 +349,7 @@ ARGS: dict[str, type[AlgorithmArgs]] = {
     "stochastic_depth": StochasticDepthArgs,
     "swa": SWAArgs,
     "weight_standardization": WeightStandardizationArgs,
+    "whiten_stem": WhitenStemArgs,
 }
 
 

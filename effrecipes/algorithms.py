@@ -37,6 +37,8 @@ from effrecipes.models import network_of
 from effrecipes.ranks import sum_over_ranks
 from effrecipes.errors import RecipeError
 from effrecipes.registry import algorithms
+from effrecipes import whitening
+from effrecipes.whitening import WhitenStem
 
 log = logging.getLogger(__name__)
 
@@ -293,6 +295,9 @@ class AlgoInfo:
     cost: Callable[[dict[str, Any]], AlgoCost] = lambda kw: AlgoCost()  # effective kwargs -> cost
     worst_case: Optional[Callable[[nn.Module], None]] = None  # puts a surgered copy in its dearest state
     dataset_transform: bool = False    # needs the per-sample (VisionDataset) data path
+    # (model, effective kwargs) -> (what it will change, why it changes nothing), for an algorithm
+    # whose change a module comparison cannot see (it sets weights when training starts)
+    describe: Optional[Callable[[nn.Module, dict[str, Any]], tuple[list[str], Optional[str]]]] = None
 
 
 # --------------------------------------------------------------------------- cost models
@@ -360,6 +365,15 @@ def _stochastic_depth_cost(kw: dict[str, Any]) -> AlgoCost:
     return AlgoCost(varies=block, may_grow=block)
 
 
+def _whiten_stem_effect(model: nn.Module, kw: dict[str, Any]) -> tuple[list[str], Optional[str]]:
+    reason = whitening.unsuitable(model)
+    if reason is not None:
+        return [], reason
+    path, conv = whitening.first_conv(model)  # type: ignore[misc]
+    return [f"{path}: {conv.out_channels} filters whitened from {kw['images']} training images"
+            + (", frozen" if kw["freeze"] else "")], None
+
+
 def _surgery(fn_name: str) -> Callable[..., None]:
     def apply(model: nn.Module, **kwargs: Any) -> None:
         fn = getattr(cf, fn_name)
@@ -417,6 +431,8 @@ _ALGOS: list[tuple[str, type, AlgoInfo, str]] = [
                                                    worst_case=_no_block_dropped),
      "randomly skip residual blocks (ResNet bottlenecks)"),
     ("swa", SWAWithBNUpdate, AlgoInfo("weights"), "stochastic weight averaging (+ BatchNorm recompute)"),
+    ("whiten_stem", WhitenStem, AlgoInfo("model", whitening.freeze_stem, describe=_whiten_stem_effect),
+     "first conv set to a whitening of the training images' patches (optionally frozen)"),
     ("weight_standardization", WeightStandardization,
      AlgoInfo("model", _surgery("apply_weight_standardization")), "standardise conv weights"),
 ]
@@ -530,7 +546,9 @@ def describe_effects(model: nn.Module, spec: list[dict[str, dict[str, Any]]],
             algo = build_algorithm(name, kwargs)
             changes: list[str] = []
             reason: Optional[str] = None
-            if inf.surgery is not None:
+            if inf.describe is not None:
+                changes, reason = inf.describe(model, effective_kwargs(name, kwargs))
+            elif inf.surgery is not None:
                 changes = layer_changes(model, name, effective_kwargs(name, kwargs))
                 if not changes:
                     reason = _surgery_noop_reason(name, model, algo)

@@ -37,6 +37,7 @@ AUDIT_EXTRA_CASES: dict[str, list[dict[str, Any]]] = {
     "selective_backprop_keep_0.9": [{"selective_backprop": {"keep": 0.9}}],
     "swa_batch_interval_swaps_mid_run": [{"swa": {"swa_start": "0.3dur", "swa_end": "0.7dur",
                                                   "update_interval": "2ba", "bn_update_batches": 4}}],
+    "whiten_stem_frozen": [{"whiten_stem": {"images": 64, "freeze": True}}],
     "seven_together": [{"sam": {"interval": 2}}, {"selective_backprop": {"keep": 0.9}},
                        {"layer_freezing": {}}, {"colout": {}}, {"swa": AUDIT_ARGS["swa"]},
                        {"progressive_resizing": AUDIT_ARGS["progressive_resizing"]},

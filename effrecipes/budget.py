@@ -266,6 +266,11 @@ class FlopBudget(Callback):
         self.projected_batches = plan.planned_batches
         self._resumed_horizon: Optional[int] = None
         self._pending_at_stop: Optional[tuple[float, float]] = None
+        # bound now, so an algorithm that works at FIT_START (before this callback's fit_start,
+        # algorithms run first) already sees the cap: whiten_stem's patch statistics
+        for algo in self.algorithms:
+            if hasattr(algo, "bind_budget"):
+                algo.bind_budget(self)
 
     # -- what algorithms report -------------------------------------------
     def progress(self) -> float:
@@ -433,10 +438,7 @@ class FlopBudget(Callback):
     # -- lifecycle --------------------------------------------------------
     def fit_start(self, state: State, logger: Logger) -> None:
         self._t0 = time.perf_counter()
-        self._extra_charged = self._extra_total()
-        for algo in self.algorithms:
-            if hasattr(algo, "bind_budget"):
-                algo.bind_budget(self)
+        self._charge_extra()  # work algorithms did at FIT_START (whiten_stem's statistics)
         if self._resumed_horizon is not None:  # where the interrupted run had projected its end
             self.projected_batches = int(self._resumed_horizon)
             state.max_duration = Time(self.projected_batches, TimeUnit.BATCH)

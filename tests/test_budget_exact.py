@@ -67,7 +67,7 @@ def _model_for(algorithms: list[dict[str, Any]]) -> str:
 
 
 def test_every_registered_algorithm_is_covered() -> None:
-    assert len(registry.algorithms.names()) == 22
+    assert len(registry.algorithms.names()) == 23
 
 
 @pytest.mark.parametrize("name,algorithms", _cases(), ids=[c[0] for c in _cases()])

@@ -379,3 +379,30 @@ def test_two_ranks_evaluate_each_image_once(tmp_path: Path, path: dict[str, Any]
     assert (evaluations > 0) == (data.num_val > 0)
     expected = (evaluations * data.num_val + data.num_test) * m["inference_flops_per_sample"]
     assert m["eval_flops"] == pytest.approx(expected)
+
+
+@pytest.mark.slow
+def test_two_ranks_whiten_the_stem_from_both_shares(tmp_path: Path) -> None:
+    """Each rank takes the patch statistics of its own first 32 training images; summed over the
+    ranks they are those of the epoch order's first 64 images (the ranks interleave it), so every
+    rank sets the same filters, and both ranks' work is charged."""
+    import torch
+    from torch import nn
+
+    from effrecipes.data import build_data
+    from effrecipes.recipe import load_recipe
+    from effrecipes.whitening import moment_flops_per_image, patch_moments, whitening_filters
+
+    recipe = tiny_recipe(tmp_path, **{"budget.flops": 1e8,
+                                      "algorithms": [{"whiten_stem": {"images": 32, "freeze": True}}]})
+    m = _two_ranks(tmp_path, recipe)
+    run = tmp_path / "runs" / "tiny"
+    r = load_recipe(run / "recipe.yaml")
+    data = build_data(r.data, r.seed)  # one process: the whole epoch order
+    x = torch.cat([b[0] for b in data.train])[:64]
+    conv = nn.Conv2d(1, 8, 3, padding=1, bias=False)
+    second, count = patch_moments(x, conv)
+    expected = whitening_filters(second, float(count), 8, (1, 3, 3), eps=5e-4).float()
+    saved = torch.load(run / "checkpoint.pt", weights_only=True)["model"]["features.0.weight"]
+    assert torch.allclose(saved, expected, atol=1e-5)
+    assert m["extra_train_flops"] == 64 * moment_flops_per_image((1, 12, 12), conv)

@@ -366,6 +366,22 @@ def test_resume_of_an_ema_run_equals_the_uninterrupted_run(tmp_path: Path, monke
     assert all(torch.allclose(a[k].float(), b[k].float(), atol=1e-6) for k in a)
 
 
+def test_resume_of_a_whitened_run_keeps_its_filters(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The stem is whitened once, when the run starts; a resumed run keeps the checkpoint's filters
+    (whitening again from the resumed epoch's images would change them) and is charged once."""
+    over = {"algorithms": [{"whiten_stem": {"images": 64}}]}
+    ref = tiny_recipe(tmp_path, **{"budget.flops": CAP, "output.root": str(tmp_path / "ref"), **over})
+    assert main([str(write_recipe(tmp_path, ref, "ref.yaml")), "--quiet"]) == 0
+    path = _interrupted_run(tmp_path, monkeypatch, **over)
+    assert main([str(path), "--quiet", "--resume"]) == 0
+    whole, resumed = _metrics(tmp_path / "ref"), _metrics(tmp_path / "runs")
+    assert whole["extra_train_flops"] > 0
+    assert [resumed[k] for k in ("batches", "flops_used", "extra_train_flops", "test_accuracy")] == \
+        [whole[k] for k in ("batches", "flops_used", "extra_train_flops", "test_accuracy")]
+    a, b = _checkpoint_weights(tmp_path / "ref" / "tiny"), _checkpoint_weights(tmp_path / "runs" / "tiny")
+    assert all(torch.allclose(a[k].float(), b[k].float(), atol=1e-6) for k in a)
+
+
 def test_best_weights_keeps_the_weights_that_were_validated() -> None:
     """The copy is the model at EVAL_START (EMA's average), not what EVAL_END sees after EMA
     swapped the training weights back."""

@@ -195,7 +195,7 @@ def test_every_registered_algorithm_has_an_argument_spec_matching_its_constructo
     from effrecipes import algorithm_args, registry
 
     names = registry.algorithms.names()
-    assert len(names) == 22 and sorted(algorithm_args.ARGS) == names
+    assert len(names) == 23 and sorted(algorithm_args.ARGS) == names
     for name in names:
         params = inspect.signature(registry.algorithms.get(name).__init__).parameters
         ctor = {k: p.default for k, p in params.items()

@@ -1,0 +1,181 @@
+"""Whitened stem: the first convolution set from the training images' patch statistics.
+
+Fast small-budget CIFAR-10 training (hlb-CIFAR10, airbench) starts its network with a whitening
+layer: the filters of the first convolution are the eigenvectors of the covariance of the input's
+k x k patches, each scaled by 1 / sqrt(eigenvalue + eps) and used with both signs, so the stem's
+outputs are decorrelated and of equal variance from the first step instead of after the first
+epochs. With `freeze: true` the filters stay fixed, and the stem's weight gradient is no longer
+computed: on a small network at a fixed FLOP cap that buys more steps.
+
+The covariance is training compute: it is counted with the budget's own counter and charged to
+the cap (`extra_train_flops`, charged when training starts), and fewer images are used when the
+cap would not leave room for one training step after it.
+"""
+from __future__ import annotations
+
+import logging
+import math
+from typing import Any, Iterable, Optional
+
+import torch
+import torch.nn.functional as F
+from composer.core import Algorithm, Event, State
+from composer.loggers import Logger
+from composer.utils import dist
+from torch import nn
+
+from effrecipes.budget import count_flops
+from effrecipes.models import network_of
+from effrecipes.ranks import sum_over_ranks, sum_tensor_over_ranks
+
+log = logging.getLogger(__name__)
+
+
+def first_conv(model: nn.Module) -> Optional[tuple[str, nn.Conv2d]]:
+    """The network's first `Conv2d` in module order (its stem) with its path, or None."""
+    for path, m in model.named_modules():
+        if isinstance(m, nn.Conv2d):
+            return path, m
+    return None
+
+
+def unsuitable(model: nn.Module) -> Optional[str]:
+    """Why the model's stem cannot be whitened, or None when it can."""
+    found = first_conv(model)
+    if found is None:
+        return "the model has no Conv2d to whiten"
+    path, conv = found
+    k = conv.kernel_size[0] * conv.kernel_size[1]
+    dims = conv.in_channels * k
+    if conv.groups != 1:
+        return f"the first conv ({path}) is grouped (groups={conv.groups}); whitening needs a full conv"
+    if conv.out_channels > 2 * dims:
+        return (f"the first conv ({path}) has {conv.out_channels} filters, more than the "
+                f"2 x {dims} a whitening of its {conv.in_channels}x{conv.kernel_size[0]}x"
+                f"{conv.kernel_size[1]} patches gives")
+    return None
+
+
+def freeze_stem(model: nn.Module, freeze: bool = False, **_: Any) -> None:
+    """With `freeze`, the stem's weight takes no gradient (the plan then measures the cheaper
+    step; applied by the algorithm at INIT and to the planning copy)."""
+    found = first_conv(model)
+    if freeze and found is not None and unsuitable(model) is None:
+        found[1].weight.requires_grad_(False)
+
+
+def patch_moments(images: torch.Tensor, conv: nn.Conv2d) -> tuple[torch.Tensor, torch.Tensor]:
+    """(sum of p p^T over every valid k x k patch p, number of patches) for N x C x H x W images."""
+    patches = F.unfold(images, conv.kernel_size, dilation=conv.dilation)  # N x (C k k) x L
+    flat = patches.transpose(1, 2).reshape(-1, patches.shape[1])
+    return flat.T @ flat, torch.tensor(float(flat.shape[0]), device=images.device)
+
+
+def moment_flops_per_image(shape: tuple[int, ...], conv: nn.Conv2d) -> float:
+    """What `patch_moments` costs per C x H x W image in the budget's count (one matmul)."""
+    (kh, kw), (dh, dw) = conv.kernel_size, conv.dilation
+    patches = max(0, shape[1] - dh * (kh - 1)) * max(0, shape[2] - dw * (kw - 1))
+    dims = shape[0] * kh * kw
+    return 2.0 * patches * dims * dims
+
+
+def whitening_filters(second_moment: torch.Tensor, count: float, out_channels: int,
+                      shape: tuple[int, ...], eps: float) -> torch.Tensor:
+    """`out_channels` filters: the top eigenvectors of the patch covariance, scaled by
+    1 / sqrt(eigenvalue + eps), each with both signs (largest eigenvalues first)."""
+    cov = (second_moment / count).double()
+    eigenvalues, eigenvectors = torch.linalg.eigh(cov)  # ascending
+    m = math.ceil(out_channels / 2)
+    top = eigenvectors.flip(1)[:, :m]
+    scale = (eigenvalues.flip(0)[:m].clamp_min(0) + eps).rsqrt()
+    w = (top * scale).T.reshape(m, *shape)
+    return torch.cat([w, -w])[:out_channels]
+
+
+def _inputs(batches: Iterable[Any], images: int, device: torch.device) -> torch.Tensor:
+    got: list[torch.Tensor] = []
+    n = 0
+    for batch in batches:
+        x = batch[0] if isinstance(batch, (tuple, list)) else batch
+        got.append(x.to(device=device, dtype=torch.float32))
+        n += len(x)
+        if n >= images:
+            break
+    return torch.cat(got)[:images].contiguous()
+
+
+class WhitenStem(Algorithm):
+    """Sets the first conv's filters to a whitening of the training images' patches (module
+    docstring) when a run starts; a resumed run keeps its checkpoint's weights.
+
+    `images`: how many training images (per rank; their patch statistics are summed over the
+    ranks, so every rank sets the same filters) estimate the covariance; `eps` keeps the smallest
+    eigenvalues from blowing the filters up; `freeze`: the filters stay as set.
+    """
+
+    def __init__(self, images: int = 5000, eps: float = 5e-4, freeze: bool = False) -> None:
+        if images < 1:
+            raise ValueError("images must be >= 1")
+        if eps <= 0:
+            raise ValueError("eps must be > 0")
+        self.images, self.eps, self.freeze = int(images), float(eps), bool(freeze)
+        self.extra_train_flops = 0.0
+        self.images_used = 0
+        self.end_warning: Optional[str] = None
+        self._budget: Any = None
+
+    def bind_budget(self, budget: Any) -> None:
+        self._budget = budget
+
+    def match(self, event: Event, state: State) -> bool:
+        return event in (Event.INIT, Event.FIT_START)
+
+    def apply(self, event: Event, state: State, logger: Logger) -> None:
+        net = network_of(state.model)
+        if event == Event.INIT:
+            freeze_stem(net, self.freeze)
+            return
+        reason = unsuitable(net)
+        if reason is not None:
+            self.end_warning = f"algorithm whiten_stem changed nothing: {reason}"
+            return
+        if int(state.timestamp.batch) > 0 or state.train_dataloader is None:
+            return  # resumed: the checkpoint holds the filters
+        self._whiten(state, net)
+
+    def _affordable(self, per_image: float) -> int:
+        """Images whose statistics the cap can pay for and still leave one training step."""
+        if self._budget is None or self._budget.plan.flops_cap is None:
+            return self.images
+        room = self._budget.remaining_flops() - self._budget.plan.step_flops
+        return max(0, min(self.images, int(room // (per_image * dist.get_world_size()))))
+
+    def _whiten(self, state: State, net: nn.Module) -> None:
+        _, conv = first_conv(net)  # type: ignore[misc]
+        loader = state.train_dataloader
+        epoch = getattr(loader, "epoch", None)
+        if epoch is not None and hasattr(loader, "set_epoch"):
+            loader.set_epoch(int(state.timestamp.epoch))  # the first images training will see
+        x = _inputs(loader, self.images, conv.weight.device)
+        if epoch is not None:
+            loader.epoch = epoch  # and the data order of training is not moved by this pass
+        x = x[:self._affordable(moment_flops_per_image(x.shape[1:], conv))]
+        moments: list[torch.Tensor] = []
+        local = count_flops(lambda: moments.extend(patch_moments(x, conv))) if len(x) else 0.0
+        self.extra_train_flops += sum_over_ranks(local, state.device)
+        dims = conv.weight[0].numel()
+        second, count = moments if moments else (torch.zeros(dims, dims, device=x.device),
+                                                 torch.zeros((), device=x.device))
+        sum_tensor_over_ranks(second)
+        sum_tensor_over_ranks(count)
+        self.images_used = int(sum_over_ranks(len(x), state.device))
+        if float(count) < dims:
+            self.end_warning = ("algorithm whiten_stem changed nothing: the FLOP cap left no room "
+                                "for the patch statistics")
+            return
+        w = whitening_filters(second, float(count), conv.out_channels, tuple(conv.weight.shape[1:]),
+                              self.eps)
+        with torch.no_grad():
+            conv.weight.copy_(w.to(conv.weight.dtype))
+        log.info("whiten_stem: %d filters from %d images%s", conv.out_channels, self.images_used,
+                 " (frozen)" if self.freeze else "")

@@ -1,0 +1,111 @@
+"""whiten_stem: the first conv set to a whitening of the training images' patches, charged to the cap."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from effrecipes import algorithms as algos
+from effrecipes.cli import main
+from effrecipes.data import build_data
+from effrecipes.errors import RecipeError
+from effrecipes.recipe import load_recipe
+from effrecipes.whitening import (moment_flops_per_image, patch_moments, unsuitable,
+                                  whitening_filters)
+from tests.conftest import tiny_recipe, write_recipe
+
+
+def _correlated_images(n: int = 64, size: int = 12) -> torch.Tensor:
+    """Smoothed noise: neighbouring pixels strongly correlated, as in real images."""
+    g = torch.Generator().manual_seed(0)
+    noise = torch.randn(n, 1, size + 4, size + 4, generator=g)
+    return F.avg_pool2d(noise, 5, stride=1) * 3 + 0.5
+
+
+def test_filters_decorrelate_the_patches_and_come_in_sign_pairs() -> None:
+    x = _correlated_images()
+    conv = nn.Conv2d(1, 16, 3, bias=False)
+    second, count = patch_moments(x, conv)
+    w = whitening_filters(second, float(count), 16, (1, 3, 3), eps=1e-6)
+    assert torch.equal(w[:8], -w[8:])
+    out = F.conv2d(x, w.float()[:8])  # the 8 leading components, every valid position
+    flat = out.transpose(0, 1).reshape(8, -1)
+    cov = flat @ flat.T / flat.shape[1]
+    assert torch.allclose(cov, torch.eye(8), atol=2e-3)
+    # the raw patches are far from white: the same check on the identity filters fails
+    raw = F.unfold(x, 3).transpose(1, 2).reshape(-1, 9)
+    assert not torch.allclose(raw.T @ raw / len(raw), torch.eye(9), atol=0.5)
+
+
+def test_an_odd_filter_count_takes_the_larger_half_of_the_pairs() -> None:
+    second, count = patch_moments(_correlated_images(8), nn.Conv2d(1, 5, 3))
+    w = whitening_filters(second, float(count), 5, (1, 3, 3), eps=1e-4)
+    assert w.shape == (5, 1, 3, 3) and torch.equal(w[3:5], -w[0:2])
+
+
+def test_unsuitable_stems_are_named() -> None:
+    assert unsuitable(nn.Sequential(nn.Linear(2, 2))) == "the model has no Conv2d to whiten"
+    assert "grouped" in unsuitable(nn.Sequential(nn.Conv2d(2, 4, 3, groups=2)))
+    assert "more than the 2 x 9" in unsuitable(nn.Sequential(nn.Conv2d(1, 19, 3)))
+    assert unsuitable(nn.Sequential(nn.Conv2d(1, 18, 3))) is None
+
+
+def _run(tmp_path: Path, name: str, **overrides: object) -> tuple[dict, dict]:
+    recipe = tiny_recipe(tmp_path, **{"output.run_name": name, **overrides})
+    assert main([str(write_recipe(tmp_path, recipe, f"{name}.yaml")), "--quiet"]) == 0
+    run = tmp_path / "runs" / name
+    ckpt = torch.load(run / "checkpoint.pt", weights_only=True)
+    return json.loads((run / "metrics.json").read_text()), ckpt["model"]
+
+
+def test_a_frozen_stem_is_the_whitening_of_the_first_training_images(tmp_path: Path) -> None:
+    """The run's stem equals the filters computed here from the same loader's first 48 images,
+    the statistics are charged to the cap (one matmul per image), and the frozen stem makes every
+    step cheaper, so the cap buys more steps."""
+    images = 48
+    m, weights = _run(tmp_path, "frozen", algorithms=[{"whiten_stem": {"images": images, "freeze": True}}])
+    plain, _ = _run(tmp_path, "plain", algorithms=[])
+    recipe = load_recipe(write_recipe(tmp_path, tiny_recipe(tmp_path), "data.yaml"))
+    torch.manual_seed(0)
+    data = build_data(recipe.data, recipe.seed)
+    x = torch.cat([b[0] for b in data.train])[:images]
+    conv = nn.Conv2d(1, 8, 3, padding=1, bias=False)
+    second, count = patch_moments(x, conv)
+    expected = whitening_filters(second, float(count), 8, (1, 3, 3), eps=5e-4).float()
+    assert torch.allclose(weights["features.0.weight"], expected, atol=1e-5)
+    assert m["extra_train_flops"] == images * moment_flops_per_image((1, 12, 12), conv) == images * 100 * 81 * 2
+    assert m["flops_used"] <= m["flops_cap"]
+    assert m["train_flops_per_sample"] < plain["train_flops_per_sample"]
+    assert m["batches"] > plain["batches"]
+
+
+def test_a_cap_with_little_room_uses_fewer_images(tmp_path: Path) -> None:
+    """At a cap of 1.2 steps (a step costs 6.85e6 FLOPs here), the statistics of the whole epoch's
+    128 images (2.07e6) do not fit beside one step: the run takes the images that do, and the cap
+    holds."""
+    cap = 8.2e6
+    m, _ = _run(tmp_path, "small", **{"budget.flops": cap, "algorithms": [{"whiten_stem": {}}]})
+    assert m["train_flops_per_sample"] * 16 == pytest.approx(6.85e6, rel=0.01)
+    per_image = 100 * 81 * 2
+    assert 0 < m["extra_train_flops"] < 128 * per_image and m["extra_train_flops"] % per_image == 0
+    assert m["flops_used"] <= cap and m["batches"] == 1
+
+
+def test_a_stem_that_cannot_be_whitened_is_reported_or_refused(tmp_path: Path) -> None:
+    layers = {"model.name": "gap_custom", "model.kwargs": {"layers": ["c32", "m", "dw16"]}}
+    m, _ = _run(tmp_path, "wide", **layers, algorithms=[{"whiten_stem": {}}])
+    assert any("whiten_stem changes nothing" in w and "32 filters" in w for w in m["warnings"]), m["warnings"]
+    recipe = tiny_recipe(tmp_path, **layers, algorithms=[{"whiten_stem": {}}], strict=True)
+    assert main([str(write_recipe(tmp_path, recipe, "strict.yaml")), "--quiet"]) == 2
+
+
+def test_describe_names_the_stem() -> None:
+    net = nn.Sequential(nn.Conv2d(1, 16, 3), nn.ReLU())
+    effect = algos.describe_effects(net, [{"whiten_stem": {"images": 100, "freeze": True}}])
+    assert effect["whiten_stem"]["changes"] == ["0: 16 filters whitened from 100 training images, frozen"]
+    with pytest.raises(RecipeError, match="algorithms.whiten_stem"):
+        algos.check_algorithm("whiten_stem", {"images": 0})
