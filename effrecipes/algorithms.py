@@ -370,7 +370,7 @@ def _whiten_stem_effect(model: nn.Module, kw: dict[str, Any]) -> tuple[list[str]
     if reason is not None:
         return [], reason
     path, conv = whitening.first_conv(model)  # type: ignore[misc]
-    return [f"{path}: {conv.out_channels} filters whitened from {kw['images']} training images"
+    return [f"{path}: {conv.out_channels} filters whitened from up to {kw['images']} training images"
             + (", frozen" if kw["freeze"] else "")], None
 
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import Any, Iterable, Optional
+from typing import Any, Optional
 
 import torch
 import torch.nn.functional as F
@@ -64,11 +64,24 @@ def freeze_stem(model: nn.Module, freeze: bool = False, **_: Any) -> None:
         found[1].weight.requires_grad_(False)
 
 
+# unfolded patches held at once (floats): 256 MB, however large the images and the kernel
+PATCH_CHUNK = 1 << 26
+
+
 def patch_moments(images: torch.Tensor, conv: nn.Conv2d) -> tuple[torch.Tensor, torch.Tensor]:
-    """(sum of p p^T over every valid k x k patch p, number of patches) for N x C x H x W images."""
-    patches = F.unfold(images, conv.kernel_size, dilation=conv.dilation)  # N x (C k k) x L
-    flat = patches.transpose(1, 2).reshape(-1, patches.shape[1])
-    return flat.T @ flat, torch.tensor(float(flat.shape[0]), device=images.device)
+    """(sum of p p^T over every valid k x k patch p, number of patches) for N x C x H x W images,
+    unfolded a few images at a time (a 224-pixel image has 47K 7x7x3 patches)."""
+    dims = conv.weight[0].numel()
+    second = torch.zeros(dims, dims, device=images.device)
+    count = 0
+    per_image = max(1, dims * max(1, images.shape[2] * images.shape[3]))
+    step = max(1, PATCH_CHUNK // per_image)
+    for i in range(0, len(images), step):
+        patches = F.unfold(images[i:i + step], conv.kernel_size, dilation=conv.dilation)  # n x dims x L
+        flat = patches.transpose(1, 2).reshape(-1, dims)
+        second += flat.T @ flat
+        count += flat.shape[0]
+    return second, torch.tensor(float(count), device=images.device)
 
 
 def moment_flops_per_image(shape: tuple[int, ...], conv: nn.Conv2d) -> float:
@@ -90,18 +103,6 @@ def whitening_filters(second_moment: torch.Tensor, count: float, out_channels: i
     scale = (eigenvalues.flip(0)[:m].clamp_min(0) + eps).rsqrt()
     w = (top * scale).T.reshape(m, *shape)
     return torch.cat([w, -w])[:out_channels]
-
-
-def _inputs(batches: Iterable[Any], images: int, device: torch.device) -> torch.Tensor:
-    got: list[torch.Tensor] = []
-    n = 0
-    for batch in batches:
-        x = batch[0] if isinstance(batch, (tuple, list)) else batch
-        got.append(x.to(device=device, dtype=torch.float32))
-        n += len(x)
-        if n >= images:
-            break
-    return torch.cat(got)[:images].contiguous()
 
 
 class WhitenStem(Algorithm):
@@ -152,23 +153,34 @@ class WhitenStem(Algorithm):
 
     def _whiten(self, state: State, net: nn.Module) -> None:
         _, conv = first_conv(net)  # type: ignore[misc]
+        dims = conv.weight[0].numel()
+        second = torch.zeros(dims, dims, device=conv.weight.device)
+        count = torch.zeros((), device=conv.weight.device)
         loader = state.train_dataloader
         epoch = getattr(loader, "epoch", None)
         if epoch is not None and hasattr(loader, "set_epoch"):
             loader.set_epoch(int(state.timestamp.epoch))  # the first images training will see
-        x = _inputs(loader, self.images, conv.weight.device)
+        used, limit, local = 0, None, 0.0
+        for batch in loader:  # batch by batch: the images are never all held at once
+            x = batch[0] if isinstance(batch, (tuple, list)) else batch
+            if limit is None:
+                limit = self._affordable(moment_flops_per_image(tuple(x.shape[1:]), conv))
+            x = x[:limit - used].to(device=conv.weight.device, dtype=torch.float32)
+            if len(x) == 0:
+                break
+            moments: list[torch.Tensor] = []
+            local += count_flops(lambda: moments.extend(patch_moments(x, conv)))
+            second += moments[0]
+            count += moments[1]
+            used += len(x)
+            if used >= limit:
+                break
         if epoch is not None:
             loader.epoch = epoch  # and the data order of training is not moved by this pass
-        x = x[:self._affordable(moment_flops_per_image(x.shape[1:], conv))]
-        moments: list[torch.Tensor] = []
-        local = count_flops(lambda: moments.extend(patch_moments(x, conv))) if len(x) else 0.0
         self.extra_train_flops += sum_over_ranks(local, state.device)
-        dims = conv.weight[0].numel()
-        second, count = moments if moments else (torch.zeros(dims, dims, device=x.device),
-                                                 torch.zeros((), device=x.device))
         sum_tensor_over_ranks(second)
         sum_tensor_over_ranks(count)
-        self.images_used = int(sum_over_ranks(len(x), state.device))
+        self.images_used = int(sum_over_ranks(used, state.device))
         if float(count) < dims:
             self.end_warning = ("algorithm whiten_stem changed nothing: the FLOP cap left no room "
                                 "for the patch statistics")

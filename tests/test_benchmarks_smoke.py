@@ -169,3 +169,26 @@ def test_tta_check_reloads_a_run_and_shifts_images(tmp_path: Path) -> None:
     x = torch.arange(9.0).view(1, 1, 3, 3)
     assert mod.view(x, (False, 1, 0)).view(3, 3).tolist() == [[0, 0, 1], [3, 3, 4], [6, 6, 7]]
     assert mod.view(x, (True, 0, -1)).view(3, 3).tolist() == [[5, 4, 3], [8, 7, 6], [8, 7, 6]]
+
+
+def test_screen_whitening_sets_the_filters_whiten_stem_computes() -> None:
+    """The screening loop's own whitening (benchmarks/screen_10k.py --stem) is effrecipes.whitening's, on the zero-padded patches
+    the conv sees (the algorithm takes only the patches inside the image)."""
+    import torch.nn.functional as F
+    from torch import nn
+
+    from effrecipes.whitening import whitening_filters
+
+    mod = _load("screen_10k")
+    g = torch.Generator().manual_seed(0)
+    x = F.avg_pool2d(torch.randn(40, 1, 16, 16, generator=g), 5, stride=1)
+    conv = nn.Conv2d(1, 16, 3, padding=1, bias=False)
+    mod.whiten_(conv, [(x[:24], None), (x[24:], None)], images=32)
+    p = F.unfold(x[:32], 3, padding=1).transpose(1, 2).reshape(-1, 9)
+    expected = whitening_filters(p.T @ p, float(len(p)), 16, (1, 3, 3), eps=5e-4).float()
+    got = conv.weight.detach()
+    # an eigenvector's sign is arbitrary (float32 and float64 solvers may pick either): each
+    # filter matches up to its sign, and each pair is (w, -w)
+    sign = torch.sign((got[:8] * expected[:8]).sum(dim=(1, 2, 3))).view(8, 1, 1, 1)
+    assert torch.allclose(got[:8] * sign, expected[:8], rtol=1e-3, atol=1e-3 * float(expected.abs().max()))
+    assert torch.equal(got[8:], -got[:8])

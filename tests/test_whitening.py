@@ -106,6 +106,20 @@ def test_a_stem_that_cannot_be_whitened_is_reported_or_refused(tmp_path: Path) -
 def test_describe_names_the_stem() -> None:
     net = nn.Sequential(nn.Conv2d(1, 16, 3), nn.ReLU())
     effect = algos.describe_effects(net, [{"whiten_stem": {"images": 100, "freeze": True}}])
-    assert effect["whiten_stem"]["changes"] == ["0: 16 filters whitened from 100 training images, frozen"]
+    assert effect["whiten_stem"]["changes"] == ["0: 16 filters whitened from up to 100 training images, frozen"]
     with pytest.raises(RecipeError, match="algorithms.whiten_stem"):
         algos.check_algorithm("whiten_stem", {"images": 0})
+
+
+def test_moments_are_summed_a_few_images_at_a_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Large images are unfolded in chunks (a 224-pixel image has 47K patches); the sums match
+    one pass over all images."""
+    import effrecipes.whitening as wh
+
+    x = _correlated_images(10)
+    conv = nn.Conv2d(1, 8, 3)
+    whole = patch_moments(x, conv)
+    monkeypatch.setattr(wh, "PATCH_CHUNK", 9 * 144 * 3)  # three images per chunk
+    chunked = patch_moments(x, conv)
+    assert float(chunked[1]) == float(whole[1]) == 10 * 100
+    assert torch.allclose(chunked[0], whole[0], rtol=1e-5)
