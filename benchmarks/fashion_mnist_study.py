@@ -45,7 +45,8 @@ SPECS = ["fashion_mnist_table4", "fashion_mnist_10k_search", "fashion_mnist_10k_
          "fashion_mnist_10k_round20", "fashion_mnist_10k_round21", "fashion_mnist_10k_round22",
          "fashion_mnist_10k_learned_pool_silu_ema_caps", "fashion_mnist_10k_round23",
          "fashion_mnist_10k_round24", "fashion_mnist_10k_round25",
-         "fashion_mnist_10k_round26"]
+         "fashion_mnist_10k_round26", "fashion_mnist_10k_round27", "fashion_mnist_10k_finalists",
+         "fashion_mnist_10k_learned_pool_silu_ema50_caps", "fashion_mnist_table4_whiten"]
 TECHNIQUES = ["baseline", "blurpool", "squeeze_excite", "swa", "sam", "mixup", "cutout",
               "label_smoothing", "one_cycle"]
 PAPER_SETTING = {"one_cycle": "one_cycle_lr"}  # our name -> seed_results.csv's
@@ -290,7 +291,10 @@ SEED_CHECKS: list[tuple[str, str, dict[str, str]]] = [
     ("round 26: EMA 100ba, 5x5 depthwise conv at 14x14 (dw32k5)", "fashion_mnist_10k_round26",
      {"techniques": "dw32k5"}),
     ("round 26: EMA 100ba, 5x5 depthwise conv at 7x7 (dw56k5)", "fashion_mnist_10k_round26",
-     {"techniques": "dw56k5"})]
+     {"techniques": "dw56k5"}),
+    ("round 27: EMA 100ba, whitened stem", "fashion_mnist_10k_round27", {"techniques": "whiten"}),
+    ("round 27: EMA 100ba, whitened stem, frozen", "fashion_mnist_10k_round27",
+     {"techniques": "whiten_frozen"})]
 
 
 def _group(data: Optional[dict[str, Any]], where: dict[str, str]) -> Optional[dict[str, Any]]:
@@ -320,6 +324,56 @@ def seeds10k_best_table(results: Path) -> str:
                      f"{epochs_of(data, g['techniques']) or 0:.2f}", f"{g['params']:,}"])
     return table(["network", "seeds", "test acc % (mean ± std)", "best val % (mean)", "Δ vs shipped",
                   "within noise", "epochs bought", "params"], rows)
+
+
+# (label, where its seeds 0-2 ran: matrix and group values, its group in fashion_mnist_10k_finalists)
+FINALISTS: list[tuple[str, str, dict[str, str], str]] = [
+    ("EMA 100ba (selected since round 22)", "fashion_mnist_10k_round22", {"techniques": "ema_100ba"},
+     "ema_100ba"),
+    ("EMA 100ba, whitened stem, frozen (round 27)", "fashion_mnist_10k_round27",
+     {"techniques": "whiten_frozen"}, "ema_100ba_whiten_frozen"),
+    ("EMA 50ba (round 23)", "fashion_mnist_10k_round23", {"techniques": "ema_50ba"}, "ema_50ba"),
+    ("no EMA (round 10's selection, lr 0.15)", "fashion_mnist_10k_round10", {"optimizer.lr": "0.15"},
+     "baseline")]
+
+
+def _cells_of(results: Path, name: str, where: dict[str, str]) -> list[dict[str, Any]]:
+    """The finished cells of one group (techniques and grid values as in `_group`)."""
+    data = load(results, name)
+    if not data:
+        return []
+    by_id = overrides(results, name)
+    out = []
+    for c in done(data["cells"]):
+        values = {"techniques": c["techniques"], **by_id.get(c["cell_id"], {})}
+        if all(str(values.get(k)) == v for k, v in where.items()):
+            out.append(c)
+    return out
+
+
+def finalists_table(results: Path) -> str:
+    """The finalists on the seeds that selected them (0-2) and on three fresh ones (3-5), where
+    the selection is made again on validation alone."""
+    rows = []
+    for label, name, where, group in FINALISTS:
+        first = _cells_of(results, name, where)
+        fresh = sorted(_cells_of(results, "fashion_mnist_10k_finalists", {"techniques": group}),
+                       key=lambda c: c["seed"])
+        if not fresh:
+            continue
+        val0 = mean_std([c["best_val_accuracy"] for c in first])
+        val = mean_std([c["best_val_accuracy"] for c in fresh])
+        test = mean_std([c["test_accuracy"] for c in fresh])
+        both = mean_std([c["test_accuracy"] for c in first + fresh])
+        rows.append([label, f"{val0.mean:.2f}" if val0.mean is not None else "-",
+                     " / ".join(f"{c['best_val_accuracy']:.2f}" for c in fresh),
+                     f"{val.mean:.2f} (n={len(fresh)})",
+                     pm(test.mean, test.std) + f" (n={len(fresh)})",
+                     pm(both.mean, both.std) + f" (n={len(first) + len(fresh)})"])
+    if not rows:
+        return "_not run yet_"
+    return table(["finalist", "val % seeds 0-2 (mean)", "val % seeds 3 / 4 / 5",
+                  "val % seeds 3-5 (selects)", "test % seeds 3-5", "test % seeds 0-5"], rows)
 
 
 # (network, its 3 seeds on the validation split: matrix and group; its final fit's group)
@@ -550,7 +604,9 @@ def _curve_points(results: Path) -> dict[str, dict[float, dict[str, Any]]]:
             "effrecipes <=10K, learned pooling + SiLU, 9.3K (fashion_mnist_10k_learned_pool_silu.yaml)":
                 _by_cap(results, "fashion_mnist_10k_learned_pool_silu_caps"),
             "effrecipes <=10K, learned pooling + SiLU + EMA, 9.3K (fashion_mnist_10k_learned_pool_silu_ema.yaml)":
-                _by_cap(results, "fashion_mnist_10k_learned_pool_silu_ema_caps")}
+                _by_cap(results, "fashion_mnist_10k_learned_pool_silu_ema_caps"),
+            "effrecipes <=10K, learned pooling + SiLU + EMA 50ba, 9.3K (fashion_mnist_10k_learned_pool_silu_ema50.yaml)":
+                _by_cap(results, "fashion_mnist_10k_learned_pool_silu_ema50_caps")}
 
 
 def caps_curve(results: Path) -> str:
@@ -567,7 +623,7 @@ def plot_curve(results: Path, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6.4, 5.2), dpi=100)
+    fig, ax = plt.subplots(figsize=(7.2, 5.6), dpi=100)
     for label, g in _curve_points(results).items():
         caps = sorted(g)
         ax.errorbar(caps, [g[c]["test_accuracy_mean"] for c in caps],
@@ -583,10 +639,10 @@ def plot_curve(results: Path, path: Path) -> None:
     ax.set_ylabel("test accuracy % (mean ± std, 3 seeds)")
     ax.set_title("Fashion-MNIST: accuracy against the training FLOP cap", fontsize=10)
     ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.16))  # below: no point hidden
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.14))  # below: no point hidden
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, metadata={"Software": None})
+    fig.savefig(path, metadata={"Software": None}, bbox_inches="tight")  # the legend whole
     plt.close(fig)
 
 
@@ -599,6 +655,7 @@ SECTIONS: dict[str, Callable[[Path], str]] = {
     "rounds10k": later_rounds_table,
     "seeds10k_best": seeds10k_best_table,
     "full10k": full_fit_table,
+    "finalists10k": finalists_table,
     "baseline_caps": baseline_table,
     "baseline_bs": lambda r: grid_search_table(
         r, "fashion_mnist_baseline_bs", "data.batch_size", "optimizer.lr", ["0.1", "0.2", "0.3"],
@@ -607,6 +664,7 @@ SECTIONS: dict[str, Callable[[Path], str]] = {
         r, "fashion_mnist_baseline_wd", "scheduler.pct_start", "optimizer.weight_decay",
         ["0", "5e-05", "0.0001", "0.0002"], lambda pct, wd: f"weight decay {wd}, warm-up {pct}"),
     "table4_tuned": table4_tuned,
+    "table4_whiten": lambda r: aggregate_table(r, "fashion_mnist_table4_whiten"),
     "caps_curve": caps_curve,
 }
 

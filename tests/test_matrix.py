@@ -431,7 +431,12 @@ def test_dry_run_plans_and_calibrates_without_writing(tmp_path: Path,
     ("fashion_mnist_10k_round24.yaml", "fashion_mnist_10k_learned_pool_silu_ema.yaml"),
     ("fashion_mnist_10k_round25.yaml", "fashion_mnist_10k_learned_pool_silu_ema.yaml"),
     ("fashion_mnist_10k_round26.yaml", "fashion_mnist_10k_learned_pool_silu_ema.yaml"),
-    ("fashion_mnist_10k_learned_pool_silu_ema_caps.yaml", "fashion_mnist_10k_learned_pool_silu_ema.yaml")])
+    ("fashion_mnist_10k_learned_pool_silu_ema_caps.yaml", "fashion_mnist_10k_learned_pool_silu_ema.yaml"),
+    ("fashion_mnist_10k_round23.yaml:ema_50ba", "fashion_mnist_10k_learned_pool_silu_ema50.yaml"),
+    ("fashion_mnist_10k_finalists.yaml:ema_50ba", "fashion_mnist_10k_learned_pool_silu_ema50.yaml"),
+    ("fashion_mnist_10k_learned_pool_silu_ema50_caps.yaml", "fashion_mnist_10k_learned_pool_silu_ema50.yaml"),
+    ("fashion_mnist_10k_finalists.yaml:ema_100ba", "fashion_mnist_10k_learned_pool_silu_ema.yaml"),
+    ("fashion_mnist_10k_finalists.yaml", "fashion_mnist_10k_learned_pool_silu.yaml")])
 def test_study_matrix_trains_the_shipped_recipe(spec: str, recipe: str) -> None:
     """A matrix whose results docs/results.md reports for a shipped recipe trains exactly that
     recipe, on every seed of the matrix (only the labels, name and notes, may differ); `spec:combo`
