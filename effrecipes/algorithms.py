@@ -186,15 +186,19 @@ class SWAWithBNUpdate(SWA):
         was_completed = self.swa_completed
         super().apply(event, state, logger)
         if self.swa_completed and not was_completed:
-            self._update_bn(state)
+            # a swap at BATCH_END comes before the budget charges that batch's step (algorithms
+            # run before callbacks): leave room for it, or a tiny cap is overrun
+            self._update_bn(state, uncharged=self._budget.plan.step_flops
+                            if event == Event.BATCH_END and self._budget is not None else 0.0)
 
-    def _update_bn(self, state: State) -> None:
+    def _update_bn(self, state: State, uncharged: float = 0.0) -> None:
         """Recompute BatchNorm statistics over up to `bn_update_batches` training batches (at most
-        one epoch, and no more than the FLOP cap still allows)."""
+        one epoch, and no more than the FLOP cap still allows once `uncharged` work is paid)."""
         loader = state.train_dataloader
         allowed = min(self._bn_batches_wanted, len(loader) if loader is not None else 0)
         if allowed and self._budget is not None and self._bn_batch_flops() > 0:
-            allowed = min(allowed, int(self._budget.remaining_flops() // self._bn_batch_flops()))
+            room = self._budget.remaining_flops() - uncharged
+            allowed = min(allowed, max(0, int(room // self._bn_batch_flops())))
             if allowed < 1:
                 self.end_warning = ("swa: the FLOP cap left no room to recompute BatchNorm "
                                     "statistics; the averaged weights keep stale ones")
@@ -445,6 +449,8 @@ CONFLICTS: dict[frozenset[str], str] = {
     frozenset({"mixup", "cutmix"}): "both replace the targets with mixed labels; use one",
     frozenset({"randaugment", "augmix"}): "both are full augmentation policies on the same images; use one",
     frozenset({"swa", "ema"}): "both replace the final weights with an average; use one",
+    frozenset({"whiten_stem", "weight_standardization"}): "weight standardisation re-normalises "
+    "(and parametrises) the stem's filters, so the whitening would be undone; use one",
 }
 
 
@@ -492,8 +498,14 @@ def build_algorithm(name: str, kwargs: dict[str, Any]) -> Algorithm:
         return entry.builder(**merged)
 
 
+def _stem_last(spec: list[dict[str, dict[str, Any]]]) -> list[dict[str, dict[str, Any]]]:
+    """whiten_stem after every other algorithm: Composer runs INIT in list order, and a surgery
+    after it (blurpool, factorize) would replace the stem it froze with a trainable copy."""
+    return [i for i in spec if "whiten_stem" not in i] + [i for i in spec if "whiten_stem" in i]
+
+
 def build_algorithms(spec: list[dict[str, dict[str, Any]]]) -> list[Algorithm]:
-    return [build_algorithm(name, kw) for item in spec for name, kw in item.items()]
+    return [build_algorithm(name, kw) for item in _stem_last(spec) for name, kw in item.items()]
 
 
 # --------------------------------------------------------------------------- what changed
@@ -594,7 +606,7 @@ def dearest_step_model(model: nn.Module, spec: list[dict[str, dict[str, Any]]]) 
 def apply_surgery(model: nn.Module, spec: list[dict[str, dict[str, Any]]]) -> nn.Module:
     """Apply every model-surgery algorithm of `spec` to `model` in place, in recipe order, with
     the same effective arguments the Trainer's algorithm objects use."""
-    for item in spec:
+    for item in _stem_last(spec):
         for name, kwargs in item.items():
             surgery = info(name).surgery
             if surgery is not None:

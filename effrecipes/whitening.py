@@ -45,6 +45,13 @@ def unsuitable(model: nn.Module) -> Optional[str]:
     if found is None:
         return "the model has no Conv2d to whiten"
     path, conv = found
+    if torch.nn.utils.parametrize.is_parametrized(conv, "weight"):
+        return (f"the first conv's weight ({path}) is parametrised (weight_standardization?): "
+                "filters written to it would be recomputed from the original")
+    parent = model.get_submodule(path.rpartition(".")[0]) if "." in path else model
+    if getattr(parent, "blur_first", False) or type(parent).__name__ == "FactorizedConv2d":
+        return (f"the first conv ({path}) sits inside a {type(parent).__name__}: its input is not "
+                "the images' patches")
     k = conv.kernel_size[0] * conv.kernel_size[1]
     dims = conv.in_channels * k
     if conv.groups != 1:
@@ -146,6 +153,8 @@ class WhitenStem(Algorithm):
 
     def _affordable(self, per_image: float) -> int:
         """Images whose statistics the cap can pay for and still leave one training step."""
+        if per_image <= 0:  # images smaller than the kernel: no valid patch
+            return 0
         if self._budget is None or self._budget.plan.flops_cap is None:
             return self.images
         room = self._budget.remaining_flops() - self._budget.plan.step_flops
@@ -160,11 +169,16 @@ class WhitenStem(Algorithm):
         epoch = getattr(loader, "epoch", None)
         if epoch is not None and hasattr(loader, "set_epoch"):
             loader.set_epoch(int(state.timestamp.epoch))  # the first images training will see
-        used, limit, local = 0, None, 0.0
+        # a torch DataLoader draws its shuffle (and its workers' seeds) from its own generator: this
+        # pass would move training's order, and a resumed run (which skips it) would not replay it
+        gen = getattr(loader, "generator", None)
+        gen_state = gen.get_state() if isinstance(gen, torch.Generator) else None
+        used, limit, local, per_image = 0, None, 0.0, 1.0
         for batch in loader:  # batch by batch: the images are never all held at once
             x = batch[0] if isinstance(batch, (tuple, list)) else batch
             if limit is None:
-                limit = self._affordable(moment_flops_per_image(tuple(x.shape[1:]), conv))
+                per_image = moment_flops_per_image(tuple(x.shape[1:]), conv)
+                limit = self._affordable(per_image)
             x = x[:limit - used].to(device=conv.weight.device, dtype=torch.float32)
             if len(x) == 0:
                 break
@@ -177,13 +191,16 @@ class WhitenStem(Algorithm):
                 break
         if epoch is not None:
             loader.epoch = epoch  # and the data order of training is not moved by this pass
+        if gen_state is not None:
+            gen.set_state(gen_state)
         self.extra_train_flops += sum_over_ranks(local, state.device)
         sum_tensor_over_ranks(second)
         sum_tensor_over_ranks(count)
         self.images_used = int(sum_over_ranks(used, state.device))
         if float(count) < dims:
-            self.end_warning = ("algorithm whiten_stem changed nothing: the FLOP cap left no room "
-                                "for the patch statistics")
+            why = ("the images are smaller than the stem's kernel" if per_image <= 0
+                   else "the FLOP cap left no room for the patch statistics")
+            self.end_warning = f"algorithm whiten_stem changed nothing: {why}"
             return
         w = whitening_filters(second, float(count), conv.out_channels, tuple(conv.weight.shape[1:]),
                               self.eps)

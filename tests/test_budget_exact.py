@@ -185,6 +185,15 @@ def test_swa_interrupted_then_resumed_equals_uninterrupted(tmp_path: Path,
     assert resumed["extra_train_flops"] == whole["extra_train_flops"] > 0
 
 
+def test_swa_swapping_at_a_batch_end_leaves_room_for_that_batch(tmp_path: Path) -> None:
+    """A cap of about one step: SWA starts and swaps at the end of the only batch, before the
+    budget has charged it; the BatchNorm recompute must fit beside it (seen: 11.6e6 of a 6.9e6 cap)."""
+    cap = 6.9e6
+    swa = {"swa_start": "0.3dur", "swa_end": "0.7dur", "update_interval": "2ba", "bn_update_batches": 4}
+    m = _run(tmp_path, "tiny_cap", [{"swa": swa}], **{"budget.flops": cap})
+    assert m["batches"] >= 1 and m["flops_used"] <= cap, m["flops_used"]
+
+
 def test_swa_that_never_starts_holds_nothing_back(tmp_path: Path) -> None:
     """SWA starting after the end of the run reserves nothing: the run spends the cap."""
     m = _run(tmp_path, "late", [{"swa": {"swa_start": "20ep", "swa_end": "30ep"}}])

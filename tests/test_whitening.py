@@ -2,13 +2,16 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+import effrecipes.whitening as wh
 from effrecipes import algorithms as algos
 from effrecipes.cli import main
 from effrecipes.data import build_data
@@ -123,3 +126,47 @@ def test_moments_are_summed_a_few_images_at_a_time(monkeypatch: pytest.MonkeyPat
     chunked = patch_moments(x, conv)
     assert float(chunked[1]) == float(whole[1]) == 10 * 100
     assert torch.allclose(chunked[0], whole[0], rtol=1e-5)
+
+
+def test_filters_are_the_top_components_scaled_with_eps() -> None:
+    second, count = patch_moments(_correlated_images(), nn.Conv2d(1, 6, 3))
+    eps = 0.5  # large enough to matter for every component
+    w = whitening_filters(second, float(count), 6, (1, 3, 3), eps).reshape(6, 9)
+    ev, vec = torch.linalg.eigh((second / count).double())
+    for i in range(3):  # the 3 largest eigenvalues, largest first, norm 1/sqrt(ev + eps)
+        v, lam = vec[:, -1 - i], ev[-1 - i]
+        assert abs(float(w[i] @ v)) == pytest.approx(1 / math.sqrt(lam + eps), rel=1e-6)
+
+
+def test_the_room_is_shared_by_the_ranks(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(wh.dist, "get_world_size", lambda: 4)
+    budget = SimpleNamespace(plan=SimpleNamespace(flops_cap=1e6, step_flops=2e5), remaining_flops=lambda: 1e6)
+    algo = wh.WhitenStem(images=10_000)
+    algo.bind_budget(budget)
+    n = algo._affordable(1000.0)
+    assert n == 200 and 4 * n * 1000.0 <= 1e6 - 2e5
+    assert algo._affordable(0.0) == 0  # images smaller than the kernel: no patch, no division by 0
+
+
+def test_a_stem_other_algorithms_rewrite_is_refused_or_reported(tmp_path: Path) -> None:
+    """Weight standardisation would undo the whitening (a conflict); a stem BlurPool wraps sees
+    blurred images (reported, and not frozen, whatever the order in the recipe); a kernel larger
+    than the images has no patch (reported)."""
+    both = tiny_recipe(tmp_path, algorithms=[{"whiten_stem": {}}, {"weight_standardization": {}}])
+    assert main([str(write_recipe(tmp_path, both, "ws.yaml")), "--quiet"]) == 2
+    strided = {"model.name": "gap_custom", "model.kwargs": {"layers": ["c8/2", "dw16", "m", "dw16"]}}
+    m, weights = _run(tmp_path, "blur", **strided, algorithms=[
+        {"whiten_stem": {"images": 48, "freeze": True}}, {"blurpool": {"min_channels": 1}}])
+    assert any("sits inside a BlurConv2d" in w for w in m["warnings"]), m["warnings"]
+    blur_only, _ = _run(tmp_path, "blur_only", **strided, algorithms=[{"blurpool": {"min_channels": 1}}])
+    assert m["train_flops_per_sample"] == blur_only["train_flops_per_sample"]  # nothing frozen
+    # blurring after the conv leaves it the images' patches: whitened and frozen, although BlurPool,
+    # listed after it, replaces that conv at INIT (whiten_stem acts after every other algorithm)
+    after = {"blurpool": {"min_channels": 1, "blur_first": False}}
+    m, _ = _run(tmp_path, "blur_after", **strided, algorithms=[{"whiten_stem": {"images": 48, "freeze": True}}, after])
+    plain, _ = _run(tmp_path, "blur_after_only", **strided, algorithms=[after])
+    assert not [w for w in m["warnings"] if "whiten_stem" in w], m["warnings"]
+    assert m["train_flops_per_sample"] < plain["train_flops_per_sample"]  # the stem's weight gradient is gone
+    big = {"model.name": "gap_custom", "model.kwargs": {"layers": ["c8k13", "dw16", "m", "dw16"]}}
+    m, _ = _run(tmp_path, "big", **big, algorithms=[{"whiten_stem": {"images": 48}}])
+    assert any("smaller than the stem's kernel" in w for w in m["warnings"]), m["warnings"]
