@@ -26,7 +26,7 @@ from torch import nn
 
 from effrecipes.budget import count_flops
 from effrecipes.models import network_of
-from effrecipes.ranks import sum_over_ranks, sum_tensor_over_ranks
+from effrecipes.ranks import broadcast_from_rank0, sum_over_ranks, sum_tensor_over_ranks
 
 log = logging.getLogger(__name__)
 
@@ -206,5 +206,8 @@ class WhitenStem(Algorithm):
                               self.eps)
         with torch.no_grad():
             conv.weight.copy_(w.to(conv.weight.dtype))
+        # the ranks solved the same summed moments; rank 0's filters are taken all the same, so an
+        # eigensolver that picks another sign on another device cannot split the model
+        broadcast_from_rank0([conv.weight.data])
         log.info("whiten_stem: %d filters from %d images%s", conv.out_channels, self.images_used,
                  " (frozen)" if self.freeze else "")
