@@ -186,18 +186,16 @@ class SWAWithBNUpdate(SWA):
         was_completed = self.swa_completed
         super().apply(event, state, logger)
         if self.swa_completed and not was_completed:
-            # a swap at BATCH_END comes before the budget charges that batch's step (algorithms
-            # run before callbacks): leave room for it, or a tiny cap is overrun
-            self._update_bn(state, uncharged=self._budget.plan.step_flops
-                            if event == Event.BATCH_END and self._budget is not None else 0.0)
+            self._update_bn(state)
 
-    def _update_bn(self, state: State, uncharged: float = 0.0) -> None:
+    def _update_bn(self, state: State) -> None:
         """Recompute BatchNorm statistics over up to `bn_update_batches` training batches (at most
-        one epoch, and no more than the FLOP cap still allows once `uncharged` work is paid)."""
+        one epoch, and no more than the FLOP cap still allows: a swap at BATCH_END comes before the
+        budget charges that batch's step, which the room leaves out)."""
         loader = state.train_dataloader
         allowed = min(self._bn_batches_wanted, len(loader) if loader is not None else 0)
         if allowed and self._budget is not None and self._bn_batch_flops() > 0:
-            room = self._budget.remaining_flops() - uncharged
+            room = self._budget.room_for_extra_flops()
             allowed = min(allowed, max(0, int(room // self._bn_batch_flops())))
             if allowed < 1:
                 self.end_warning = ("swa: the FLOP cap left no room to recompute BatchNorm "
@@ -302,6 +300,9 @@ class AlgoInfo:
     # (model, effective kwargs) -> (what it will change, why it changes nothing), for an algorithm
     # whose change a module comparison cannot see (it sets weights when training starts)
     describe: Optional[Callable[[nn.Module, dict[str, Any]], tuple[list[str], Optional[str]]]] = None
+    # runs after every other algorithm of the recipe: it sets or freezes a layer that another
+    # algorithm's surgery at INIT (Composer runs INIT in list order) could replace
+    acts_last: bool = False
 
 
 # --------------------------------------------------------------------------- cost models
@@ -435,7 +436,8 @@ _ALGOS: list[tuple[str, type, AlgoInfo, str]] = [
                                                    worst_case=_no_block_dropped),
      "randomly skip residual blocks (ResNet bottlenecks)"),
     ("swa", SWAWithBNUpdate, AlgoInfo("weights"), "stochastic weight averaging (+ BatchNorm recompute)"),
-    ("whiten_stem", WhitenStem, AlgoInfo("model", whitening.freeze_stem, describe=_whiten_stem_effect),
+    ("whiten_stem", WhitenStem, AlgoInfo("model", whitening.freeze_stem, describe=_whiten_stem_effect,
+                                         acts_last=True),
      "first conv set to a whitening of the training images' patches (optionally frozen)"),
     ("weight_standardization", WeightStandardization,
      AlgoInfo("model", _surgery("apply_weight_standardization")), "standardise conv weights"),
@@ -498,14 +500,14 @@ def build_algorithm(name: str, kwargs: dict[str, Any]) -> Algorithm:
         return entry.builder(**merged)
 
 
-def _stem_last(spec: list[dict[str, dict[str, Any]]]) -> list[dict[str, dict[str, Any]]]:
-    """whiten_stem after every other algorithm: Composer runs INIT in list order, and a surgery
-    after it (blurpool, factorize) would replace the stem it froze with a trainable copy."""
-    return [i for i in spec if "whiten_stem" not in i] + [i for i in spec if "whiten_stem" in i]
+def _in_run_order(spec: list[dict[str, dict[str, Any]]]) -> list[dict[str, dict[str, Any]]]:
+    """The recipe's order, with the algorithms that act last (`AlgoInfo.acts_last`: whiten_stem,
+    whose frozen stem a later blurpool or factorize surgery would replace) moved to the end."""
+    return sorted(spec, key=lambda item: any(info(name).acts_last for name in item))
 
 
 def build_algorithms(spec: list[dict[str, dict[str, Any]]]) -> list[Algorithm]:
-    return [build_algorithm(name, kw) for item in _stem_last(spec) for name, kw in item.items()]
+    return [build_algorithm(name, kw) for item in _in_run_order(spec) for name, kw in item.items()]
 
 
 # --------------------------------------------------------------------------- what changed
@@ -604,9 +606,9 @@ def dearest_step_model(model: nn.Module, spec: list[dict[str, dict[str, Any]]]) 
 
 
 def apply_surgery(model: nn.Module, spec: list[dict[str, dict[str, Any]]]) -> nn.Module:
-    """Apply every model-surgery algorithm of `spec` to `model` in place, in recipe order, with
-    the same effective arguments the Trainer's algorithm objects use."""
-    for item in _stem_last(spec):
+    """Apply every model-surgery algorithm of `spec` to `model` in place, in the order the
+    Trainer's algorithm objects run (`_in_run_order`), with the same effective arguments."""
+    for item in _in_run_order(spec):
         for name, kwargs in item.items():
             surgery = info(name).surgery
             if surgery is not None:

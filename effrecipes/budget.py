@@ -266,6 +266,7 @@ class FlopBudget(Callback):
         self.projected_batches = plan.planned_batches
         self._resumed_horizon: Optional[int] = None
         self._pending_at_stop: Optional[tuple[float, float]] = None
+        self._step_in_flight = False  # a batch was loaded and its step is not charged yet
         # bound now, so an algorithm that works at FIT_START (before this callback's fit_start,
         # algorithms run first) already sees the cap: whiten_stem's patch statistics
         for algo in self.algorithms:
@@ -297,6 +298,11 @@ class FlopBudget(Callback):
         """FLOPs left under the cap (inf without one)."""
         cap = self.plan.flops_cap
         return math.inf if cap is None else cap - self.ledger.flops_used
+
+    def room_for_extra_flops(self) -> float:
+        """What an algorithm may spend now: the FLOPs left, less the step in flight (loaded, not yet
+        charged: algorithms run before this callback at BATCH_END), bounded by the dearest step."""
+        return self.remaining_flops() - (self.plan.step_flops if self._step_in_flight else 0.0)
 
     def _charge_extra(self) -> None:
         total = self._extra_total()
@@ -353,6 +359,7 @@ class FlopBudget(Callback):
     def after_dataloader(self, state: State, logger: Logger) -> None:
         x = state.batch_get_item(0)
         self._batch_size = int(x.shape[0])
+        self._step_in_flight = True
         self._shape_key = "x".join(str(d) for d in x.shape[1:])
         if self._counter is None and not self._known(self._shape_key):
             self._open_window()  # a new input shape on a cached run: nothing trained yet
@@ -361,6 +368,7 @@ class FlopBudget(Callback):
         world = dist.get_world_size()
         n = self._batch_size
         local = self._close_window()
+        self._step_in_flight = False
         key = self.cost_key(self._shape_key)
         if local is not None:  # counted (an unnamed step is kept for the report only, never reused)
             # every rank counts the same steps (the keys are rank-independent); their FLOPs may
