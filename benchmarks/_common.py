@@ -15,6 +15,25 @@ from effrecipes.device import cpu_model, matmul_peak  # noqa: F401  (re-exported
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
+def load_run(run_dir: Path) -> tuple[Any, Any, torch.nn.Module]:
+    """(recipe, data, network in eval mode) of a finished run directory: the recipe's network
+    after its algorithms' surgery, with the weights the run saved in `checkpoint.pt`, and the data
+    split of the run's seed."""
+    from effrecipes import algorithms as algos
+    from effrecipes.data import build_data
+    from effrecipes.models import build_model
+    from effrecipes.recipe import load_recipe
+    from effrecipes.rundir import CHECKPOINT_FILE
+
+    recipe = load_recipe(run_dir / "recipe.yaml")
+    data = build_data(recipe.data, recipe.seed)
+    net = build_model(recipe.model.name, data.in_channels, data.num_classes, data.image_size,
+                      **recipe.model.kwargs)
+    net = algos.inference_module(algos.apply_surgery(net, recipe.algorithms))
+    net.load_state_dict(torch.load(run_dir / CHECKPOINT_FILE, weights_only=True)["model"])
+    return recipe, data, net.eval()
+
+
 def loadavg() -> Optional[list[float]]:
     try:
         return [round(v, 2) for v in os.getloadavg()]

@@ -46,7 +46,8 @@ SPECS = ["fashion_mnist_table4", "fashion_mnist_10k_search", "fashion_mnist_10k_
          "fashion_mnist_10k_learned_pool_silu_ema_caps", "fashion_mnist_10k_round23",
          "fashion_mnist_10k_round24", "fashion_mnist_10k_round25",
          "fashion_mnist_10k_round26", "fashion_mnist_10k_round27", "fashion_mnist_10k_finalists",
-         "fashion_mnist_10k_learned_pool_silu_ema50_caps", "fashion_mnist_table4_whiten"]
+         "fashion_mnist_10k_learned_pool_silu_ema50_caps", "fashion_mnist_table4_whiten",
+         "fashion_mnist_baseline_seeds", "fashion_mnist_baseline_screen"]
 TECHNIQUES = ["baseline", "blurpool", "squeeze_excite", "swa", "sam", "mixup", "cutout",
               "label_smoothing", "one_cycle"]
 PAPER_SETTING = {"one_cycle": "one_cycle_lr"}  # our name -> seed_results.csv's
@@ -441,6 +442,108 @@ def _hand_loop(cap: float) -> dict[str, Any]:
             "test_accuracy_std": test.std, "best_val_accuracy_mean": val.mean}
 
 
+HAND_LOOP_SEEDS = REPO / "benchmarks" / "results" / "hand_loop-2026-12-01-seeds.json"  # seeds 3-5
+SEEDS_MATRIX = "fashion_mnist_baseline_seeds"
+BEATS_P = 0.05  # the rule written into recipes/ablations/fashion_mnist_baseline_seeds.yaml before its runs
+
+
+def _hand_runs(cap: float, lr: float = 0.1) -> list[dict[str, Any]]:
+    """The hand loop's runs at a cap and peak lr over every seed (both sweeps' files), by seed."""
+    runs = [r for f in (HAND_LOOP, HAND_LOOP_SEEDS) if f.exists()
+            for r in json.loads(f.read_text())["runs"] if r["cap"] == cap and r["lr"] == lr]
+    return sorted(runs, key=lambda r: r["seed"])
+
+
+def welch_greater(a: list[float], b: list[float]) -> Optional[float]:
+    """One-sided Welch t-test p-value for mean(a) > mean(b) (scipy), None below 2 values a side."""
+    if len(a) < 2 or len(b) < 2:
+        return None
+    from scipy.stats import ttest_ind  # installed with scikit-learn
+
+    return float(ttest_ind(a, b, equal_var=False, alternative="greater").pvalue)
+
+
+def paired_greater(pairs: list[tuple[float, float]]) -> Optional[float]:
+    """One-sided paired t-test p-value for a > b over (a, b) pairs of the same seed (scipy)."""
+    if len(pairs) < 2:
+        return None
+    from scipy.stats import ttest_rel  # installed with scikit-learn
+
+    return float(ttest_rel([a for a, _ in pairs], [b for _, b in pairs], alternative="greater").pvalue)
+
+
+def baseline_seeds_table(results: Path) -> str:
+    """Issue #17 point 3 over seeds 0-5: the shipped baseline against the hand loop at each cap,
+    with the noise rule and the one-sided Welch test the spec's rule uses; then every seed."""
+    data = load(results, SEEDS_MATRIX)
+    if not data:
+        return "_not run yet_"
+    tool = {cap: sorted((c for c in done(data["cells"]) if float(c["budget.flops"]) == cap),
+                        key=lambda c: c["seed"]) for cap in CAPS}
+    rows, seed_rows = [], []
+    for cap in CAPS:
+        ours = [c["test_accuracy"] for c in tool[cap]]
+        hand = [r["test_accuracy"] for r in _hand_runs(cap)]
+        if not ours or not hand:
+            continue
+        a, b = mean_std(ours), mean_std(hand)
+        d_mean, d_std, noise = delta({"n": len(ours), "test_accuracy_mean": a.mean, "test_accuracy_std": a.std},
+                                     {"n": len(hand), "test_accuracy_mean": b.mean, "test_accuracy_std": b.std})
+        p = welch_greater(ours, hand)
+        beats = "-" if p is None else ("**yes**" if d_mean > 0 and p < BEATS_P else "no")
+        hand_by_seed = {r["seed"]: r["test_accuracy"] for r in _hand_runs(cap)}
+        pairs = [(c["test_accuracy"], hand_by_seed[c["seed"]]) for c in tool[cap] if c["seed"] in hand_by_seed]
+        diffs = mean_std([x - y for x, y in pairs])
+        p_pair = paired_greater(pairs)
+        rows.append([f"{cap:.0e}", f"{pm(b.mean, b.std)} (n={len(hand)})", f"{pm(a.mean, a.std)} (n={len(ours)})",
+                     signed(d_mean, d_std), noise_cell(noise), "-" if p is None else f"{p:.3f}", beats,
+                     f"{signed(diffs.mean, diffs.std)} (n={len(pairs)})",
+                     "-" if p_pair is None else f"{p_pair:.3f}"])
+        for label, runs in (("hand loop, lr 0.1", _hand_runs(cap)), ("baseline, lr 0.2", tool[cap])):
+            by_seed = {r["seed"]: r["test_accuracy"] for r in runs}
+            seed_rows.append([f"{cap:.0e}", label] + [f"{by_seed[s]:.2f}" if s in by_seed else "-"
+                                                      for s in range(6)])
+    return (table(["FLOP cap", "hand loop, lr 0.1: test acc %", "shipped baseline, lr 0.2: test acc %",
+                   "baseline − hand loop (± combined std)", "within noise",
+                   "Welch one-sided p", f"beats (p < {BEATS_P})", "same seed: Δ mean ± std",
+                   "paired one-sided p"], rows)
+            + "\n\n" + table(["FLOP cap", "loop"] + [f"seed {s}" for s in range(6)], seed_rows))
+
+
+FIT_CHECK = REPO / "benchmarks" / "results" / "fit_check-2026-12-01.json"
+
+
+def fit_table(results: Path) -> str:
+    """Training vs held-out accuracy of the shipped baseline's runs per cap (benchmarks/fit_check.py)."""
+    if not FIT_CHECK.exists():
+        return "_not run yet_"
+    runs = json.loads(FIT_CHECK.read_text())["runs"]
+    rows = []
+    for cap in CAPS:
+        at = [r for r in runs if r["flops_cap"] == cap]
+        if not at:
+            continue
+        cols = [mean_std([r[k] for r in at]) for k in ("train_accuracy", "val_accuracy", "test_accuracy")]
+        gap = mean_std([r["train_accuracy"] - r["test_accuracy"] for r in at])
+        rows.append([f"{cap:.0e}", str(len(at))] + [pm(c.mean, c.std) for c in cols] + [signed(gap.mean, gap.std)])
+    return table(["FLOP cap", "runs", "train acc % (final weights)", "val acc %", "test acc %",
+                  "train − test"], rows)
+
+
+def screen_table(results: Path) -> str:
+    """The 3e11 screen of baseline changes: mean validation (what selects) beside test."""
+    data = load(results, "fashion_mnist_baseline_screen")
+    if not data:
+        return "_not run yet_"
+    rows = [[a["techniques"], f"{a['n']}/{a['n_cells']}", f"{a['best_val_accuracy_mean']:.2f}",
+             pm(a["test_accuracy_mean"], a["test_accuracy_std"]),
+             "(reference)" if a["techniques"] == a.get("reference") else signed(a["delta_mean"], a["delta_std"]),
+             noise_cell(a["within_noise"]), f"{epochs_of(data, a['techniques']) or 0:.2f}"]
+            for a in data["aggregate"] if a["n"]]
+    return table(["change", "seeds", "best val % (mean)", "test acc % (mean ± std)", "Δ test vs shipped",
+                  "within noise", "epochs bought"], rows)
+
+
 def _baseline_groups(results: Path) -> dict[tuple[float, str], dict[str, Any]]:
     """(cap, lr text) -> the matrices' aggregate group of the one-cycle baseline."""
     out: dict[tuple[float, str], dict[str, Any]] = {}
@@ -666,6 +769,9 @@ SECTIONS: dict[str, Callable[[Path], str]] = {
     "table4_tuned": table4_tuned,
     "table4_whiten": lambda r: aggregate_table(r, "fashion_mnist_table4_whiten"),
     "caps_curve": caps_curve,
+    "baseline_seeds": baseline_seeds_table,
+    "baseline_fit": fit_table,
+    "baseline_screen": screen_table,
 }
 
 

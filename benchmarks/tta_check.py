@@ -29,11 +29,9 @@ from torch import nn
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "benchmarks"))
 
-from effrecipes import algorithms as algos  # noqa: E402
-from effrecipes.data import build_data  # noqa: E402
-from effrecipes.models import build_model  # noqa: E402
-from effrecipes.recipe import load_recipe  # noqa: E402
+from _common import load_run  # noqa: E402
 
 View = tuple[bool, int, int]  # (mirror left-right, shift right, shift down)
 VIEWS: dict[str, list[View]] = {
@@ -66,13 +64,7 @@ def accuracy(model: nn.Module, loader: Iterable, views: list[View]) -> float:
 
 
 def check(cell: Path) -> dict[str, Any]:
-    recipe = load_recipe(cell / "recipe.yaml")
-    data = build_data(recipe.data, recipe.seed)
-    net = build_model(recipe.model.name, data.in_channels, data.num_classes, data.image_size,
-                      **recipe.model.kwargs)
-    net = algos.inference_module(algos.apply_surgery(net, recipe.algorithms))
-    net.load_state_dict(torch.load(cell / "checkpoint.pt", weights_only=True)["model"])
-    net.eval()
+    recipe, data, net = load_run(cell)
     return {"cell": str(cell.relative_to(REPO) if cell.is_relative_to(REPO) else cell),
             "seed": recipe.seed,
             "views": {name: {"val": accuracy(net, data.val, vs), "test": accuracy(net, data.test, vs)}

@@ -171,6 +171,31 @@ def test_tta_check_reloads_a_run_and_shifts_images(tmp_path: Path) -> None:
     assert mod.view(x, (True, 0, -1)).view(3, 3).tolist() == [[5, 4, 3], [8, 7, 6], [8, 7, 6]]
 
 
+def test_fit_check_reloads_a_run_and_refuses_weights_that_are_not_the_runs(tmp_path: Path) -> None:
+    """The reloaded (surgered) network tests at the run's own accuracy and reports a training
+    accuracy; a run whose recorded test accuracy the weights do not reproduce is refused."""
+    import json
+
+    from effrecipes.recipe import load_recipe
+    from effrecipes.runner import run
+    from tests.conftest import tiny_recipe, write_recipe
+
+    recipe = tiny_recipe(tmp_path, **{"budget.flops": 5e7, "algorithms": [{"blurpool": {}}]})
+    result = run(load_recipe(write_recipe(tmp_path, recipe)), quiet=True)
+    mod = _load("fit_check")
+    doc = mod.main([str(result.run_dir), "--out", str(tmp_path / "fit.json")])
+    row = json.loads((tmp_path / "fit.json").read_text())["runs"][0]
+    assert row == doc["runs"][0]
+    assert abs(row["test_accuracy"] - result.metrics["test_accuracy"]) <= 0.011
+    assert 0.0 <= row["train_accuracy"] <= 100.0
+    metrics = result.run_dir / "metrics.json"
+    recorded = json.loads(metrics.read_text())
+    recorded["test_accuracy"] = row["test_accuracy"] + 5.0 if row["test_accuracy"] < 50 else 1.0
+    metrics.write_text(json.dumps(recorded))
+    with pytest.raises(SystemExit, match="not the run's weights or data"):
+        mod.main([str(result.run_dir), "--out", str(tmp_path / "fit2.json")])
+
+
 def test_screen_whitening_sets_the_filters_whiten_stem_computes() -> None:
     """The screening loop's own whitening (benchmarks/screen_10k.py --stem) is effrecipes.whitening's, on the zero-padded patches
     the conv sees (the algorithm takes only the patches inside the image)."""
