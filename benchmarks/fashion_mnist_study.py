@@ -47,7 +47,8 @@ SPECS = ["fashion_mnist_table4", "fashion_mnist_10k_search", "fashion_mnist_10k_
          "fashion_mnist_10k_round24", "fashion_mnist_10k_round25",
          "fashion_mnist_10k_round26", "fashion_mnist_10k_round27", "fashion_mnist_10k_finalists",
          "fashion_mnist_10k_learned_pool_silu_ema50_caps", "fashion_mnist_table4_whiten",
-         "fashion_mnist_baseline_seeds", "fashion_mnist_baseline_screen"]
+         "fashion_mnist_baseline_seeds", "fashion_mnist_baseline_screen",
+         "fashion_mnist_baseline_screen_3e12"]
 TECHNIQUES = ["baseline", "blurpool", "squeeze_excite", "swa", "sam", "mixup", "cutout",
               "label_smoothing", "one_cycle"]
 PAPER_SETTING = {"one_cycle": "one_cycle_lr"}  # our name -> seed_results.csv's
@@ -530,9 +531,9 @@ def fit_table(results: Path) -> str:
                   "train − test"], rows)
 
 
-def screen_table(results: Path) -> str:
-    """The 3e11 screen of baseline changes: mean validation (what selects) beside test."""
-    data = load(results, "fashion_mnist_baseline_screen")
+def screen_table(results: Path, name: str) -> str:
+    """A screen of baseline changes at one cap: mean validation (what selects) beside test."""
+    data = load(results, name)
     if not data:
         return "_not run yet_"
     rows = [[a["techniques"], f"{a['n']}/{a['n_cells']}", f"{a['best_val_accuracy_mean']:.2f}",
@@ -771,7 +772,8 @@ SECTIONS: dict[str, Callable[[Path], str]] = {
     "caps_curve": caps_curve,
     "baseline_seeds": baseline_seeds_table,
     "baseline_fit": fit_table,
-    "baseline_screen": screen_table,
+    "baseline_screen": lambda r: screen_table(r, "fashion_mnist_baseline_screen"),
+    "baseline_screen_3e12": lambda r: screen_table(r, "fashion_mnist_baseline_screen_3e12"),
 }
 
 
