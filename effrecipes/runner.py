@@ -42,7 +42,7 @@ from effrecipes.data import DataBundle, build_data, stand_in_data
 from effrecipes.data.shards import real_samples
 from effrecipes.errors import DataMissing, RecipeError, UserError, writable_dir
 from effrecipes import device as devices
-from effrecipes.lean_engine import make_lean
+from effrecipes.lean_engine import lean_train_data, make_lean
 from effrecipes.evaluate import (evaluate, measure_device_latency, measure_latency, model_size_bytes,
                                  validation_metrics)
 from effrecipes.models import build_model, network_of
@@ -530,7 +530,7 @@ def _build_trainer(prepared: Prepared, out: Path, *, quiet: bool, guard: RunGuar
         warnings.filterwarnings("ignore", module="composer")
         warnings.filterwarnings("ignore", category=UserWarning)
         trainer = Trainer(
-            model=model, train_dataloader=data.train, optimizers=optimizer,
+            model=model, train_dataloader=lean_train_data(data.train, model), optimizers=optimizer,
             eval_dataloader=_eval_data(data.val),
             eval_interval=f"{eval_every}ba" if data.val is not None else 0,
             max_duration=f"{plan.planned_batches}ba", schedulers=schedulers,

@@ -251,7 +251,7 @@ def test_run_keeps_the_cache_on_the_resolved_device_and_passes_it_to_the_trainer
     assert (rd.device, rd.precision) == ("cpu", "fp32")
     kw = seen[0]
     assert (kw["device"], kw["precision"], kw["compile_config"]) == ("cpu", "fp32", {})
-    train, val = kw["train_dataloader"], kw["eval_dataloader"]
+    train, val = kw["train_dataloader"].dataloader, kw["eval_dataloader"]  # train: lean_train_data's DataSpec
     for loader in (train, val):
         assert isinstance(loader, BatchLoader)
         assert (id(loader), rd.torch_device) in moved

@@ -375,8 +375,9 @@ def test_logged_metrics_use_the_run_directory_names_and_percent(
 
 def test_lean_engine_trains_exactly_like_composers_engine(tmp_path: Path,
                                                         monkeypatch: pytest.MonkeyPatch) -> None:
-    """The same run on Composer's `Engine` and on `LeanEngine`, with algorithms on several events
-    (EMA's `match` has side effects), gives bit-identical weights and metrics, and every callback
+    """The same run on Composer's `Engine` and on `LeanEngine` (with `lean_train_data`'s
+    uncopied microbatches), with algorithms on several events (EMA's `match` has side effects),
+    gives bit-identical weights and metrics, and every callback
     sees the same events in the same order; the lean run takes its fast path on every event after
     the Trainer is built (Composer's `run_event` is entered only for the events of its
     construction), the other run enters Composer's on every event."""
@@ -390,13 +391,27 @@ def test_lean_engine_trains_exactly_like_composers_engine(tmp_path: Path,
 
     seen: list[tuple[str, str]] = []
     entered: list[str] = []
+    from composer.trainer import trainer as composer_trainer
+
     real_cb, real_run, real_lean = Callback.run_event, Engine.run_event, runner.make_lean
+    real_data, real_copy = runner.lean_train_data, composer_trainer.deepcopy
     lean = [False]
+    copies: list[bool] = []  # per microbatch copy: is Composer's deepcopy the microbatch itself?
     monkeypatch.setattr(Callback, "run_event", lambda self, event, state, logger: (
         seen.append((type(self).__name__, str(event))), real_cb(self, event, state, logger))[1])
     monkeypatch.setattr(Engine, "run_event", lambda self, event: (entered.append(str(event)),
                                                                   real_run(self, event))[1])
     monkeypatch.setattr(runner, "make_lean", lambda t: real_lean(t) if lean[0] else None)
+    monkeypatch.setattr(runner, "lean_train_data", lambda loader, model: real_data(loader, model)
+                        if lean[0] else loader)
+
+    def recording_copy(x, *args):
+        y = real_copy(x, *args)
+        if isinstance(x, tuple):
+            copies.append(y is x)
+        return y
+
+    monkeypatch.setattr(composer_trainer, "deepcopy", recording_copy)
     monkeypatch.delenv("ENGINE_DEBUG", raising=False)
     algorithms = [{"label_smoothing": {"smoothing": 0.1}}, {"ema": {"half_life": "5ba"}},
                   {"cutout": {"length": 0.25}},  # progressive resizing: FlopBudget must see its batch
@@ -404,7 +419,7 @@ def test_lean_engine_trains_exactly_like_composers_engine(tmp_path: Path,
                                             "finetune_fraction": 0.2}}]
     out = {}
     for lean[0] in (False, True):
-        seen.clear(), entered.clear()
+        seen.clear(), entered.clear(), copies.clear()
         recipe = tiny_recipe(tmp_path / str(lean[0]), **{"budget.flops": 6e7, "algorithms": algorithms})
         res = runner.run(load_recipe(write_recipe(tmp_path, recipe, f"r{lean[0]}.yaml")), quiet=True)
         assert res.run_dir is not None
@@ -412,6 +427,8 @@ def test_lean_engine_trains_exactly_like_composers_engine(tmp_path: Path,
         m = res.metrics
         out[lean[0]] = (list(seen), list(entered), weights,
                         {k: m[k] for k in ("test_accuracy", "best_val_accuracy", "flops_used", "batches")})
+        # Composer copies every microbatch; the lean run's copies are the microbatches themselves
+        assert len(copies) == m["batches"] and set(copies) == {lean[0]}
     (seen_c, entered_c, w_c, m_c), (seen_l, entered_l, w_l, m_l) = out[False], out[True]
     assert m_c == m_l and m_c["batches"] > 5
     assert seen_c == seen_l and len(seen_c) > 100
@@ -420,6 +437,34 @@ def test_lean_engine_trains_exactly_like_composers_engine(tmp_path: Path,
     assert all(torch.equal(w_c[k], w_l[k]) for k in w_c)
     built = ["Event.INIT", "Event.BEFORE_LOAD", "Event.AFTER_LOAD"]  # in Trainer(), before make_lean
     assert entered_l == entered_c[:3] == built and len(entered_c) > 100
+
+
+def test_microbatches_are_copied_only_for_a_model_with_train_metrics() -> None:
+    """`lean_train_data` hands the loader to Composer unchanged when the model computes train
+    metrics (their update reads Composer's copy); otherwise it splits batches as Composer does,
+    into microbatches whose deepcopy is the microbatch itself."""
+    import copy
+
+    import torch
+    from composer.core import DataSpec
+    from composer.models import ComposerClassifier
+    from torchmetrics import MetricCollection
+    from torchmetrics.classification import MulticlassAccuracy
+
+    from effrecipes.lean_engine import UncopiedBatch, lean_train_data
+
+    loader = [(torch.randn(4, 1, 2, 2), torch.tensor([0, 1, 0, 1]))]
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 2))
+    with_metrics = ComposerClassifier(net, num_classes=2,
+                                      train_metrics=MulticlassAccuracy(num_classes=2))
+    assert lean_train_data(loader, with_metrics) is loader
+    without = ComposerClassifier(net, num_classes=2, train_metrics=MetricCollection([]))
+    spec = lean_train_data(loader, without)
+    assert isinstance(spec, DataSpec) and spec.dataloader is loader
+    parts = spec.split_batch(loader[0], 2)
+    assert [type(p) for p in parts] == [UncopiedBatch, UncopiedBatch]
+    assert torch.equal(torch.cat([p[0] for p in parts]), loader[0][0])
+    assert copy.deepcopy(parts[0]) is parts[0] and copy.deepcopy(loader[0]) is not loader[0]
 
 
 def test_lean_engine_hands_profiled_runs_to_composers_engine(tmp_path: Path,
