@@ -434,25 +434,25 @@ BASELINE_MATRICES = ["fashion_mnist_baseline_caps", "fashion_mnist_baseline_3e12
 LRS = ["0.1", "0.15", "0.2", "0.3"]
 
 
+def _hand_runs(cap: float, files: Optional[tuple[Path, ...]] = None, lr: float = 0.1) -> list[dict[str, Any]]:
+    """The hand loop's runs at a cap and peak lr in `files` (default: HAND_LOOP, seeds 0-2), by seed."""
+    runs = [r for f in (files or (HAND_LOOP,)) if f.exists()
+            for r in json.loads(f.read_text())["runs"] if r["cap"] == cap and r["lr"] == lr]
+    return sorted(runs, key=lambda r: r["seed"])
+
+
 def _hand_loop(cap: float) -> dict[str, Any]:
     """seed_stats-shaped dict of the hand loop's test (and best validation) accuracy at a cap."""
-    runs = json.loads(HAND_LOOP.read_text())["runs"] if HAND_LOOP.exists() else []
-    test = mean_std([r["test_accuracy"] for r in runs if r["cap"] == cap])
-    val = mean_std([r["best_val_accuracy"] for r in runs if r["cap"] == cap])
-    return {"n": sum(r["cap"] == cap for r in runs), "test_accuracy_mean": test.mean,
+    runs = _hand_runs(cap)
+    test = mean_std([r["test_accuracy"] for r in runs])
+    val = mean_std([r["best_val_accuracy"] for r in runs])
+    return {"n": len(runs), "test_accuracy_mean": test.mean,
             "test_accuracy_std": test.std, "best_val_accuracy_mean": val.mean}
 
 
 HAND_LOOP_SEEDS = REPO / "benchmarks" / "results" / "hand_loop-2026-12-01-seeds.json"  # seeds 3-5
 SEEDS_MATRIX = "fashion_mnist_baseline_seeds"
 BEATS_P = 0.05  # the rule written into recipes/ablations/fashion_mnist_baseline_seeds.yaml before its runs
-
-
-def _hand_runs(cap: float, lr: float = 0.1) -> list[dict[str, Any]]:
-    """The hand loop's runs at a cap and peak lr over every seed (both sweeps' files), by seed."""
-    runs = [r for f in (HAND_LOOP, HAND_LOOP_SEEDS) if f.exists()
-            for r in json.loads(f.read_text())["runs"] if r["cap"] == cap and r["lr"] == lr]
-    return sorted(runs, key=lambda r: r["seed"])
 
 
 def welch_greater(a: list[float], b: list[float]) -> Optional[float]:
@@ -483,8 +483,9 @@ def baseline_seeds_table(results: Path) -> str:
                         key=lambda c: c["seed"]) for cap in CAPS}
     rows, seed_rows = [], []
     for cap in CAPS:
-        ours = [c["test_accuracy"] for c in tool[cap]]
-        hand = [r["test_accuracy"] for r in _hand_runs(cap)]
+        hand_by_seed = {r["seed"]: r["test_accuracy"] for r in _hand_runs(cap, (HAND_LOOP, HAND_LOOP_SEEDS))}
+        ours_by_seed = {c["seed"]: c["test_accuracy"] for c in tool[cap]}
+        ours, hand = list(ours_by_seed.values()), list(hand_by_seed.values())
         if not ours or not hand:
             continue
         a, b = mean_std(ours), mean_std(hand)
@@ -492,16 +493,14 @@ def baseline_seeds_table(results: Path) -> str:
                                      {"n": len(hand), "test_accuracy_mean": b.mean, "test_accuracy_std": b.std})
         p = welch_greater(ours, hand)
         beats = "-" if p is None else ("**yes**" if d_mean > 0 and p < BEATS_P else "no")
-        hand_by_seed = {r["seed"]: r["test_accuracy"] for r in _hand_runs(cap)}
-        pairs = [(c["test_accuracy"], hand_by_seed[c["seed"]]) for c in tool[cap] if c["seed"] in hand_by_seed]
+        pairs = [(acc, hand_by_seed[s]) for s, acc in ours_by_seed.items() if s in hand_by_seed]
         diffs = mean_std([x - y for x, y in pairs])
         p_pair = paired_greater(pairs)
         rows.append([f"{cap:.0e}", f"{pm(b.mean, b.std)} (n={len(hand)})", f"{pm(a.mean, a.std)} (n={len(ours)})",
                      signed(d_mean, d_std), noise_cell(noise), "-" if p is None else f"{p:.3f}", beats,
                      f"{signed(diffs.mean, diffs.std)} (n={len(pairs)})",
                      "-" if p_pair is None else f"{p_pair:.3f}"])
-        for label, runs in (("hand loop, lr 0.1", _hand_runs(cap)), ("baseline, lr 0.2", tool[cap])):
-            by_seed = {r["seed"]: r["test_accuracy"] for r in runs}
+        for label, by_seed in (("hand loop, lr 0.1", hand_by_seed), ("baseline, lr 0.2", ours_by_seed)):
             seed_rows.append([f"{cap:.0e}", label] + [f"{by_seed[s]:.2f}" if s in by_seed else "-"
                                                       for s in range(6)])
     return (table(["FLOP cap", "hand loop, lr 0.1: test acc %", "shipped baseline, lr 0.2: test acc %",

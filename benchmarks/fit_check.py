@@ -5,7 +5,7 @@ its capacity and its steps, not by over-fitting, so regularisers and augmentatio
 
 Reads each run directory's `recipe.yaml` and `checkpoint.pt` (the recipe's network after its
 algorithms' surgery), rebuilds the data
-split of the run's seed and evaluates the training split in eval mode; appends to one JSON file:
+split of the run's seed and evaluates the training split in eval mode; writes one JSON file:
 
     python benchmarks/fit_check.py results/matrices/fashion_mnist_baseline_seeds/cells/*/*/ \\
         --out benchmarks/results/fit_check-2026-12-01.json

@@ -19,6 +19,7 @@ from typing import Any, Optional
 
 import torch
 import torch.nn.functional as F
+from composer.algorithms.factorize.factorize_modules import FactorizedConv2d
 from composer.core import Algorithm, Event, State
 from composer.loggers import Logger
 from composer.utils import dist
@@ -49,7 +50,7 @@ def unsuitable(model: nn.Module) -> Optional[str]:
         return (f"the first conv's weight ({path}) is parametrised (weight_standardization?): "
                 "filters written to it would be recomputed from the original")
     parent = model.get_submodule(path.rpartition(".")[0]) if "." in path else model
-    if getattr(parent, "blur_first", False) or type(parent).__name__ == "FactorizedConv2d":
+    if getattr(parent, "blur_first", False) or isinstance(parent, FactorizedConv2d):
         return (f"the first conv ({path}) sits inside a {type(parent).__name__}: its input is not "
                 "the images' patches")
     k = conv.kernel_size[0] * conv.kernel_size[1]

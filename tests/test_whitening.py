@@ -148,6 +148,17 @@ def test_the_room_is_shared_by_the_ranks(monkeypatch: pytest.MonkeyPatch) -> Non
     assert algo._affordable(0.0) == 0  # images smaller than the kernel: no patch, no division by 0
 
 
+def test_a_stem_inside_a_factorized_conv_is_reported() -> None:
+    """Composer's Factorize splits a conv into two: the first sees the images' patches only
+    through the second's input projection, so there is nothing to whiten there."""
+    from composer.algorithms.factorize.factorize_modules import FactorizedConv2d
+
+    model = nn.Sequential(FactorizedConv2d(3, 16, 3, latent_channels=4), nn.ReLU())
+    reason = wh.unsuitable(model)
+    assert reason is not None and "sits inside a FactorizedConv2d" in reason
+    assert wh.unsuitable(nn.Sequential(nn.Conv2d(3, 16, 3), nn.ReLU())) is None
+
+
 def test_a_stem_other_algorithms_rewrite_is_refused_or_reported(tmp_path: Path) -> None:
     """Weight standardisation would undo the whitening (a conflict); a stem BlurPool wraps sees
     blurred images (reported, and not frozen, whatever the order in the recipe); a kernel larger
